@@ -1,0 +1,36 @@
+"""Shared test fixtures: the stage scripts on sys.path and a helper to run Snakemake in a scratch folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "workflow" / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+# Keep the small CPU machine responsive when several torch jobs run side by side.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def run_snakemake(workdir: Path, *args: str, configfile: str | None = "config.demo.yaml", timeout: int = 1200,
+                  check: bool = True) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile with ``workdir`` as the working directory (results/, resources/ go there)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", "--quiet", "rules"]
+    if configfile:
+        cmd += ["--configfile", str(ROOT / configfile)]
+    cmd += list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT

@@ -1,0 +1,5 @@
+# Stage: analysis (being written).
+
+
+def analysis_targets():
+    return []

@@ -1,0 +1,5 @@
+# Stage: data (being written).
+
+
+def data_targets():
+    return []

@@ -1,0 +1,5 @@
+# Stage: render (being written).
+
+
+def render_targets():
+    return []

@@ -1,0 +1,88 @@
+"""Validate the merged config when the workflow starts and turn the first problem into one readable line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    where = _where(err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        allowed = sorted(err.schema.get("properties", {}))
+        return f"{where}: unknown key(s) {extra}; allowed here: {allowed}. Fix the spelling or remove the key"
+    if err.validator == "required":
+        return f"{where}: {err.message}. Add it (see config.yaml for the documented default)"
+    if err.validator == "enum":
+        return f"{where}: {err.instance!r} is not one of {err.validator_value}. Use one of those"
+    if err.validator == "type":
+        return f"{where}: {err.instance!r} should be of type {err.validator_value}. Change the value's type"
+    return f"{where}: {err.message}. Change the value"
+
+
+def validate_config(config: dict) -> None:
+    """Raise ConfigError with a one-line message naming the config key and what to do."""
+    with open(SCHEMA_PATH) as f:
+        schema = yaml.safe_load(f)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise ConfigError(_describe(errors[0]))
+    _check_references(config)
+
+
+def demo_model_paths(config: dict) -> dict[str, str]:
+    """Local model folders that the DAG builds itself (the demo's tiny checkpoints), by family."""
+    demo = config["data"].get("demo") or {}
+    return {family: f"resources/demo/models/{family}" for family in demo.get("models", [])}
+
+
+def _check_references(config: dict) -> None:
+    models = config["models"]
+    built = set(demo_model_paths(config).values())
+    for name, entry in models.items():
+        path = entry["path"]
+        if path in built or Path(path).exists():
+            continue
+        if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
+            raise ConfigError(
+                f"models.{name}.path: local folder '{path}' does not exist. "
+                "Point it at a saved checkpoint folder or use a Hugging Face id like 'owner/name'"
+            )
+    analysis = config["analysis"]
+    refs = [("analysis.attention.model", analysis["attention"]["model"]),
+            ("analysis.modality_gap.model", analysis["modality_gap"]["model"])]
+    refs += [(f"analysis.layer_similarity.models[{i}]", m) for i, m in enumerate(analysis["layer_similarity"]["models"])]
+    for key, model in refs:
+        if model not in models:
+            raise ConfigError(f"{key}: '{model}' is not a key of models ({sorted(models)}). Use one of those")
+    if models[analysis["attention"]["model"]]["family"] != "llava":
+        raise ConfigError("analysis.attention.model: must name a llava-family model (its CLIP tower is probed)")
+    if models[analysis["modality_gap"]["model"]]["family"] != "qwen2_5_vl":
+        raise ConfigError("analysis.modality_gap.model: must name a qwen2_5_vl-family model")
+    for i, model in enumerate(analysis["layer_similarity"]["models"]):
+        if models[model]["family"] not in ("qwen2_5_vl", "llava"):
+            raise ConfigError(f"analysis.layer_similarity.models[{i}]: '{model}' must be a qwen2_5_vl or llava model")
+    demo = config["data"].get("demo")
+    if demo and demo["min_size"] > demo["max_size"]:
+        raise ConfigError("data.demo.min_size: larger than data.demo.max_size. Swap them")
+
+
+def load_yaml(path: str | Path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)

@@ -1,0 +1,185 @@
+"""Shared plumbing for every stage script: logging, config params, atomic writes, Parquet with schema checks.
+
+Stage scripts run under Snakemake's ``script:`` directive (which puts this folder on ``sys.path``) and are also
+imported by the tests, so nothing here depends on Snakemake being present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "tables"
+
+log = logging.getLogger("pii")
+
+
+class PipelineError(Exception):
+    """An error whose message tells the user what is wrong and what to do; printed without a traceback."""
+
+
+def setup_logging(log_path: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Send the ``pii`` logger to the rule's log file (and stderr), one timestamped line per record."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    log.handlers.clear()
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    log.setLevel(level)
+    log.propagate = False
+    return log
+
+
+def run_main(main, snakemake) -> None:
+    """Run a stage's ``main(snakemake)`` with logging to ``log[0]``; a PipelineError ends in one clear line."""
+    setup_logging(snakemake.log[0] if len(snakemake.log) else None)
+    try:
+        main(snakemake)
+    except PipelineError as err:
+        log.error("%s", err)
+        sys.exit(1)
+
+
+def params_config(snakemake, name: str = "cfg") -> Any:
+    """Decode a rule's canonical JSON config subtree (see ``canonical`` in common.smk)."""
+    return json.loads(getattr(snakemake.params, name))
+
+
+def canonical_json(value: Any) -> str:
+    """The one canonical text of a config subtree: sorted keys, no whitespace variation."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Write to a temporary file next to ``path`` and rename it into place only if the block succeeds,
+    so an interrupted or failing stage never leaves a half-written output behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        if mode is None:  # caller writes the file itself, by name
+            yield tmp
+        else:
+            with open(tmp, mode) as f:
+                yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_path(path: str | os.PathLike):
+    """Like ``atomic_output`` but yields the temporary file's name, for writers that want a path."""
+    return atomic_output(path, mode=None)
+
+
+# --- Parquet tables with schemas -------------------------------------------------------------------------
+
+_JSON_TO_ARROW = {
+    "string": (pa.types.is_string, pa.types.is_large_string),
+    "integer": (pa.types.is_integer,),
+    "number": (pa.types.is_floating, pa.types.is_integer),
+    "boolean": (pa.types.is_boolean,),
+    "array": (pa.types.is_list, pa.types.is_large_list),
+}
+
+
+def load_table_schema(name: str) -> dict:
+    path = SCHEMA_DIR / f"{name}.schema.yaml"
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def check_table(table: pa.Table, schema_name: str, source: str = "table") -> None:
+    """Check a table against ``workflow/schemas/tables/<schema_name>.schema.yaml``: required columns present,
+    column types as declared, no nulls where the schema does not allow them."""
+    schema = load_table_schema(schema_name)
+    missing = [c for c in schema.get("required", []) if c not in table.column_names]
+    if missing:
+        raise PipelineError(f"{source}: missing column(s) {missing} required by schema '{schema_name}'")
+    for col, spec in schema.get("properties", {}).items():
+        if col not in table.column_names:
+            continue
+        types = spec.get("type", [])
+        types = [types] if isinstance(types, str) else list(types)
+        nullable = "null" in types
+        kinds = [t for t in types if t != "null"]
+        arrow_type = table.schema.field(col).type
+        if kinds and not pa.types.is_null(arrow_type):
+            if not any(check(arrow_type) for k in kinds for check in _JSON_TO_ARROW.get(k, ())):
+                raise PipelineError(
+                    f"{source}: column '{col}' has type {arrow_type}, schema '{schema_name}' wants {kinds}"
+                )
+        if not nullable and table.column(col).null_count:
+            first = table.column(col).to_pylist().index(None)
+            raise PipelineError(f"{source}: column '{col}' is empty in row {first}; schema '{schema_name}' requires it")
+        allowed = spec.get("enum")
+        if allowed is not None:
+            bad = set(table.column(col).to_pylist()) - set(allowed) - {None}
+            if bad:
+                raise PipelineError(f"{source}: column '{col}' has values {sorted(map(str, bad))}, allowed {allowed}")
+
+
+def write_table(df, path: str | os.PathLike, schema_name: str | None = None, metadata: dict | None = None) -> None:
+    """Write a pandas DataFrame (or Arrow table) to Parquet atomically, after checking its schema.
+    ``metadata`` (any JSON-able dict) is stored in the file under the key ``pii``."""
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+    if schema_name:
+        check_table(table, schema_name, source=str(path))
+    if metadata is not None:
+        meta = dict(table.schema.metadata or {})
+        meta[b"pii"] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_table(path: str | os.PathLike, schema_name: str | None = None):
+    """Read a Parquet file as a pandas DataFrame, checking it against a table schema when given."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: file not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise PipelineError(f"{path}: not a readable Parquet file ({err}); delete it and rerun the rule") from err
+    if schema_name:
+        check_table(table, schema_name, source=str(path))
+    return table.to_pandas()
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``pii`` metadata dict written by ``write_table`` (empty if none)."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(b"pii")
+    return json.loads(raw) if raw else {}
