@@ -1,5 +1,127 @@
-# Stage: analysis (being written).
+# Stage: analyses explaining the result: CLIP attention on the text strip, layer-wise similarity of question vs
+# control images in both vision encoders, and Qwen2.5-VL's modality gap. Three GPU jobs (they run on CPU too).
+ANALYSIS = config["analysis"]
+
+
+def analysis_model_keys(*names):
+    return [("models", name) for name in names]
+
+
+def modality_gap_captions(wildcards):
+    model = ANALYSIS["modality_gap"]["model"]
+    return [
+        inference_path("caption", model, setting)
+        for setting in ANALYSIS["modality_gap"]["conditions"]
+    ]
+
+
+rule attention:
+    input:
+        question=manifest_path("pope", "question"),
+        control=manifest_path("pope", "control"),
+        model=model_folder_inputs(ANALYSIS["attention"]["model"]),
+    output:
+        table="results/analysis/attention/attention.parquet",
+        maps=report(
+            "results/analysis/attention/attention_maps.png",
+            caption="../report/attention_maps.rst",
+            category="Analyses",
+        ),
+        diagonal=report(
+            "results/analysis/attention/diagonal.png",
+            caption="../report/attention_diagonal.rst",
+            category="Analyses",
+        ),
+    params:
+        cfg=canonical(
+            ("analysis", "attention"),
+            *analysis_model_keys(ANALYSIS["attention"]["model"]),
+            "seed",
+        ),
+    resources:
+        gpu=1,
+        mem_mb=24000,
+        runtime=30,
+    log:
+        "logs/analysis/attention.log",
+    script:
+        "../scripts/attention.py"
+
+
+rule layer_similarity:
+    input:
+        question=manifest_path("pope", "question"),
+        control=manifest_path("pope", "control"),
+        models=[
+            p
+            for m in ANALYSIS["layer_similarity"]["models"]
+            for p in model_folder_inputs(m)
+        ],
+    output:
+        table="results/analysis/layer_similarity/similarity.parquet",
+        figure=report(
+            "results/analysis/layer_similarity/layer_similarity.png",
+            caption="../report/layer_similarity.rst",
+            category="Analyses",
+        ),
+    params:
+        cfg=canonical(
+            ("analysis", "layer_similarity"),
+            *analysis_model_keys(*ANALYSIS["layer_similarity"]["models"]),
+            "seed",
+        ),
+    resources:
+        gpu=1,
+        mem_mb=48000,
+        runtime=30,
+    log:
+        "logs/analysis/layer_similarity.log",
+    script:
+        "../scripts/layer_similarity.py"
+
+
+rule modality_gap:
+    input:
+        captions=modality_gap_captions,
+        model=model_folder_inputs(ANALYSIS["modality_gap"]["model"]),
+    output:
+        table="results/analysis/modality_gap/gap.parquet",
+        tests="results/analysis/modality_gap/gap_test.parquet",
+        pca=report(
+            "results/analysis/modality_gap/pca.png",
+            caption="../report/modality_gap_pca.rst",
+            category="Analyses",
+        ),
+        figure=report(
+            "results/analysis/modality_gap/gap.png",
+            caption="../report/modality_gap.rst",
+            category="Analyses",
+        ),
+    params:
+        cfg=canonical(
+            ("analysis", "modality_gap"),
+            *analysis_model_keys(ANALYSIS["modality_gap"]["model"]),
+            "seed",
+        ),
+    resources:
+        gpu=1,
+        mem_mb=48000,
+        runtime=30,
+    log:
+        "logs/analysis/modality_gap.log",
+    script:
+        "../scripts/modality_gap.py"
 
 
 def analysis_targets():
-    return []
+    return [
+        "results/analysis/attention/attention.parquet",
+        "results/analysis/attention/attention_maps.png",
+        "results/analysis/attention/diagonal.png",
+        "results/analysis/layer_similarity/similarity.parquet",
+        "results/analysis/layer_similarity/layer_similarity.png",
+        "results/analysis/modality_gap/gap.parquet",
+        "results/analysis/modality_gap/gap_test.parquet",
+        "results/analysis/modality_gap/pca.png",
+        "results/analysis/modality_gap/gap.png",
+    ]

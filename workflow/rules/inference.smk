@@ -1,5 +1,55 @@
-# Stage: inference (being written).
+# Stage: inference. One job per task x model x setting; the demo's tiny checkpoints are built here too.
 
 
 def inference_targets():
-    return []
+    return [
+        inference_path(task, model, setting)
+        for task in TASKS
+        for model in MODELS
+        for setting in SETTINGS
+    ]
+
+
+def inference_uses_gpu():
+    return 1 if config["inference"]["backend"] == "transformers" else 0
+
+
+rule build_demo_model:
+    output:
+        directory("resources/demo/models/{family}"),
+    params:
+        cfg=canonical("seed"),
+    log:
+        "logs/demo_models/{family}.log",
+    wildcard_constraints:
+        family="qwen2_5_vl|llava|instructblip",
+    script:
+        "../scripts/demo_models.py"
+
+
+rule infer:
+    input:
+        sample=lambda wc: sample_path(wc.task),
+        manifest=lambda wc: manifest_path(wc.task, setting_variant(wc.setting)),
+        model=lambda wc: model_folder_inputs(wc.model),
+    output:
+        "results/inference/{task}/{model}/{setting}.parquet",
+    params:
+        cfg=lambda wc: canonical(
+            ("models", wc.model),
+            ("tasks", wc.task),
+            ("settings", wc.setting),
+            "decoding",
+            "inference",
+            "seed",
+        ),
+        partial=lambda wc: f"results/inference/.partial/{wc.task}/{wc.model}/{wc.setting}",
+    log:
+        "logs/inference/{task}/{model}/{setting}.log",
+    threads: 4
+    resources:
+        gpu=lambda wc: inference_uses_gpu(),
+        mem_mb=32000,
+        runtime=720,
+    script:
+        "../scripts/infer.py"

@@ -1,0 +1,212 @@
+"""Stage analysis / rule modality_gap: the distance between image tokens and caption tokens in Qwen2.5-VL's
+final layer, with the instruction given as text (condition A) or rendered into the image (condition B).
+
+The captions are the caption task's inference outputs (what the model wrote under each setting, the same text
+CHAIR scores): condition A = the first setting of ``analysis.modality_gap.conditions`` (default ``control``:
+control image + the caption instruction as text), condition B = the second (default ``prompt_in_image``: question
+image, no text). Per sample and condition, one forward pass over chat prompt (rebuilt by ``vlm.build_prompt`` from the
+row's ``text_prompt``, as inference built it) + caption tokens; the final layer's output (after the final norm,
+``last_hidden_state``) at the ``<|image_pad|>`` positions and at the caption positions gives
+- ``centroid_distance``: 1 - cos(mean image-token embedding, mean caption-token embedding),
+- ``pairwise_distance``: mean of 1 - cos over all (image token, caption token) pairs.
+Conditions are compared on the samples present in both: Wilcoxon signed-rank test on B - A and the mean
+difference with a percentile bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from encoders import cosine_distance, load_vlm, mean_pairwise_cosine_distance  # noqa: E402
+from pipeline_io import PipelineError, atomic_path, log, params_config, read_table, run_main, write_table  # noqa: E402
+from scipy import stats  # noqa: E402
+from vlm import build_prompt, open_image  # noqa: E402
+
+CONDITIONS = ("A", "B")
+MEASURES = ("centroid_distance", "pairwise_distance")
+
+
+def gap_numbers(image_emb: np.ndarray, caption_emb: np.ndarray) -> dict:
+    return {"centroid_distance": cosine_distance(image_emb.mean(0), caption_emb.mean(0)),
+            "pairwise_distance": mean_pairwise_cosine_distance(image_emb, caption_emb)}
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, resamples: int, confidence: float, seed: int) -> dict:
+    """B - A on paired samples: mean difference, percentile bootstrap interval, Wilcoxon signed-rank test."""
+    diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    n = diff.size
+    out = {"n": int(n), "mean_a": float(np.mean(a)) if n else None, "mean_b": float(np.mean(b)) if n else None,
+           "mean_diff": float(diff.mean()) if n else None, "ci_low": None, "ci_high": None,
+           "wilcoxon_statistic": None, "p_value": None}
+    if n == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    boot = diff[rng.integers(0, n, size=(resamples, n))].mean(1)
+    alpha = (1.0 - confidence) / 2.0
+    out["ci_low"], out["ci_high"] = (float(v) for v in np.quantile(boot, [alpha, 1.0 - alpha]))
+    if n >= 2 and np.any(diff != 0):
+        res = stats.wilcoxon(diff)
+        out["wilcoxon_statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    return out
+
+
+@torch.no_grad()
+def embed(model, processor, image, prompt: str, caption: str, device) -> tuple[np.ndarray, np.ndarray]:
+    """Final-layer embeddings (float32) of the image tokens and of the caption tokens after ``prompt``."""
+    enc = processor(text=[prompt], images=[image], return_tensors="pt")
+    cap_ids = processor.tokenizer(caption, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    input_ids = torch.cat([enc["input_ids"], cap_ids], dim=1)
+    n_prompt = enc["input_ids"].shape[1]
+    inner = getattr(model, "model", model)
+    dtype = next(model.parameters()).dtype
+    out = inner(input_ids=input_ids.to(device), attention_mask=torch.ones_like(input_ids).to(device),
+                pixel_values=enc["pixel_values"].to(device=device, dtype=dtype),
+                image_grid_thw=enc["image_grid_thw"].to(device))
+    hidden = out.last_hidden_state[0].float().cpu()
+    image_pos = input_ids[0] == model.config.image_token_id
+    if not image_pos.any():
+        raise PipelineError("no <|image_pad|> token in the prompt; the processor did not expand the image")
+    return hidden[image_pos].numpy(), hidden[n_prompt:].numpy()
+
+
+def select_rows(frames: dict[str, pd.DataFrame], n: int) -> list[str]:
+    """The first n sample_ids (sorted) with a usable caption (non-empty, not an error) under both conditions."""
+    ok = None
+    for cond, df in frames.items():
+        good = set(df.loc[(df.finish_reason != "error") & (df.response.str.strip() != ""), "sample_id"])
+        dropped = len(df) - len(good)
+        if dropped:
+            log.warning("condition %s: %d captions empty or failed, left out", cond, dropped)
+        ok = good if ok is None else ok & good
+    ids = sorted(ok or [])[:n]
+    if not ids:
+        raise PipelineError("no sample has a non-empty caption under both conditions; check the caption inference "
+                            "outputs (results/inference/caption/...)")
+    if len(ids) < n:
+        log.warning("only %d samples with captions under both conditions, %d requested", len(ids), n)
+    return ids
+
+
+def pca_2d(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Project all arrays on the first two principal components of their union."""
+    stacked = np.concatenate(arrays, axis=0)
+    mean = stacked.mean(0)
+    _, _, vt = np.linalg.svd(stacked - mean, full_matrices=False)
+    comps = vt[:2]
+    if comps.shape[0] < 2:
+        comps = np.vstack([comps, np.zeros_like(comps[:1])])
+    return [(a - mean) @ comps.T for a in arrays]
+
+
+def plot_pca(example: dict, path) -> None:
+    arrays = [example[c][k] for c in CONDITIONS for k in ("image", "caption")]
+    proj = pca_2d(*arrays)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True, sharey=True)
+    for c_i, (ax, cond) in enumerate(zip(axes, CONDITIONS, strict=True)):
+        img, cap = proj[2 * c_i], proj[2 * c_i + 1]
+        ax.scatter(img[:, 0], img[:, 1], s=8, alpha=0.5, c="tab:blue", label=f"image tokens (n={len(img)})")
+        ax.scatter(cap[:, 0], cap[:, 1], s=12, alpha=0.7, c="tab:orange", marker="^",
+                   label=f"caption tokens (n={len(cap)})")
+        for pts, colour in ((img, "navy"), (cap, "darkred")):
+            ax.scatter(*pts.mean(0), s=140, c=colour, marker="X", edgecolors="white")
+        ax.set_title(f"condition {cond}: {example[cond]['label']}\n"
+                     f"centroid cosine distance {example[cond]['centroid_distance']:.3f}", fontsize=10)
+        ax.set_xlabel("PC 1")
+        ax.legend(loc="best", fontsize=8)
+    axes[0].set_ylabel("PC 2")
+    fig.suptitle(f"PCA of final-layer token embeddings, {example['sample_id']} (shared axes; X = centroid)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def plot_gap(table: pd.DataFrame, tests: pd.DataFrame, labels: dict, path) -> None:
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(11, 4.8), squeeze=False)
+    wide = table.pivot(index="sample_id", columns="condition", values=list(MEASURES))
+    for ax, measure in zip(axes[0], MEASURES, strict=True):
+        a, b = wide[(measure, "A")].to_numpy(), wide[(measure, "B")].to_numpy()
+        for va, vb in zip(a, b, strict=True):
+            ax.plot([0, 1], [va, vb], c="gray", alpha=0.5, lw=0.8)
+        ax.scatter(np.zeros_like(a), a, c="tab:blue", zorder=3, label="per sample")
+        ax.scatter(np.ones_like(b), b, c="tab:orange", zorder=3)
+        ax.plot([0, 1], [np.nanmean(a), np.nanmean(b)], c="black", lw=2.2, marker="D", label="mean")
+        t = tests.set_index("measure").loc[measure]
+        ci = ("n/a" if pd.isna(t.ci_low) else f"[{t.ci_low:+.3f}, {t.ci_high:+.3f}]")
+        p = "n/a" if pd.isna(t.p_value) else f"{t.p_value:.3g}"
+        ax.set_title(f"{measure.replace('_', ' ')}\nB - A = {t.mean_diff:+.3f}, 95% CI {ci}, Wilcoxon p = {p}",
+                     fontsize=10)
+        ax.set_xticks([0, 1], [f"A: {labels['A']}", f"B: {labels['B']}"])
+        ax.set_xlim(-0.4, 1.4)
+        ax.set_ylabel("cosine distance (image vs caption tokens)")
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle(f"Modality gap per sample, instruction as text (A) vs in the image (B), n = {len(wide)}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(snakemake) -> None:
+    cfg = params_config(snakemake)
+    gcfg = cfg["analysis.modality_gap"]
+    name = gcfg["model"]
+    settings = dict(zip(CONDITIONS, gcfg["conditions"], strict=True))
+    torch.manual_seed(cfg["seed"])
+    frames = {cond: read_table(path, "inference") for cond, path in zip(CONDITIONS, snakemake.input.captions,
+                                                                          strict=True)}
+    ids = select_rows(frames, gcfg["n_samples"])
+    loaded = load_vlm(name, cfg[f"models.{name}"])
+    model, processor = loaded.model, loaded.processor
+    model.eval()
+    device = next(model.parameters()).device
+    rows, example = [], None
+    warned = False
+    for i, sample_id in enumerate(ids):
+        for cond in CONDITIONS:
+            row = frames[cond].set_index("sample_id").loc[sample_id]
+            text_prompt = None if pd.isna(row.text_prompt) else row.text_prompt
+            prompt = build_prompt(loaded.family, processor, text_prompt)
+            if prompt != row.prompt and not warned:
+                log.warning("%s: rebuilt prompt differs from the inference row's prompt; using the rebuilt one",
+                            sample_id)
+                warned = True
+            image = open_image(row.image_path)
+            img_emb, cap_emb = embed(model, processor, image, prompt, row.response, device)
+            if len(cap_emb) == 0:
+                raise PipelineError(f"{sample_id} ({settings[cond]}): caption has no tokens")
+            numbers = gap_numbers(img_emb, cap_emb)
+            rows.append({"model": name, "sample_id": sample_id, "condition": cond, "setting": settings[cond],
+                         "image_path": row.image_path, "n_image_tokens": len(img_emb),
+                         "n_caption_tokens": len(cap_emb), **numbers})
+            if example is None or example["sample_id"] == sample_id:
+                example = example or {"sample_id": sample_id}
+                example[cond] = {"image": img_emb, "caption": cap_emb, "label": settings[cond], **numbers}
+        log.info("sample %d/%d %s done", i + 1, len(ids), sample_id)
+    table = pd.DataFrame(rows)
+    wide = table.pivot(index="sample_id", columns="condition", values=list(MEASURES))
+    tests = pd.DataFrame([{"model": name, "measure": m, **paired_test(wide[(m, "A")], wide[(m, "B")],
+                                                                       gcfg["bootstrap_resamples"],
+                                                                       gcfg["confidence"], cfg["seed"])}
+                          for m in MEASURES])
+    for t in tests.itertuples():
+        log.info("%s: A %.4f B %.4f diff %+.4f CI [%s, %s] p=%s", t.measure, t.mean_a, t.mean_b, t.mean_diff,
+                 t.ci_low, t.ci_high, t.p_value)
+    plot_pca(example, snakemake.output.pca)
+    plot_gap(table, tests, settings, snakemake.output.figure)
+    meta = {"model": name, "model_path": cfg[f"models.{name}"]["path"], "conditions": settings,
+            "embedding": "last_hidden_state (final layer, after the final norm)", "config": cfg}
+    write_table(tests, snakemake.output.tests, "modality_gap_test", metadata=meta)
+    write_table(table, snakemake.output.table, "modality_gap", metadata=meta)
+
+
+if "snakemake" in globals():
+    from gpu_slot import claim_gpu
+
+    claim_gpu()
+    run_main(main, snakemake)

@@ -1,0 +1,513 @@
+"""Stage: scoring. POPE and CHAIR metrics with bootstrap intervals and paired tests, and the paper's tables.
+
+Rules served (one script, dispatched on the rule name): ``score_pope``, ``score_chair``, ``table1_pope``,
+``table2_chair``.
+
+Uncertainty: every metric gets a percentile bootstrap interval (samples resampled with replacement,
+``scoring.bootstrap_resamples`` times, generator seeded from ``seed`` and the task/model/setting names so a
+group's interval does not depend on which other groups exist). Each setting is compared with the ``baseline``
+setting of the same model on the samples both answered (matched by ``sample_id``): the delta's interval comes
+from a paired bootstrap (the same resampled samples for both settings); the p-value is an exact McNemar test
+(two-sided binomial test on the discordant pairs) for POPE accuracy and yes-ratio, and a paired-bootstrap
+p-value (twice the smaller tail of the resampled deltas around 0, add-one corrected) for the other metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from pathlib import Path
+
+import chair
+import numpy as np
+import pandas as pd
+import pope_metrics as pm
+import yaml
+from pipeline_io import PipelineError, atomic_output, log, params_config, read_table, run_main, write_table
+from scipy.stats import binomtest
+
+BASELINE = "baseline"
+POPE_METRICS = pm.METRICS
+CHAIR_METRICS = ("chair_s", "chair_i", "recall", "mean_length")
+MCNEMAR_METRICS = ("accuracy", "yes_ratio")
+
+
+# --- statistics --------------------------------------------------------------------------------------------
+
+def group_rng(seed: int, *names: str) -> np.random.Generator:
+    """A generator seeded by the global seed and the group's names (stable across runs and group orders)."""
+    return np.random.default_rng([int(seed), zlib.crc32("/".join(names).encode())])
+
+
+def resample_weights(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
+    """(resamples, n) multiplicities of each sample in each bootstrap resample (rows sum to n)."""
+    if n == 0:
+        return np.zeros((resamples, 0), dtype=np.float64)
+    idx = rng.integers(0, n, size=(resamples, n))
+    idx += np.arange(resamples)[:, None] * n
+    return np.bincount(idx.ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float64)
+
+
+def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentile interval of bootstrap values, NaN resamples ignored; (NaN, NaN) if every resample is NaN."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(finite, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def bootstrap_p(deltas: np.ndarray) -> float:
+    """Two-sided paired-bootstrap p-value for "no difference": twice the smaller share of resampled deltas on
+    either side of 0 (add-one corrected so it is never 0)."""
+    deltas = np.asarray(deltas, dtype=float)
+    deltas = deltas[np.isfinite(deltas)]
+    if deltas.size == 0:
+        return math.nan
+    lower = (np.sum(deltas <= 0) + 1) / (deltas.size + 1)
+    upper = (np.sum(deltas >= 0) + 1) / (deltas.size + 1)
+    return float(min(1.0, 2.0 * min(lower, upper)))
+
+
+def mcnemar_exact(first: np.ndarray, second: np.ndarray) -> tuple[int, int, float]:
+    """Exact McNemar test of paired binary outcomes: (first-only count, second-only count, two-sided p).
+    With no discordant pair there is no evidence of a difference: p = 1."""
+    first = np.asarray(first, dtype=bool)
+    second = np.asarray(second, dtype=bool)
+    b = int(np.sum(first & ~second))
+    c = int(np.sum(~first & second))
+    if b + c == 0:
+        return b, c, 1.0
+    return b, c, float(binomtest(b, b + c, 0.5).pvalue)
+
+
+# --- POPE ---------------------------------------------------------------------------------------------------
+
+def parse_answers(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-row parsed answers (official + strict) and correctness."""
+    out = df[["sample_id", "task", "model", "setting", "image_id", "question", "label", "response"]].copy()
+    out["p_yes"] = df["p_yes"].astype(float) if "p_yes" in df else np.nan
+    out["answer_official"] = [pm.parse_official(r) for r in out["response"]]
+    out["answer_strict"] = [pm.parse_strict(r) for r in out["response"]]
+    out["correct_official"] = out["answer_official"] == out["label"]
+    out["correct_strict"] = out["answer_strict"] == out["label"]
+    return out
+
+
+def _onehot(codes: np.ndarray) -> np.ndarray:
+    return np.eye(pm.N_CELLS)[np.asarray(codes, dtype=np.int64)].reshape(-1, pm.N_CELLS)
+
+
+def pope_group_metrics(answers: pd.DataFrame, seed: int, resamples: int, confidence: float,
+                       names: tuple[str, str, str]) -> dict:
+    """Point estimates, counts and bootstrap intervals of one task/model/setting, for both parsers."""
+    row: dict = {}
+    weights = resample_weights(group_rng(seed, "ci", *names), len(answers), resamples)
+    for prefix, column in (("", "answer_official"), ("strict_", "answer_strict")):
+        codes = pm.cell_codes(answers["label"], answers[column]) if len(answers) else np.zeros(0, dtype=np.int8)
+        counts = pm.counts_of(codes)
+        point = pm.metrics_from_counts(counts)
+        boot = pm.metrics_from_counts(weights @ _onehot(codes))
+        for key, value in pm.confusion(counts).items():
+            if key == "n_unknown":  # only the strict parser can say "unknown"; one column, unprefixed
+                if prefix:
+                    row["n_unknown"] = value
+            elif prefix == "" or key != "n":
+                row[f"{prefix}{key}"] = value
+        for metric in POPE_METRICS:
+            row[f"{prefix}{metric}"] = float(point[metric])
+            row[f"{prefix}{metric}_ci_low"], row[f"{prefix}{metric}_ci_high"] = percentile_interval(
+                boot[metric], confidence)
+    return row
+
+
+def pope_paired(base: pd.DataFrame, other: pd.DataFrame, seed: int, resamples: int, confidence: float,
+                names: tuple[str, str, str]) -> dict:
+    """Deltas (setting - baseline) on the shared samples, their paired-bootstrap intervals and p-values."""
+    paired = base.merge(other, on="sample_id", suffixes=("_b", "_s"))
+    row: dict = {"n_paired": len(paired)}
+    weights = resample_weights(group_rng(seed, "paired", *names), len(paired), resamples)
+    for prefix, column in (("", "answer_official"), ("strict_", "answer_strict")):
+        codes = {}
+        for side in ("b", "s"):
+            codes[side] = (pm.cell_codes(paired[f"label_{side}"], paired[f"{column}_{side}"])
+                           if len(paired) else np.zeros(0, dtype=np.int8))
+        point = {s: pm.metrics_from_counts(pm.counts_of(c)) for s, c in codes.items()}
+        boot = {s: pm.metrics_from_counts(weights @ _onehot(c)) for s, c in codes.items()}
+        for metric in POPE_METRICS:
+            key = f"{prefix}{metric}"
+            deltas = boot["s"][metric] - boot["b"][metric]
+            row[f"{key}_delta"] = float(point["s"][metric] - point["b"][metric])
+            row[f"{key}_delta_ci_low"], row[f"{key}_delta_ci_high"] = percentile_interval(deltas, confidence)
+            if metric == "accuracy":
+                _, _, row[f"{key}_p_value"] = mcnemar_exact(paired[f"{column}_b"] == paired["label_b"],
+                                                            paired[f"{column}_s"] == paired["label_s"])
+            elif metric == "yes_ratio":
+                _, _, row[f"{key}_p_value"] = mcnemar_exact(paired[f"{column}_b"] == pm.YES,
+                                                            paired[f"{column}_s"] == pm.YES)
+            else:
+                row[f"{key}_p_value"] = bootstrap_p(deltas)
+    return row
+
+
+def _empty_paired(prefixes=("", "strict_"), metrics=POPE_METRICS) -> dict:
+    row: dict = {"n_paired": 0}
+    for prefix in prefixes:
+        for metric in metrics:
+            for suffix in ("delta", "delta_ci_low", "delta_ci_high", "p_value"):
+                row[f"{prefix}{metric}_{suffix}"] = math.nan
+    return row
+
+
+def score_pope(df: pd.DataFrame, seed: int, resamples: int, confidence: float,
+               groups: list[tuple[str, str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics, answers) for POPE inference rows. ``groups`` lists every (task, model, setting) to report,
+    also those with no rows (their metrics are NaN); default: the groups present in ``df``."""
+    answers = parse_answers(df)
+    keys = ["task", "model", "setting"]
+    if groups is None:
+        groups = sorted(set(map(tuple, answers[keys].drop_duplicates().to_numpy().tolist())))
+    by_group = {k: g for k, g in answers.groupby(keys, sort=False)}
+    empty = answers.iloc[0:0]
+    rows = []
+    for names in groups:
+        task, model, setting = names
+        current = by_group.get(names, empty)
+        row = {"task": task, "model": model, "setting": setting, "baseline": BASELINE}
+        row.update(pope_group_metrics(current, seed, resamples, confidence, names))
+        base = by_group.get((task, model, BASELINE))
+        if setting != BASELINE and base is not None:
+            row.update(pope_paired(base, current, seed, resamples, confidence, names))
+        else:
+            row.update(_empty_paired())
+        rows.append(row)
+        log.info("pope %s/%s: n=%d accuracy=%.3f unknown(strict)=%d", model, setting, row["n"],
+                 row["accuracy"], row["n_unknown"])
+    return pd.DataFrame(rows), answers
+
+
+# --- CHAIR --------------------------------------------------------------------------------------------------
+
+_CHAIR_SUMS = ("hallucinated", "n_hallucinated", "n_mentions", "n_gt_mentioned", "n_gt", "n_words")
+
+
+def chair_from_sums(sums: np.ndarray, n: np.ndarray | float) -> dict[str, np.ndarray]:
+    """CHAIR metrics from per-caption sums in the order of ``_CHAIR_SUMS`` (shape (..., 6)), n captions."""
+    s = np.asarray(sums, dtype=float)
+    return {
+        "chair_s": pm._div(s[..., 0], n),
+        "chair_i": pm._div(s[..., 1], s[..., 2]),
+        "recall": pm._div(s[..., 3], s[..., 4]),
+        "mean_length": pm._div(s[..., 5], n),
+    }
+
+
+def score_captions(df: pd.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[str]]) -> pd.DataFrame:
+    """Per-caption CHAIR detail: mentioned and hallucinated objects, ground truth, counts."""
+    records = []
+    for row in df.itertuples(index=False):
+        cs = chair.score_caption(vocab, row.response, gt[int(row.image_id)])
+        records.append({
+            "sample_id": row.sample_id, "task": row.task, "model": row.model, "setting": row.setting,
+            "image_id": int(row.image_id), "response": row.response,
+            "mentioned_words": cs.mentioned_words, "mentioned_objects": cs.mentioned_objects,
+            "hallucinated_words": cs.hallucinated_words, "hallucinated_objects": cs.hallucinated_objects,
+            "gt_objects": cs.gt_objects, "n_words": cs.n_words, "n_mentions": cs.n_mentions,
+            "n_hallucinated": cs.n_hallucinated, "hallucinated": cs.n_hallucinated > 0,
+            "n_gt": len(cs.gt_objects), "n_gt_mentioned": cs.n_gt_mentioned,
+        })
+    columns = ["sample_id", "task", "model", "setting", "image_id", "response", "mentioned_words",
+               "mentioned_objects", "hallucinated_words", "hallucinated_objects", "gt_objects", "n_words",
+               "n_mentions", "n_hallucinated", "hallucinated", "n_gt", "n_gt_mentioned"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _sums_matrix(captions: pd.DataFrame) -> np.ndarray:
+    return captions[list(_CHAIR_SUMS)].to_numpy(dtype=float).reshape(-1, len(_CHAIR_SUMS))
+
+
+def chair_metrics(captions: pd.DataFrame, seed: int, resamples: int, confidence: float,
+                  groups: list[tuple[str, str, str]] | None = None) -> pd.DataFrame:
+    keys = ["task", "model", "setting"]
+    if groups is None:
+        groups = sorted(set(map(tuple, captions[keys].drop_duplicates().to_numpy().tolist())))
+    by_group = {k: g for k, g in captions.groupby(keys, sort=False)}
+    empty = captions.iloc[0:0]
+    rows = []
+    for names in groups:
+        task, model, setting = names
+        current = by_group.get(names, empty)
+        x = _sums_matrix(current)
+        n = len(current)
+        point = chair_from_sums(x.sum(axis=0), n)
+        weights = resample_weights(group_rng(seed, "ci", *names), n, resamples)
+        boot = chair_from_sums(weights @ x, n)
+        row = {"task": task, "model": model, "setting": setting, "baseline": BASELINE, "n": n,
+               "n_mentions": int(x[:, 2].sum()), "n_hallucinated_mentions": int(x[:, 1].sum()),
+               "n_hallucinated_captions": int(x[:, 0].sum())}
+        for metric in CHAIR_METRICS:
+            row[metric] = float(point[metric])
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(boot[metric], confidence)
+        base = by_group.get((task, model, BASELINE))
+        if setting != BASELINE and base is not None:
+            paired = base.merge(current, on="sample_id", suffixes=("_b", "_s"))
+            row["n_paired"] = len(paired)
+            weights = resample_weights(group_rng(seed, "paired", *names), len(paired), resamples)
+            sides = {}
+            for side in ("b", "s"):
+                xs = paired[[f"{c}_{side}" for c in _CHAIR_SUMS]].to_numpy(dtype=float).reshape(-1, len(_CHAIR_SUMS))
+                sides[side] = (chair_from_sums(xs.sum(axis=0), len(paired)), chair_from_sums(weights @ xs, len(paired)))
+            for metric in CHAIR_METRICS:
+                deltas = sides["s"][1][metric] - sides["b"][1][metric]
+                row[f"{metric}_delta"] = float(sides["s"][0][metric] - sides["b"][0][metric])
+                row[f"{metric}_delta_ci_low"], row[f"{metric}_delta_ci_high"] = percentile_interval(deltas, confidence)
+                row[f"{metric}_p_value"] = bootstrap_p(deltas)
+        else:
+            row.update(_empty_paired(("",), CHAIR_METRICS))
+        rows.append(row)
+        log.info("chair %s/%s: n=%d CHAIRs=%.3f CHAIRi=%.3f", model, setting, n, row["chair_s"], row["chair_i"])
+    return pd.DataFrame(rows)
+
+
+# --- reading inference files ----------------------------------------------------------------------------------
+
+def group_of_path(path: str | Path) -> tuple[str, str, str]:
+    """(task, model, setting) from results/inference/{task}/{model}/{setting}.parquet."""
+    p = Path(path)
+    return p.parent.parent.name, p.parent.name, p.stem
+
+
+def read_inference(paths: list[str], task: str) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
+    frames, groups = [], []
+    for path in paths:
+        df = read_table(path, "inference")
+        names = group_of_path(path)
+        for col, want in zip(("task", "model", "setting"), names, strict=True):
+            other = sorted(set(df[col]) - {want})
+            if other:
+                raise PipelineError(f"{path}: column '{col}' holds {other}, the file name says '{want}'; "
+                                    "rerun inference for this file")
+        if names[0] != task:
+            raise PipelineError(f"{path}: a '{names[0]}' file given to the {task} scorer; fix the rule's input")
+        dup = df["sample_id"][df["sample_id"].duplicated()]
+        if len(dup):
+            raise PipelineError(f"{path}: sample_id '{dup.iloc[0]}' appears twice; rerun inference for this file")
+        if task == "pope":
+            bad = df.index[~df["label"].isin([pm.YES, pm.NO])] if "label" in df else df.index
+            if len(bad):
+                raise PipelineError(f"{path}: row {int(bad[0])} has no POPE label ('yes'/'no'); "
+                                    "inference must carry the sample's label column")
+        if len(df) == 0:
+            log.warning("%s: no rows; its metrics are NaN", path)
+        frames.append(df)
+        groups.append(names)
+    if not frames:
+        raise PipelineError(f"no inference files given to the {task} scorer; check the rule's input")
+    data = pd.concat(frames, ignore_index=True)
+    data["response"] = data["response"].fillna("").astype(str)
+    return data, groups
+
+
+def _metadata(cfg: dict, extra: dict | None = None) -> dict:
+    meta = {"seed": cfg["seed"], "scoring": cfg["scoring"], "baseline_setting": BASELINE,
+            "interval": "percentile bootstrap over samples", "numpy": np.__version__}
+    meta.update(extra or {})
+    return meta
+
+
+# --- tables ----------------------------------------------------------------------------------------------------
+
+TABLE1 = [("accuracy", "Acc (%)", 100.0, 1), ("f1", "F1", 1.0, 2), ("yes_ratio", "Yes-ratio", 1.0, 2)]
+TABLE2 = [("chair_s", "CHAIRs (%)", 100.0, 1), ("chair_i", "CHAIRi (%)", 100.0, 1)]
+
+
+def match_paper_models(models: dict[str, dict], paper_models: dict[str, dict]) -> dict[str, str]:
+    """Our model key -> the paper's model key: by Hugging Face id, else by equal key, else by family when the
+    family is unambiguous on both sides."""
+    matched: dict[str, str] = {}
+    for ours, cfg in models.items():
+        for theirs, info in paper_models.items():
+            if str(cfg.get("path", "")).lower() == str(info.get("hf_id", "")).lower():
+                matched[ours] = theirs
+                break
+    for ours in models:
+        if ours not in matched and ours in paper_models and ours not in matched.values():
+            matched[ours] = ours
+    taken = set(matched.values())
+    for ours, cfg in models.items():
+        if ours in matched:
+            continue
+        family = cfg.get("family")
+        theirs = [k for k, v in paper_models.items() if v.get("family") == family and k not in taken]
+        same_family = [k for k, v in models.items() if v.get("family") == family and k not in matched]
+        if len(theirs) == 1 and same_family == [ours]:
+            matched[ours] = theirs[0]
+            taken.add(theirs[0])
+    return matched
+
+
+def _fmt(value: float, decimals: int, sign: bool = False) -> str:
+    if value is None or not np.isfinite(value):
+        return "—"
+    if sign and round(value, decimals) == 0:
+        return f"±{0:.{decimals}f}"
+    text = f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
+    return text.replace("-", "−")
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return ""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models: dict[str, dict],
+                settings: list[str], confidence: float, notes: tuple[str, ...] = (),
+                strict: bool = False) -> tuple[pd.DataFrame, str]:
+    """(CSV frame, markdown text): settings as rows, one column group per model (config order), for each
+    metric our value with its interval, the delta vs baseline with its p-value, and the paper's number."""
+    present_models = [m for m in models if m in set(metrics["model"])]
+    present_settings = [s for s in settings if s in set(metrics["setting"])]
+    matched = match_paper_models({m: models[m] for m in present_models}, paper.get("models", {}))
+    setting_of_row = paper.get("settings", {})
+    published: dict[tuple[str, str], dict] = {}
+    for theirs, rows in (paper.get(table_key) or {}).items():
+        for row_name, values in rows.items():
+            published[(theirs, setting_of_row.get(row_name, row_name))] = values or {}
+    labels = {m: paper["models"][matched[m]]["label"] if m in matched else m for m in present_models}
+    by_key = {(r.model, r.setting): r for r in metrics.itertuples(index=False)}
+
+    paper_name = {ours: theirs for theirs, ours in setting_of_row.items() if theirs.lower() != ours.lower()}
+    csv_rows, md_rows, strict_rows = [], [], []
+    for setting in present_settings:
+        csv_row: dict = {"setting": setting}
+        md_cells = [f"{setting} ({paper_name[setting]})" if setting in paper_name else setting]
+        strict_cells = [md_cells[0]]
+        for model in present_models:
+            r = by_key.get((model, setting))
+            paper_values = published.get((matched.get(model), setting), {})
+            for metric, _, scale, decimals in spec:
+                get = (lambda k, r=r: float(getattr(r, k)) if r is not None else math.nan)  # noqa: E731
+                value, low, high = (get(metric) * scale, get(f"{metric}_ci_low") * scale,
+                                    get(f"{metric}_ci_high") * scale)
+                delta, p = get(f"{metric}_delta") * scale, get(f"{metric}_p_value")
+                theirs = paper_values.get(metric)
+                prefix = f"{model}:{metric}"
+                csv_row.update({prefix: value, f"{prefix}_ci_low": low, f"{prefix}_ci_high": high,
+                                f"{prefix}_delta": delta, f"{prefix}_p_value": p,
+                                f"{prefix}_paper": math.nan if theirs is None else float(theirs)})
+                cell = f"{_fmt(value, decimals)} [{_fmt(low, decimals)}, {_fmt(high, decimals)}]"
+                if not np.isfinite(value):
+                    cell = "—"
+                if np.isfinite(delta):
+                    cell += f" · Δ {_fmt(delta, decimals, sign=True)}"
+                    if _fmt_p(p):
+                        cell += f", {_fmt_p(p)}"
+                md_cells += [cell, "—" if theirs is None else f"{theirs:.{decimals}f}"]
+            if strict and r is not None:
+                csv_row[f"{model}:strict_accuracy"] = r.strict_accuracy * 100
+                csv_row[f"{model}:n_unknown"] = int(r.n_unknown)
+                strict_cells += [f"{_fmt(r.strict_accuracy * 100, 1)} [{_fmt(r.strict_accuracy_ci_low * 100, 1)}, "
+                                 f"{_fmt(r.strict_accuracy_ci_high * 100, 1)}]", f"{int(r.n_unknown)} / {int(r.n)}"]
+            elif strict:
+                strict_cells += ["—", "—"]
+        csv_rows.append(csv_row)
+        md_rows.append(md_cells)
+        strict_rows.append(strict_cells)
+
+    header = ["Setting"]
+    for model in present_models:
+        for _, label, _, _ in spec:
+            header += [f"{labels[model]} {label}", "paper"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in md_rows]
+    pct = round(confidence * 100)
+    lines += ["", f"Ours: value [{pct}% percentile bootstrap interval]; Δ: difference to the baseline setting of the "
+              "same model on the same samples, with its p-value; paper: the published number (— not reported)."]
+    lines += list(notes)
+    if strict:
+        header = ["Setting"] + [h for m in present_models for h in (f"{labels[m]} strict Acc (%)", "unknown / n")]
+        lines += ["", "Strict parser (yes / no / unknown; unknown counts as wrong):", "",
+                  "| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in strict_rows]
+    return pd.DataFrame(csv_rows), "\n".join(lines) + "\n"
+
+
+def write_table_files(frame: pd.DataFrame, markdown: str, csv_path: str, md_path: str, title: str) -> None:
+    with atomic_output(csv_path, "w") as f:
+        frame.to_csv(f, index=False, float_format="%.6g")
+    with atomic_output(md_path, "w") as f:
+        f.write(f"# {title}\n\n{markdown}")
+
+
+# --- rule entry points ---------------------------------------------------------------------------------------------
+
+def main_score_pope(smk) -> None:
+    cfg = params_config(smk)
+    sc = cfg["scoring"]
+    data, groups = read_inference(list(smk.input.inference), "pope")
+    log.info("scoring %d POPE rows in %d files", len(data), len(groups))
+    metrics, answers = score_pope(data, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups)
+    meta = _metadata(cfg, {"answer_rule": "POPE evaluate.py (official); strict parser beside (strict_*)",
+                           "tests": "accuracy, yes_ratio: exact McNemar; others: paired bootstrap"})
+    write_table(answers, smk.output.answers, "pope_answers", meta)
+    write_table(metrics, smk.output.metrics, "pope_metrics", meta)
+
+
+def main_score_chair(smk) -> None:
+    cfg = params_config(smk)
+    sc = cfg["scoring"]
+    data, groups = read_inference(list(smk.input.inference), "caption")
+    try:
+        vocab = chair.Vocabulary.load(smk.input.synonyms)
+        images = sorted(set(data["image_id"].astype(int))) if len(data) else []
+        gt = chair.ground_truth(vocab, chair.load_json(smk.input.instances), chair.load_json(smk.input.captions),
+                                images, str(smk.input.instances), str(smk.input.captions))
+    except chair.ChairError as err:
+        raise PipelineError(str(err)) from err
+    log.info("CHAIR ground truth for %d images; scoring %d captions", len(gt), len(data))
+    captions = score_captions(data, vocab, gt) if len(data) else score_captions(data.iloc[0:0], vocab, gt)
+    metrics = chair_metrics(captions, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups)
+    meta = _metadata(cfg, {"chair": "Rohrbach et al. 2018; every mention counts (repeats included)",
+                           "tests": "paired bootstrap"})
+    write_table(captions, smk.output.captions, "chair_captions", meta)
+    write_table(metrics, smk.output.metrics, "chair_metrics", meta)
+
+
+TABLE1_NOTES = ("Answers read with POPE's official rule (text before the first '.', a word 'No'/'not'/'no' -> no). "
+                "p: exact McNemar test for accuracy and yes-ratio, paired bootstrap for F1.",)
+TABLE2_NOTES = ("CHAIRs: captions with at least one hallucinated COCO object; CHAIRi: hallucinated object mentions / "
+                "object mentions (repeats count). p: paired bootstrap.",)
+
+
+def _main_table(smk, table_key: str, spec, title: str, schema: str, notes, strict: bool) -> None:
+    cfg = params_config(smk)
+    metrics = read_table(smk.input.metrics, schema)
+    try:
+        with open(smk.input.paper) as f:
+            paper = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"{smk.input.paper}: cannot read the paper's numbers ({err})") from err
+    frame, markdown = build_table(metrics, paper, table_key, spec, cfg["models"], cfg["settings"],
+                                  cfg["scoring"]["confidence"], notes, strict)
+    write_table_files(frame, markdown, smk.output.csv, smk.output.md, title)
+
+
+def main(smk) -> None:
+    entry = {
+        "score_pope": main_score_pope,
+        "score_chair": main_score_chair,
+        "table1_pope": lambda s: _main_table(s, "table1_pope", TABLE1, "Table 1: POPE adversarial", "pope_metrics",
+                                             TABLE1_NOTES, strict=True),
+        "table2_chair": lambda s: _main_table(s, "table2_chair", TABLE2, "Table 2: CHAIR on COCO captions",
+                                              "chair_metrics", TABLE2_NOTES, strict=False),
+    }
+    if smk.rule not in entry:
+        raise PipelineError(f"score.py: no entry for rule '{smk.rule}'")
+    entry[smk.rule](smk)
+
+
+if "snakemake" in globals():
+    run_main(main, snakemake)

@@ -1,0 +1,317 @@
+"""Model adapters shared by inference and the analyses: load a family, build its prompt, generate in batches.
+
+A model entry of the config (``models.<name>``) names a ``family`` and a ``path`` (a Hugging Face id or a local
+folder, optionally pinned by ``revision``); everything family-specific lives in this module, so a fourth model of
+a supported family is one config entry.
+
+Prompt formats (the checkpoints' own, so the prompt a model sees is the one it was tuned on):
+- ``qwen2_5_vl``: the processor's chat template, default system message, image first in the user turn.
+- ``llava``: llava-hf's template, ``USER: <image>\\n{text} ASSISTANT:``.
+- ``instructblip``: the plain text (it also feeds the Q-Former); no chat template.
+With no text turn (``text_prompt: null``) the user turn holds the image alone: Qwen's template gives
+``<|vision_start|><|image_pad|><|vision_end|><|im_end|>``, llava-hf's gives ``USER: <image>\\nASSISTANT:`` (the
+template adds a space only after a text part) and InstructBLIP gets the empty string.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline_io import PipelineError, log
+
+FAMILIES = ("qwen2_5_vl", "llava", "instructblip")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# The documented llava-1.5 format, used only if a llava checkpoint ships without a chat template.
+LLAVA_FORMAT = "USER: <image>\n{text} ASSISTANT:"
+ANSWER_WORDS = {"yes": ("Yes", "yes", "YES"), "no": ("No", "no", "NO")}
+WORD_PREFIXES = ("", "\u2581", "\u0120", " ")  # none, SentencePiece space, byte-level space, literal space
+
+
+@dataclass
+class LoadedModel:
+    """What ``load_model`` returns: the model, its processor and where / how it runs."""
+
+    name: str
+    family: str
+    model: Any
+    processor: Any
+    device: Any
+    dtype: Any
+    path: str
+    revision: str | None = None
+    commit_hash: str | None = None
+    answer_ids: dict = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+
+def is_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or Path(path).exists() or not HUB_ID.match(path)
+
+
+def check_entry(name: str, entry: dict) -> None:
+    """One-line errors naming the config key, before any heavy import."""
+    family = entry.get("family")
+    if family not in FAMILIES:
+        raise PipelineError(f"models.{name}.family: '{family}' is not a supported family; use one of {list(FAMILIES)}")
+    path = str(entry.get("path") or "")
+    if not path:
+        raise PipelineError(f"models.{name}.path: empty; give a Hugging Face id like 'owner/name' or a local folder")
+    if is_local(path) and not Path(path).expanduser().is_dir():
+        raise PipelineError(f"models.{name}.path: local folder '{path}' does not exist; point it at a saved "
+                            "checkpoint folder (the demo builds its own with the build_demo_model rule) or a hub id")
+
+
+def pick_device(device=None):
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def pick_dtype(entry: dict, device):
+    """The entry's dtype on GPU (bf16 by default); float32 on CPU, where half precision is slow or unsupported."""
+    import torch
+
+    if device.type == "cpu":
+        return torch.float32
+    name = entry.get("dtype") or "bfloat16"
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def _model_class(family: str):
+    import transformers
+
+    return {"qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+            "llava": transformers.LlavaForConditionalGeneration,
+            "instructblip": transformers.InstructBlipForConditionalGeneration}[family]
+
+
+def load_processor(family: str, path: str, revision: str | None = None):
+    """The family's processor; Qwen's is assembled without its video processor when torchvision is missing."""
+    from transformers import AutoProcessor
+
+    kwargs = {"revision": revision} if revision else {}
+    try:
+        processor = AutoProcessor.from_pretrained(path, **kwargs)
+    except ImportError as err:
+        if family != "qwen2_5_vl" or "orchvision" not in str(err):
+            raise
+        processor = _qwen_processor_without_video(path, **kwargs)
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def _qwen_processor_without_video(path: str, **kwargs):
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLProcessor
+
+    class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+        """Qwen2_5_VLProcessor with no video processor (it needs torchvision); images and text behave the same."""
+
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
+    template = tokenizer.chat_template
+    local = Path(path) / "chat_template.jinja"
+    if local.is_file():
+        template = local.read_text()
+    return Qwen2_5_VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                        chat_template=template)
+
+
+def load_model(name: str, entry: dict, device=None, attn_implementation: str | None = None) -> LoadedModel:
+    """Load ``models.<name>`` (family, path, revision, dtype) in eval mode on ``device`` (default: cuda if present).
+    ``attn_implementation="eager"`` is needed to read attention maps (sdpa returns none)."""
+    check_entry(name, entry)
+    family, path, revision = entry["family"], str(entry["path"]), entry.get("revision")
+    if is_local(path):
+        path = str(Path(path).expanduser())
+        revision = None  # a folder has no revisions; from_pretrained would ignore it anyway
+    device = pick_device(device)
+    dtype = pick_dtype(entry, device)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if revision:
+        kwargs["revision"] = revision
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    log.info("loading %s (%s) from %s%s on %s as %s", name, family, path, f"@{revision}" if revision else "",
+             device, dtype)
+    try:
+        model = _model_class(family).from_pretrained(path, **kwargs)
+        processor = load_processor(family, path, revision)
+    except OSError as err:
+        raise PipelineError(f"models.{name}.path: cannot load '{path}' ({str(err).splitlines()[0]}); check the id, "
+                            "revision and network access, or point it at a local checkpoint folder") from err
+    model.to(device).eval()
+    commit = getattr(model.config, "_commit_hash", None) if not is_local(path) else None
+    lm = LoadedModel(name=name, family=family, model=model, processor=processor, device=device,
+                     dtype=next(model.parameters()).dtype, path=path, revision=revision, commit_hash=commit)
+    lm.answer_ids = answer_token_ids(processor.tokenizer)
+    return lm
+
+
+# --- prompts ---------------------------------------------------------------------------------------------
+
+
+def user_turn(text: str | None) -> list[dict]:
+    content: list[dict] = [{"type": "image"}]
+    if text is not None:
+        content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+def build_prompt(family: str, processor, text: str | None) -> str:
+    """The exact prompt string for one request (``text`` None: image-only user turn)."""
+    if family == "instructblip":
+        return text or ""
+    if family == "llava" and not getattr(processor, "chat_template", None):
+        return LLAVA_FORMAT.format(text=text) if text is not None else "USER: <image>\nASSISTANT:"
+    if family not in FAMILIES:
+        raise PipelineError(f"unknown model family '{family}'; use one of {list(FAMILIES)}")
+    return processor.apply_chat_template(user_turn(text), tokenize=False, add_generation_prompt=True)
+
+
+def prompt_length(lm: LoadedModel, prompt: str) -> int:
+    """Text tokens of the prompt (image placeholders count once): the key that sorts requests into batches."""
+    return len(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def answer_token_ids(tokenizer) -> dict[str, list[int]]:
+    """Single-token spellings of Yes / No (case and leading-space variants) in this vocabulary."""
+    vocab = tokenizer.get_vocab()
+    ids: dict[str, list[int]] = {}
+    for key, words in ANSWER_WORDS.items():
+        found = {vocab[p + w] for w in words for p in WORD_PREFIXES if p + w in vocab}
+        for w in words:
+            enc = tokenizer.encode(w, add_special_tokens=False)
+            if len(enc) == 1:
+                found.add(enc[0])
+        ids[key] = sorted(found)
+    return ids
+
+
+# --- generation ------------------------------------------------------------------------------------------
+
+
+def open_image(path: str):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{path}: cannot read image ({err}); rerun the render stage") from err
+
+
+def prepare_inputs(lm: LoadedModel, prompts: list[str], images: list) -> Any:
+    """Batch the processor inputs with left padding, on the model's device and dtype."""
+    if lm.family == "instructblip":
+        inputs = _instructblip_inputs(lm.processor, prompts, images)
+    else:
+        inputs = lm.processor(text=prompts, images=images, return_tensors="pt", padding=True)
+    out = {}
+    for key, value in inputs.items():
+        if hasattr(value, "to"):
+            value = value.to(lm.device)
+            if value.is_floating_point():
+                value = value.to(lm.dtype)
+        out[key] = value
+    return out
+
+
+def _instructblip_inputs(processor, prompts: list[str], images: list) -> dict:
+    """InstructBLIP's processor puts the query-token placeholders before the (already left-padded) text, which
+    leaves the padding between image and text and changes a request's positions with its batch. Encode each
+    request unpadded and pad the whole sequence on the left instead; the Q-Former text is padded on the right
+    (a BERT encoder with an attention mask)."""
+    import torch
+
+    enc = processor(text=prompts, images=images, padding=False)
+    pad = processor.tokenizer.pad_token_id
+    qpad = processor.qformer_tokenizer.pad_token_id
+    n = max(len(ids) for ids in enc["input_ids"])
+    qn = max(len(ids) for ids in enc["qformer_input_ids"])
+    return {
+        "input_ids": torch.tensor([[pad] * (n - len(ids)) + list(ids) for ids in enc["input_ids"]]),
+        "attention_mask": torch.tensor([[0] * (n - len(ids)) + [1] * len(ids) for ids in enc["input_ids"]]),
+        "qformer_input_ids": torch.tensor([list(ids) + [qpad] * (qn - len(ids)) for ids in enc["qformer_input_ids"]]),
+        "qformer_attention_mask": torch.tensor([[1] * len(ids) + [0] * (qn - len(ids))
+                                                for ids in enc["qformer_input_ids"]]),
+        "pixel_values": torch.as_tensor(__import__("numpy").stack(enc["pixel_values"])),
+    }
+
+
+def generation_kwargs(decoding: dict, max_new_tokens: int) -> dict:
+    """Decoding overrides: every knob explicit, so the checkpoints' own generation defaults never apply."""
+    kwargs = {"max_new_tokens": int(max_new_tokens), "repetition_penalty": float(decoding["repetition_penalty"])}
+    if decoding["do_sample"]:
+        kwargs.update(do_sample=True, temperature=float(decoding["temperature"]), top_p=float(decoding["top_p"]),
+                      top_k=int(decoding["top_k"]))
+    else:
+        # greedy: neutral sampling knobs so no warper from the checkpoint's defaults is configured
+        kwargs.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=0)
+    return kwargs
+
+
+def _stop_ids(lm: LoadedModel) -> set[int]:
+    eos = lm.model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if lm.tokenizer.eos_token_id is not None:
+        eos.append(lm.tokenizer.eos_token_id)
+    return set(eos)
+
+
+def p_yes_from_logits(logits, answer_ids: dict) -> list[float | None]:
+    """P(Yes) / (P(Yes) + P(No)) per row of first-step logits, summing every single-token spelling."""
+    import torch
+
+    if not answer_ids.get("yes") or not answer_ids.get("no"):
+        return [None] * logits.shape[0]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    yes = torch.logsumexp(logp[:, answer_ids["yes"]], dim=-1)
+    no = torch.logsumexp(logp[:, answer_ids["no"]], dim=-1)
+    return [float(v) for v in torch.sigmoid(yes - no)]
+
+
+def generate(lm: LoadedModel, prompts: list[str], images: list, max_new_tokens: int, decoding: dict, seed: int,
+             want_p_yes: bool = False) -> list[dict]:
+    """Generate for one batch (left padded). Returns per request: response, n_prompt_tokens, n_response_tokens,
+    finish_reason, p_yes (from the first generated step's logits, no extra forward; None unless asked)."""
+    import torch
+
+    inputs = prepare_inputs(lm, prompts, images)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = lm.model.generate(**inputs, **generation_kwargs(decoding, max_new_tokens), return_dict_in_generate=True,
+                                output_logits=want_p_yes)
+    n_in = inputs["input_ids"].shape[1]
+    new = out.sequences[:, n_in:].tolist()
+    stops = _stop_ids(lm)
+    p_yes = p_yes_from_logits(out.logits[0], lm.answer_ids) if want_p_yes else [None] * len(prompts)
+    results = []
+    for row, tokens in enumerate(new):
+        cut = next((i for i, t in enumerate(tokens) if t in stops), None)
+        kept = tokens if cut is None else tokens[:cut]
+        results.append({
+            "response": lm.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+            "n_prompt_tokens": int(inputs["attention_mask"][row].sum()),
+            "n_response_tokens": len(kept),
+            "finish_reason": "stop" if cut is not None else "length",
+            "p_yes": p_yes[row] if p_yes[row] is None or math.isfinite(p_yes[row]) else None,
+        })
+    return results
