@@ -20,10 +20,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def run_snakemake(workdir: Path, *args: str, configfile: str | None = "config.demo.yaml", timeout: int = 1200,
                   check: bool = True) -> subprocess.CompletedProcess:
     """Run the project's Snakefile with ``workdir`` as the working directory (results/, resources/ go there)."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--quiet", "rules"]
+    # "--opt=value" form: options taking several values must not swallow the caller's targets.
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), f"--directory={workdir}",
+           "--cores=2", "--quiet=rules"]
     if configfile:
-        cmd += ["--configfile", str(ROOT / configfile)]
+        cmd.append(f"--configfile={ROOT / configfile}")
     cmd += list(args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

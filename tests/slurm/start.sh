@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start a private single-node SLURM cluster (munged, slurmctld, slurmd) from the Debian packages, for tests.
-#   bash tests/slurm/start.sh STATE_DIR      then   export SLURM_CONF=STATE_DIR/slurm.conf
+#   bash tests/slurm/start.sh STATE_DIR      then   export PATH=STATE_DIR/bin:$PATH  (wrappers setting SLURM_CONF)
 #   bash tests/slurm/stop.sh STATE_DIR       stops exactly the daemons this script started (pids in STATE_DIR/pids)
 # Everything (config, munge key and socket, spool, logs) lives in STATE_DIR; nothing under /etc is touched and no
 # systemd is needed. The node has no GPUs (GresTypes=gpu would need real devices); tests map GPU requests away.
@@ -72,6 +72,17 @@ CONF
 echo "cgroup config not used (proctrack/linuxproc, task/none)" > "$STATE/cgroup.conf.unused"
 export SLURM_CONF="$STATE/slurm.conf"
 
+# Client wrappers in STATE_DIR/bin that carry SLURM_CONF themselves: the plugin's job step strips SLURM_* variables
+# (SLURM_CONF included) before its inner `srun`, which on a real cluster finds /etc/slurm/slurm.conf instead.
+# Put STATE_DIR/bin first on PATH and every SLURM command talks to this private cluster.
+mkdir -p "$STATE/bin"
+for tool in sbatch srun squeue scancel sinfo scontrol sacct; do
+  real=$(command -v "$tool" || true)
+  [ -n "$real" ] || continue
+  printf '#!/bin/sh\nSLURM_CONF=%s exec %s "$@"\n' "$SLURM_CONF" "$real" > "$STATE/bin/$tool"
+  chmod +x "$STATE/bin/$tool"
+done
+
 slurmctld -D -i -f "$SLURM_CONF" >>"$STATE/log/slurmctld.out" 2>&1 &
 echo "$! slurmctld" >> "$STATE/pids"
 slurmd -D -N localhost -f "$SLURM_CONF" >>"$STATE/log/slurmd.out" 2>&1 &
@@ -81,7 +92,7 @@ echo "$! slurmd" >> "$STATE/pids"
 for _ in $(seq 60); do
   state=$(sinfo -h -n localhost -o %t 2>/dev/null | head -1 || true)
   case "$state" in
-    idle*|mix*|alloc*) echo "start.sh: SLURM up (node $state), SLURM_CONF=$SLURM_CONF"; exit 0 ;;
+    idle*|mix*|alloc*) echo "start.sh: SLURM up (node $state); use PATH=$STATE/bin:\$PATH"; exit 0 ;;
     down*|drain*|unk*) scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
   esac
   sleep 0.5

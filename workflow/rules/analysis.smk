@@ -9,6 +9,11 @@ def analysis_model_keys(*names):
 
 def modality_gap_captions(wildcards):
     model = ANALYSIS["modality_gap"]["model"]
+    for setting in ANALYSIS["modality_gap"]["conditions"]:
+        if setting not in config["settings"]:
+            raise ValueError(
+                f"analysis.modality_gap.conditions: '{setting}' is not a key of settings; use one of {SETTINGS}"
+            )
     return [
         inference_path("caption", model, setting)
         for setting in ANALYSIS["modality_gap"]["conditions"]
@@ -32,18 +37,18 @@ rule attention:
             caption="../report/attention_diagonal.rst",
             category="Analyses",
         ),
+    log:
+        "logs/analysis/attention.log",
+    resources:
+        gpu=1,
+        mem_mb=24000,
+        runtime=30,
     params:
         cfg=canonical(
             ("analysis", "attention"),
             *analysis_model_keys(ANALYSIS["attention"]["model"]),
             "seed",
         ),
-    resources:
-        gpu=1,
-        mem_mb=24000,
-        runtime=30,
-    log:
-        "logs/analysis/attention.log",
     script:
         "../scripts/attention.py"
 
@@ -64,18 +69,18 @@ rule layer_similarity:
             caption="../report/layer_similarity.rst",
             category="Analyses",
         ),
+    log:
+        "logs/analysis/layer_similarity.log",
+    resources:
+        gpu=1,
+        mem_mb=48000,
+        runtime=30,
     params:
         cfg=canonical(
             ("analysis", "layer_similarity"),
             *analysis_model_keys(*ANALYSIS["layer_similarity"]["models"]),
             "seed",
         ),
-    resources:
-        gpu=1,
-        mem_mb=48000,
-        runtime=30,
-    log:
-        "logs/analysis/layer_similarity.log",
     script:
         "../scripts/layer_similarity.py"
 
@@ -97,18 +102,18 @@ rule modality_gap:
             caption="../report/modality_gap.rst",
             category="Analyses",
         ),
+    log:
+        "logs/analysis/modality_gap.log",
+    resources:
+        gpu=1,
+        mem_mb=48000,
+        runtime=30,
     params:
         cfg=canonical(
             ("analysis", "modality_gap"),
             *analysis_model_keys(ANALYSIS["modality_gap"]["model"]),
             "seed",
         ),
-    resources:
-        gpu=1,
-        mem_mb=48000,
-        runtime=30,
-    log:
-        "logs/analysis/modality_gap.log",
     script:
         "../scripts/modality_gap.py"
 

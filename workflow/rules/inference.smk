@@ -17,12 +17,12 @@ def inference_uses_gpu():
 rule build_demo_model:
     output:
         directory("resources/demo/models/{family}"),
-    params:
-        cfg=canonical("seed"),
     log:
         "logs/demo_models/{family}.log",
     wildcard_constraints:
         family="qwen2_5_vl|llava|instructblip",
+    params:
+        cfg=canonical("seed"),
     script:
         "../scripts/demo_models.py"
 
@@ -34,6 +34,13 @@ rule infer:
         model=lambda wc: model_folder_inputs(wc.model),
     output:
         "results/inference/{task}/{model}/{setting}.parquet",
+    log:
+        "logs/inference/{task}/{model}/{setting}.log",
+    threads: 4
+    resources:
+        gpu=lambda wc: inference_uses_gpu(),
+        mem_mb=32000,
+        runtime=720,
     params:
         cfg=lambda wc: canonical(
             ("models", wc.model),
@@ -44,12 +51,5 @@ rule infer:
             "seed",
         ),
         partial=lambda wc: f"results/inference/.partial/{wc.task}/{wc.model}/{wc.setting}",
-    log:
-        "logs/inference/{task}/{model}/{setting}.log",
-    threads: 4
-    resources:
-        gpu=lambda wc: inference_uses_gpu(),
-        mem_mb=32000,
-        runtime=720,
     script:
         "../scripts/infer.py"

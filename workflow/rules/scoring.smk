@@ -16,11 +16,17 @@ def scoring_data(name):
 
 
 def table_params():
-    """What the tables show: model identities (to find the paper's column), setting order, the interval level."""
-    models = {
-        m: {"family": config["models"][m]["family"], "path": config["models"][m]["path"]}
+    """What the tables show: models in config order with their identity (to find the paper's column), setting
+    order, the interval level. Lists, not dicts: canonical JSON sorts keys and would lose the order.
+    """
+    models = [
+        {
+            "key": m,
+            "family": config["models"][m]["family"],
+            "path": config["models"][m]["path"],
+        }
         for m in MODELS
-    }
+    ]
     return canonical("scoring", models=models, settings=SETTINGS)
 
 
@@ -30,10 +36,10 @@ rule score_pope:
     output:
         metrics="results/scores/pope_metrics.parquet",
         answers="results/scores/pope_answers.parquet",
-    params:
-        cfg=canonical("scoring", "seed"),
     log:
         "logs/scoring/score_pope.log",
+    params:
+        cfg=canonical("scoring", "seed"),
     script:
         "../scripts/score.py"
 
@@ -47,10 +53,10 @@ rule score_chair:
     output:
         metrics="results/scores/chair_metrics.parquet",
         captions="results/scores/chair_captions.parquet",
-    params:
-        cfg=canonical("scoring", "seed"),
     log:
         "logs/scoring/score_chair.log",
+    params:
+        cfg=canonical("scoring", "seed"),
     script:
         "../scripts/score.py"
 
@@ -62,10 +68,10 @@ rule table1_pope:
     output:
         csv="results/tables/table1_pope.csv",
         md="results/tables/table1_pope.md",
-    params:
-        cfg=table_params(),
     log:
         "logs/scoring/table1_pope.log",
+    params:
+        cfg=table_params(),
     script:
         "../scripts/score.py"
 
@@ -77,10 +83,10 @@ rule table2_chair:
     output:
         csv="results/tables/table2_chair.csv",
         md="results/tables/table2_chair.md",
-    params:
-        cfg=table_params(),
     log:
         "logs/scoring/table2_chair.log",
+    params:
+        cfg=table_params(),
     script:
         "../scripts/score.py"
 
@@ -88,9 +94,15 @@ rule table2_chair:
 def scoring_targets():
     targets = []
     if "pope" in TASKS:
-        targets += ["results/scores/pope_metrics.parquet", "results/tables/table1_pope.md"]
+        targets += [
+            "results/scores/pope_metrics.parquet",
+            "results/tables/table1_pope.md",
+        ]
         targets += ["results/tables/table1_pope.csv"]
     if "caption" in TASKS:
-        targets += ["results/scores/chair_metrics.parquet", "results/tables/table2_chair.md"]
+        targets += [
+            "results/scores/chair_metrics.parquet",
+            "results/tables/table2_chair.md",
+        ]
         targets += ["results/tables/table2_chair.csv"]
     return targets

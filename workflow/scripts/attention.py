@@ -10,8 +10,6 @@ Each is averaged over text-region patches and over the rest. Text-region patches
 through the processor's pad/resize/centre crop; a patch counts when > 50% of its area lies inside the box.
 """
 
-from __future__ import annotations
-
 import matplotlib
 
 matplotlib.use("Agg")

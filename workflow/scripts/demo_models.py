@@ -8,7 +8,6 @@ Sizes follow each family's real shape where it matters to the analyses (patch 14
 window attention and 2x2 merge), everything else is shrunk so that a CPU builds all three in seconds.
 """
 
-from __future__ import annotations
 
 import contextlib
 import json
@@ -159,7 +158,7 @@ def _tiny_llama(vocab_size: int, pad_id: int, bos_id: int = 1, eos_id: int = 2) 
 
 
 def build_qwen2_5_vl(out: Path) -> None:
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tok = qwen_tokenizer()
@@ -227,8 +226,12 @@ def build_llava(out: Path) -> None:
 
 
 def build_instructblip(out: Path) -> None:
-    from transformers import (GenerationConfig, InstructBlipConfig, InstructBlipForConditionalGeneration,
-                              InstructBlipProcessor)
+    from transformers import (
+        GenerationConfig,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+    )
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     tok = llama_tokenizer(["<image>", "<pad>"])
@@ -281,7 +284,7 @@ def build(family: str, out: str | Path, seed: int = 0) -> Path:
         raise PipelineError(f"data.demo.models: unknown family '{family}'; use one of {list(BUILDERS)}")
     out = Path(out)
     with atomic_dir(out) as tmp:
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + FAMILIES.index(family))  # distinct weights per family, same seed
         BUILDERS[family](Path(tmp))
         (Path(tmp) / "demo_model.json").write_text(json.dumps({"family": family, "seed": seed}) + "\n")
     log.info("built tiny %s checkpoint in %s", family, out)

@@ -8,8 +8,6 @@ Qwen: every vision block's output, window order undone, before the patch merger.
 the strip box mapped through the processor) and image-region (the rest).
 """
 
-from __future__ import annotations
-
 import gc
 
 import matplotlib
@@ -135,7 +133,7 @@ def plot_similarity(table: pd.DataFrame, last_n: int, path) -> None:
                 data.append(values if len(values) else np.array([np.nan]))
                 positions.append(l_i + (r_i - 0.5) * 0.38)
             box = ax.boxplot(data, positions=positions, widths=0.34, showfliers=False, patch_artist=True,
-                             manage_ticks=False)
+                             manage_ticks=False, medianprops={"color": "black"})
             for artist in box["boxes"]:
                 artist.set_facecolor(colours[region])
                 artist.set_alpha(0.55)

@@ -13,8 +13,6 @@ Conditions are compared on the samples present in both: Wilcoxon signed-rank tes
 difference with a percentile bootstrap interval.
 """
 
-from __future__ import annotations
-
 import matplotlib
 
 matplotlib.use("Agg")

@@ -12,8 +12,6 @@ from a paired bootstrap (the same resampled samples for both settings); the p-va
 p-value (twice the smaller tail of the resampled deltas around 0, add-one corrected) for the other metrics.
 """
 
-from __future__ import annotations
-
 import math
 import zlib
 from pathlib import Path
@@ -490,7 +488,8 @@ def _main_table(smk, table_key: str, spec, title: str, schema: str, notes, stric
             paper = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as err:
         raise PipelineError(f"{smk.input.paper}: cannot read the paper's numbers ({err})") from err
-    frame, markdown = build_table(metrics, paper, table_key, spec, cfg["models"], cfg["settings"],
+    models = {m["key"]: m for m in cfg["models"]}  # a list in params, to keep the config's order
+    frame, markdown = build_table(metrics, paper, table_key, spec, models, cfg["settings"],
                                   cfg["scoring"]["confidence"], notes, strict)
     write_table_files(frame, markdown, smk.output.csv, smk.output.md, title)
 

@@ -1,0 +1,80 @@
+"""Inference throughput on the tiny demo checkpoints: samples/s at batch 1 vs 8, and the infer job's wall time
+against a bare ``model.generate`` loop over the same inputs (the pipeline's overhead).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_inference.py [--device cpu|cuda] [--n 16] [--new-tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "workflow" / "scripts"), str(ROOT / "tests")]
+
+import demo_models  # noqa: E402
+import infer  # noqa: E402
+import vlm  # noqa: E402
+from inference_fixtures import DEMO_MODELS, job_config, make_inputs  # noqa: E402
+from pipeline_io import read_table  # noqa: E402
+
+
+def bare_loop(lm, prompts, images, batch_size, max_new_tokens, decoding):
+    """Processor + generate, nothing else: no sorting, checkpoints, p_yes or tables."""
+    import torch
+
+    kwargs = vlm.generation_kwargs(decoding, max_new_tokens)
+    t0 = time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        inputs = vlm.prepare_inputs(lm, prompts[i:i + batch_size], images[i:i + batch_size])
+        torch.manual_seed(i)
+        with torch.inference_mode():
+            lm.model.generate(**inputs, **kwargs)
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--n", type=int, default=16, help="requests per measurement")
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--models", default=None, help="folder with demo checkpoints (default: build them in a temp dir)")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = Path(args.models) if args.models else tmp / "models"
+        sample, manifest = make_inputs(tmp / "in", "pope", n=args.n)
+        print(f"device={args.device} n={args.n} max_new_tokens={args.new_tokens} torch={torch.__version__}")
+        print(f"{'model':<14}{'b1 samp/s':>11}{'b8 samp/s':>11}{'b8/b1':>7}{'bare b8 s':>11}{'infer b8 s':>12}"
+              f"{'overhead':>10}")
+        for name, family in DEMO_MODELS.items():
+            if not (models / family).is_dir():
+                demo_models.build(family, models / family, seed=0)
+            cfg = job_config(name, family, str(models / family), batch_size=8, max_new_tokens=args.new_tokens,
+                             do_sample=True)
+            job = infer.Job("pope", name, "hybrid", cfg)
+            lm = vlm.load_model(name, cfg[f"models.{name}"], device=args.device)
+            reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
+            prompts = [vlm.build_prompt(family, lm.processor, r.text_prompt) for r in reqs]
+            images = [vlm.open_image(r.image_path) for r in reqs]
+            bare_loop(lm, prompts[:2], images[:2], 2, 2, job.decoding)  # warm-up
+            rate = {b: args.n / bare_loop(lm, prompts, images, b, args.new_tokens, job.decoding) for b in (1, 8)}
+            bare = bare_loop(lm, prompts, images, 8, args.new_tokens, job.decoding)
+            backend = infer.TransformersBackend(job, lm=lm)
+            t0 = time.perf_counter()
+            infer.run_job(job, sample, manifest, tmp / f"{name}.parquet", tmp / f".partial_{name}", backend=backend)
+            wall = time.perf_counter() - t0
+            print(f"{name:<14}{rate[1]:>11.1f}{rate[8]:>11.1f}{rate[8] / rate[1]:>7.2f}{bare:>11.2f}{wall:>12.2f}"
+                  f"{wall / bare:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

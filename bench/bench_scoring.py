@@ -1,0 +1,88 @@
+"""Scoring time for the paper's full matrix on one core, synthetic data:
+15,000 POPE rows (3 models x 5 settings x 1,000 questions) and 1,500 captions (3 settings x 500 images),
+with the config's 2,000 bootstrap resamples. Prints the figures; asserts nothing.
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_scoring.py
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow" / "scripts"))
+
+import chair  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import score  # noqa: E402
+
+MODELS = ["qwen2_5_vl", "llava_1_5", "instructblip"]
+SETTINGS = ["baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"]
+ANSWERS = ["Yes, there is a {o} in the image.", "No, there is no {o}.", "Yes.", "No.", "I am not sure.",
+           "There is a {o} on the left."]
+WORDS = ["a", "man", "dog", "sitting", "on", "the", "bench", "with", "two", "cats", "near", "hot", "dogs", "table",
+         "while", "people", "walk", "by", "cars", "and", "a", "toilet", "seat", "baby", "elephant", "grass", "tree"]
+RESAMPLES = 2000
+
+
+def pope_rows(rng):
+    n = 1000
+    frames = []
+    for m in MODELS:
+        for s in SETTINGS:
+            picks = rng.integers(0, len(ANSWERS), n)
+            frames.append(pd.DataFrame({
+                "sample_id": [f"pope-{i}" for i in range(n)], "task": "pope", "model": m, "setting": s,
+                "image_id": rng.integers(1, 500, n), "question": "Is there a dog in the image?",
+                "label": np.where(np.arange(n) % 2 == 0, "yes", "no"),
+                "response": [ANSWERS[k].format(o="dog") for k in picks], "p_yes": rng.random(n)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def caption_rows(rng):
+    n = 500
+    frames = []
+    for s in ["baseline", "hybrid", "prompt_in_image"]:
+        caps = [" ".join(rng.choice(WORDS, rng.integers(40, 120))) + "." for _ in range(n)]
+        frames.append(pd.DataFrame({"sample_id": [f"caption-{i}" for i in range(n)], "task": "caption",
+                                    "model": "qwen2_5_vl", "setting": s, "image_id": np.arange(n), "response": caps}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def main():
+    rng = np.random.default_rng(0)
+    pope = pope_rows(rng)
+    t0 = time.perf_counter()
+    answers = score.parse_answers(pope)
+    t1 = time.perf_counter()
+    metrics, _ = score.score_pope(pope, 0, RESAMPLES, 0.95)
+    t2 = time.perf_counter()
+    print(f"POPE: {len(pope):,} rows, {len(metrics)} groups, {RESAMPLES} resamples")
+    print(f"  parse both answer rules : {t1 - t0:6.2f} s")
+    print(f"  full score_pope         : {t2 - t1:6.2f} s  (parsing + metrics + intervals + paired tests)")
+    print(f"  strict unknown share    : {(answers['answer_strict'] == 'unknown').mean():.3f}")
+
+    caps = caption_rows(rng)
+    vocab = chair.Vocabulary.load()
+    gt = {i: {"person", "dog", "bench", "dining table"} for i in range(500)}
+    # reference captions: 5 per image, parsed like the real ground truth
+    refs = [" ".join(rng.choice(WORDS, 12)) for _ in range(2500)]
+    t3 = time.perf_counter()
+    for text in refs:
+        vocab.caption_objects(text)
+    t4 = time.perf_counter()
+    detail = score.score_captions(caps, vocab, gt)
+    t5 = time.perf_counter()
+    cm = score.chair_metrics(detail, 0, RESAMPLES, 0.95)
+    t6 = time.perf_counter()
+    print(f"CHAIR: {len(caps):,} captions ({detail['n_words'].mean():.0f} words on average), {len(cm)} groups")
+    print(f"  2,500 reference captions: {t4 - t3:6.2f} s")
+    print(f"  parse generated captions: {t5 - t4:6.2f} s")
+    print(f"  metrics + intervals     : {t6 - t5:6.2f} s")
+    print(f"total                     : {(t2 - t0) + (t6 - t3):6.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""Tests of the analysis stage: strip box -> patch mapping, Qwen window-order inversion, similarity / gap numbers,
+the three stage mains on tiny checkpoints, and the three rules in the demo DAG."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import encoders
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from encoders import (
+    clip_affine,
+    cosine_distance,
+    cosine_rows,
+    mean_pairwise_cosine_distance,
+    patch_overlap,
+    processor_to_raster,
+    qwen_affine,
+    text_patch_mask,
+    window_to_processor_order,
+    window_to_raster,
+)
+from PIL import Image, ImageDraw, ImageFont
+from pipeline_io import read_metadata, read_table, write_table
+
+# --- processors ----------------------------------------------------------------------------------------------
+
+
+def clip_processor(side=336, pad=False):
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    return LlavaImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_pad=pad)
+
+
+def qwen_processor(**size):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(**({"size": size} if size else {}))
+
+
+def strip_row(width, height, strip_h):
+    return {"strip_x0": 0, "strip_y0": height - strip_h, "strip_x1": width, "strip_y1": height}
+
+
+# --- geometry: hand-computed cases ---------------------------------------------------------------------------
+
+
+def test_patch_overlap_fractions():
+    ov = patch_overlap((0.0, 7.0, 28.0, 28.0), grid_h=2, grid_w=2, patch=14)
+    np.testing.assert_allclose(ov, [[0.5, 0.5], [1.0, 1.0]])
+    # exactly half is not "more than half"
+    row = {"strip_x0": 0, "strip_y0": 7, "strip_x1": 28, "strip_y1": 28}
+    mask = text_patch_mask(row, encoders.Affine(1, 1, 0, 0, 28, 28), 2, 2, 14)
+    assert mask.tolist() == [[False, False], [True, True]]
+
+
+def test_clip_landscape_resize_and_crop():
+    # 640x500, strip y in [476, 500): shortest edge 500 -> 336 (scale 0.672), width int(336*640/500) = 430,
+    # crop origin x (430-336)//2 = 47; strip maps to y in [319.87, 336] -> only patch row 23 is > 50% covered.
+    ip = clip_processor()
+    aff = clip_affine(ip, 640, 500)
+    assert (aff.out_w, aff.out_h) == (336, 336)
+    assert aff.sx == pytest.approx(430 / 640) and aff.sy == pytest.approx(336 / 500) and aff.tx == -47
+    mask = text_patch_mask(strip_row(640, 500, 24), aff, 24, 24, 14)
+    assert mask.sum() == 24 and mask[23].all()
+
+
+def test_clip_portrait_strip_cropped_away():
+    # 480x700: width -> 336, height int(336*700/480) = 490, crop origin y (490-336)//2 = 77; the strip
+    # y >= 665 maps to >= 388.5 - 77 = 388.5 > 336: the centre crop removes it, no text-region patch.
+    aff = clip_affine(clip_processor(), 480, 700)
+    assert aff.ty == -77
+    assert text_patch_mask(strip_row(480, 700, 35), aff, 24, 24, 14).sum() == 0
+
+
+def test_llava_pad_to_square():
+    # do_pad: 640x500 is padded to 640x640 (image at y offset 70), resized by 336/640: the strip
+    # [546, 570) * 0.525 = [286.65, 299.25): row 20 (280-294) is 52.5% covered, row 21 only 37.5%.
+    aff = clip_affine(clip_processor(pad=True), 640, 500)
+    assert aff.ty == pytest.approx(70 * 0.525) and aff.sx == pytest.approx(0.525)
+    mask = text_patch_mask(strip_row(640, 500, 24), aff, 24, 24, 14)
+    assert mask.sum() == 24 and mask[20].all()
+
+
+def test_qwen_smart_resize_grid():
+    # 640x500: round(500/28)*28 = 504, round(640/28)*28 = 644 -> grid 36 x 46; strip [476, 500) * 504/500 =
+    # [479.8, 504): rows 34 (72.8%) and 35 (100%).
+    ip = qwen_processor()
+    out = ip(images=[Image.new("RGB", (640, 500), "gray")], return_tensors="pt")
+    assert out["image_grid_thw"].tolist() == [[1, 36, 46]]
+    aff = qwen_affine(640, 500, 36, 46, 14)
+    mask = text_patch_mask(strip_row(640, 500, 24), aff, 36, 46, 14)
+    assert mask.sum() == 2 * 46 and mask[34:].all()
+
+
+# --- geometry against the processors' pixels -----------------------------------------------------------------
+
+
+def rendered_pair(width, height, text="Is there a dog in the image?"):
+    """A grey picture with a white strip below holding black text (the render stage's layout when importable)."""
+    try:
+        from render import compose, load_font, plan_strip, resolve_font
+
+        font = load_font(resolve_font("arimo"), 26)
+        cfg = {"font_size": 26, "strip_fraction": 0.05, "padding": 8, "line_spacing": 1.15}
+        plan = plan_strip(width, height, text, font, cfg)
+        image = compose(Image.new("RGB", (width, height), (200, 200, 200)), plan, font, with_text=True)
+        strip_h = image.height - height
+    except Exception:  # render stage not importable: draw the same layout here
+        strip_h = max(40, round(0.05 * height / 0.95))
+        image = Image.new("RGB", (width, height + strip_h), "white")
+        image.paste(Image.new("RGB", (width, height), (200, 200, 200)))
+        ImageDraw.Draw(image).text((8, height + 8), text, fill="black", font=ImageFont.load_default(size=22))
+    return image, strip_row(image.width, image.height, strip_h)
+
+
+def dark_pixels(canvas: np.ndarray) -> np.ndarray:
+    """(rows, cols) of pixels dark in all channels; canvas (3, H, W) in [0, 1]."""
+    return np.argwhere((canvas < 0.3).all(0))
+
+
+def unnormalise(x: np.ndarray, ip) -> np.ndarray:
+    return x * np.asarray(ip.image_std)[:, None, None] + np.asarray(ip.image_mean)[:, None, None]
+
+
+@pytest.mark.parametrize("size", [(640, 480), (500, 375), (427, 640), (1000, 300)])
+@pytest.mark.parametrize("pad", [False, True])
+def test_clip_mapping_matches_processor_pixels(size, pad):
+    ip = clip_processor(side=336, pad=pad)
+    image, row = rendered_pair(*size)
+    canvas = unnormalise(ip(images=image, return_tensors="np")["pixel_values"][0], ip)
+    aff = clip_affine(ip, image.width, image.height)
+    assert canvas.shape[1:] == (aff.out_h, aff.out_w)
+    x0, y0, x1, y1 = aff.box(row["strip_x0"], row["strip_y0"], row["strip_x1"], row["strip_y1"])
+    dark = dark_pixels(canvas)
+    if y1 - y0 < 1:  # strip cropped away: nothing dark may be left
+        assert len(dark) == 0
+        return
+    assert len(dark) > 0
+    assert (dark[:, 0] >= math.floor(y0) - 1).all() and (dark[:, 0] <= math.ceil(y1) + 1).all()
+    mask = text_patch_mask(row, aff, 24, 24, 14)
+    hits = mask[dark[:, 0] // 14, dark[:, 1] // 14]
+    if mask.any():
+        assert hits.mean() > 0.5  # most glyph pixels fall in text-region patches
+
+
+@pytest.mark.parametrize("size", [(640, 480), (427, 640), (300, 300)])
+def test_qwen_mapping_matches_processor_pixels(size):
+    ip = qwen_processor(shortest_edge=56 * 56, longest_edge=448 * 448)
+    image, row = rendered_pair(*size)
+    out = ip(images=[image], return_tensors="pt")
+    _, gh, gw = out["image_grid_thw"][0].tolist()
+    # the flattened patches, back to an image through processor_to_raster (tests that ordering too)
+    raster = processor_to_raster(out["pixel_values"], gh, gw, 2).reshape(gh, gw, 3, 2, 14, 14)[:, :, :, 0]
+    canvas = unnormalise(raster.permute(2, 0, 3, 1, 4).reshape(3, gh * 14, gw * 14).numpy(), ip)
+    reference = unnormalise(ip.resize(np.asarray(image, dtype=np.float32).transpose(2, 0, 1),
+                                      size=ip.size, resample=ip.resample, factor=28) / 255.0, ip)
+    assert canvas.shape == reference.shape  # same canvas as a direct resize
+    aff = qwen_affine(image.width, image.height, gh, gw, 14)
+    x0, y0, x1, y1 = aff.box(row["strip_x0"], row["strip_y0"], row["strip_x1"], row["strip_y1"])
+    dark = dark_pixels(canvas)
+    assert len(dark) > 0
+    assert (dark[:, 0] >= math.floor(y0) - 1).all()
+    mask = text_patch_mask(row, aff, gh, gw, 14)
+    assert mask[dark[:, 0] // 14, dark[:, 1] // 14].mean() > 0.5
+
+
+# --- Qwen window order ---------------------------------------------------------------------------------------
+
+
+def tiny_qwen_visual(depth=2, window_size=56):
+    from transformers import Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    cfg = Qwen2_5_VLConfig(vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2,
+                                              out_hidden_size=24, patch_size=14, spatial_merge_size=2,
+                                              window_size=window_size, fullatt_block_indexes=[depth - 1],
+                                              initializer_range=0.02)).vision_config
+    torch.manual_seed(0)
+    return Qwen2_5_VisionTransformerPretrainedModel._from_config(cfg).eval()
+
+
+def test_window_inversion_matches_transformers_merger():
+    visual = tiny_qwen_visual()
+    ip = qwen_processor(shortest_edge=56 * 56, longest_edge=448 * 448)
+    out = ip(images=[Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 230, 3), dtype=np.uint8))],
+             return_tensors="pt")
+    grid = out["image_grid_thw"]
+    window_index = encoders.qwen_window_index(visual, grid)
+    assert not torch.equal(window_index, torch.arange(len(window_index)))  # several windows: order really differs
+    captured = []
+    hook = visual.blocks[-1].register_forward_hook(lambda _m, _i, o: captured.append(o))
+    with torch.no_grad():
+        result = visual(out["pixel_values"], grid_thw=grid)
+        hook.remove()
+        # transformers merges in window order and reverses itself; our inversion first, then the merger
+        ours = visual.merger(window_to_processor_order(captured[0], window_index, 4))
+    torch.testing.assert_close(ours, result.pooler_output)
+    # qwen_block_states returns every block in raster order, the last one equal to the hooked one inverted
+    states = encoders.qwen_block_states(visual, out["pixel_values"], grid)
+    _, gh, gw = grid[0].tolist()
+    assert len(states) == 2 and states[-1].shape == (gh * gw, 32)
+    torch.testing.assert_close(states[-1], window_to_raster(captured[0], window_index, gh, gw, 2))
+
+
+def test_processor_to_raster_small_grid():
+    # grid 2 x 4, merge 2: processor order is unit (0,0): (0,0),(0,1),(1,0),(1,1); unit (0,1): (0,2),(0,3),...
+    raster_ids = torch.tensor([0, 1, 4, 5, 2, 3, 6, 7], dtype=torch.float32)[:, None]
+    assert processor_to_raster(raster_ids, 2, 4, 2)[:, 0].tolist() == list(range(8))
+
+
+# --- numbers -------------------------------------------------------------------------------------------------
+
+
+def test_cosine_and_gap_numbers():
+    e = np.eye(4)
+    assert cosine_distance(e[0], e[0] * 3) == pytest.approx(0.0)
+    assert cosine_distance(e[0], e[1]) == pytest.approx(1.0)
+    assert mean_pairwise_cosine_distance(e[:2], e[2:]) == pytest.approx(1.0)
+    assert mean_pairwise_cosine_distance(e[:1].repeat(3, 0), e[:1].repeat(2, 0)) == pytest.approx(0.0)
+    np.testing.assert_allclose(cosine_rows(e, e), 1.0)
+    np.testing.assert_allclose(cosine_rows(e, np.roll(e, 1, axis=1)), 0.0)
+    from modality_gap import gap_numbers, paired_test
+
+    g = gap_numbers(e[:2], e[2:])
+    assert g == pytest.approx({"centroid_distance": 1.0, "pairwise_distance": 1.0})
+    a = np.linspace(0.1, 0.5, 10)
+    t = paired_test(a, a + 0.1, resamples=500, confidence=0.95, seed=0)
+    assert t["mean_diff"] == pytest.approx(0.1) and t["ci_low"] == pytest.approx(0.1)
+    assert t["p_value"] == pytest.approx(2 / 1024)  # exact Wilcoxon, all 10 differences positive
+    assert paired_test(a, a, 100, 0.95, 0)["p_value"] is None
+
+
+def test_similarity_rows_regions():
+    from layer_similarity import similarity_rows
+
+    q = [torch.eye(4), torch.eye(4)]
+    c = [torch.eye(4), torch.roll(torch.eye(4), 1, dims=1)]
+    mask = np.array([[False, False], [True, True]])
+    rows = pd.DataFrame(similarity_rows("m", "llava", "s1", q, c, mask))
+    assert rows.set_index(["layer", "region"])["mean"].to_dict() == {
+        (1, "image"): 1.0, (1, "text"): 1.0, (2, "image"): 0.0, (2, "text"): 0.0}
+    assert rows.n_patches.tolist() == [2, 2, 2, 2] and rows.layer_from_end.tolist() == [1, 1, 0, 0]
+
+
+def test_attention_stats_regions():
+    from attention import attention_stats
+
+    attn = torch.zeros(2, 5, 5)
+    attn[:, 0, 1:3] = 0.5  # CLS attends to patches 0 and 1 (the text region)
+    attn[:, 1:, 0] = 0.5
+    attn[:, torch.arange(1, 5), torch.arange(1, 5)] = 0.5  # diagonal
+    stats, maps = attention_stats(attn, np.array([[True, True], [False, False]]))
+    assert stats["n_text_patches"] == 2 and stats["cls_text"] == 0.5 and stats["cls_other"] == 0.0
+    assert stats["diag_text"] == 0.5 and stats["recv_text"] == pytest.approx((0.5 + 0.5) / 5)
+
+
+# --- the stage mains on tiny checkpoints ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from demo_models import build
+
+    root = tmp_path_factory.mktemp("models")
+    return {fam: str(build(fam, root / fam)) for fam in ("qwen2_5_vl", "llava")}
+
+
+def write_manifests(folder: Path, sizes) -> tuple[Path, Path]:
+    rows = {"question": [], "control": []}
+    for i, size in enumerate(sizes):
+        image, strip = rendered_pair(*size)
+        for variant in rows:
+            img = image if variant == "question" else image.copy()
+            if variant == "control":
+                ImageDraw.Draw(img).rectangle((0, strip["strip_y0"], img.width, img.height), fill="white")
+            path = folder / f"{variant}_{i}.png"
+            img.save(path)
+            rows[variant].append({"sample_id": f"pope-{i}", "image_id": i, "variant": variant, "source_path": str(path),
+                                  "image_path": str(path), "width": img.width, "height": img.height,
+                                  "orig_width": size[0], "orig_height": size[1], **strip,
+                                  "text": "q" if variant == "question" else "", "font_file": None,
+                                  "font_sha256": None, "font_size": 26, "image_sha256": "x"})
+    paths = []
+    for variant, data in rows.items():
+        paths.append(folder / f"{variant}.parquet")
+        write_table(pd.DataFrame(data), paths[-1], "manifest")
+    return tuple(paths)
+
+
+def fake_snakemake(inputs: dict, outputs: dict, cfg: dict):
+    return SimpleNamespace(input=SimpleNamespace(**inputs), output=SimpleNamespace(**outputs),
+                           params=SimpleNamespace(cfg=json.dumps(cfg)), log=[])
+
+
+def entry(family, path):
+    return {"family": family, "path": path, "revision": "main", "dtype": "float32"}
+
+
+def test_attention_and_similarity_mains(tiny_models, tmp_path):
+    import attention
+    import layer_similarity
+
+    q, c = write_manifests(tmp_path, [(200, 150), (150, 220), (180, 180)])
+    llava, qwen = entry("llava", tiny_models["llava"]), entry("qwen2_5_vl", tiny_models["qwen2_5_vl"])
+    out = {k: tmp_path / f"att_{k}" for k in ("table", "maps", "diagonal")}
+    attention.main(fake_snakemake({"question": str(q), "control": str(c)}, out,
+                                  {"analysis.attention": {"model": "llava", "n_pairs": 2, "layers": [1, 2]},
+                                   "models.llava": llava, "seed": 0}))
+    table = read_table(out["table"], "attention")
+    assert sorted(table.layer.unique()) == [1, 2, 4]  # configured layers + the last
+    assert len(table) == 2 * 2 * 3 and table.is_last_layer.sum() == 4
+    assert read_metadata(out["table"])["heat_map"] == "CLS-to-patch attention"
+    assert Image.open(out["maps"]).size[0] > 600 and Image.open(out["diagonal"]).size[0] > 600
+
+    out = {"table": tmp_path / "sim.parquet", "figure": tmp_path / "sim.png"}
+    layer_similarity.main(fake_snakemake(
+        {"question": str(q), "control": str(c)}, out,
+        {"analysis.layer_similarity": {"models": ["qwen", "llava"], "n_pairs": 3, "last_n_layers": 3},
+         "models.qwen": qwen, "models.llava": llava, "seed": 0}))
+    sim = read_table(out["table"], "layer_similarity")
+    assert set(sim.model) == {"qwen", "llava"} and sim.sample_id.nunique() == 3
+    assert sim.groupby("model").layer.max().to_dict() == {"llava": 4, "qwen": 4}
+    # the image region only differs from the control through attention to the strip, the text region directly
+    text, image = (sim[sim.region == r].groupby("model")["mean"].mean() for r in ("text", "image"))
+    assert (text < image).all()
+    assert (sim["mean"].dropna() <= 1 + 1e-6).all()
+
+
+def test_modality_gap_main(tiny_models, tmp_path):
+    import modality_gap
+    from vlm import build_prompt, load_model
+
+    qwen = entry("qwen2_5_vl", tiny_models["qwen2_5_vl"])
+    q, c = write_manifests(tmp_path, [(200, 150), (150, 220), (180, 180)])
+    lm = load_model("qwen", qwen)
+    paths = []
+    for setting, manifest, text in (("control", c, "Describe this image in detail."), ("prompt_in_image", q, None)):
+        man = read_table(manifest)
+        rows = [{"sample_id": r.sample_id, "task": "caption", "model": "qwen", "setting": setting,
+                 "image_id": r.image_id, "question": "Describe this image in detail.", "text_prompt": text,
+                 "prompt": build_prompt("qwen2_5_vl", lm.processor, text), "image_path": r.image_path,
+                 "response": "" if r.sample_id == "pope-2" else "A dog on a red sofa next to a lamp.",
+                 "n_prompt_tokens": 1, "n_response_tokens": 5, "finish_reason": "stop", "seed": 0, "p_yes": None}
+                for r in man.itertuples()]
+        paths.append(tmp_path / f"inference_{setting}.parquet")
+        write_table(pd.DataFrame(rows), paths[-1], "inference")
+    out = {k: tmp_path / f"gap_{k}" for k in ("table", "tests", "pca", "figure")}
+    modality_gap.main(fake_snakemake(
+        {"captions": [str(p) for p in paths]}, out,
+        {"analysis.modality_gap": {"model": "qwen", "n_samples": 5, "conditions": ["control", "prompt_in_image"],
+                                   "bootstrap_resamples": 200, "confidence": 0.95}, "models.qwen": qwen, "seed": 0}))
+    gap = read_table(out["table"], "modality_gap")
+    assert sorted(gap.sample_id.unique()) == ["pope-0", "pope-1"]  # pope-2 has an empty caption
+    assert set(gap.condition) == {"A", "B"} and (gap.n_caption_tokens > 0).all() and (gap.n_image_tokens > 0).all()
+    assert gap.centroid_distance.between(0, 2).all()
+    tests = read_table(out["tests"], "modality_gap_test")
+    assert tests.n.tolist() == [2, 2]
+    assert Image.open(out["pca"]).size[0] > 600 and Image.open(out["figure"]).size[0] > 600
+
+
+# --- the demo DAG --------------------------------------------------------------------------------------------
+
+ANALYSIS_OUTPUTS = ["results/analysis/attention/attention.parquet", "results/analysis/layer_similarity/similarity.parquet",
+                    "results/analysis/modality_gap/gap.parquet"]
+
+
+def test_analysis_rules_in_demo_dag(root, tmp_path):
+    from conftest import run_snakemake
+
+    dry = run_snakemake(tmp_path, "-n", *ANALYSIS_OUTPUTS, check=False, timeout=300)
+    if dry.returncode != 0:
+        lines = [ln.strip() for ln in (dry.stdout + dry.stderr).splitlines()]
+        why = next((ln for ln in lines if "Exception" in ln or "Error" in ln), lines[-1] if lines else "?")
+        missing = next((ln for ln in lines if ln.startswith("results/") or ln.startswith("resources/")), "")
+        pytest.skip(f"the demo DAG cannot build the analyses' inputs yet (an upstream rule is missing): {why} {missing}")
+    run_snakemake(tmp_path, *ANALYSIS_OUTPUTS, timeout=1500)
+    att = read_table(tmp_path / ANALYSIS_OUTPUTS[0], "attention")
+    assert att.sample_id.nunique() == 6 and sorted(att.layer.unique()) == [1, 2, 4]
+    sim = read_table(tmp_path / ANALYSIS_OUTPUTS[1], "layer_similarity")
+    assert set(sim.model) == {"qwen2_5_vl", "llava_1_5"}
+    gap = read_table(tmp_path / ANALYSIS_OUTPUTS[2], "modality_gap")
+    assert set(gap.condition) == {"A", "B"}
+    for png in ("attention/attention_maps.png", "attention/diagonal.png", "layer_similarity/layer_similarity.png",
+                "modality_gap/pca.png", "modality_gap/gap.png"):
+        assert (tmp_path / "results/analysis" / png).stat().st_size > 10_000
+    shutil.rmtree(tmp_path / "resources", ignore_errors=True)

@@ -1,0 +1,142 @@
+"""CHAIR: vocabulary, caption parsing, ground truth and the metric's counting rules."""
+
+from __future__ import annotations
+
+import chair
+import numpy as np
+import pandas as pd
+import pytest
+import score
+
+COCO_80 = [
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+]
+
+
+@pytest.fixture(scope="module")
+def vocab() -> chair.Vocabulary:
+    return chair.Vocabulary.load()
+
+
+def objects(vocab, caption):
+    return vocab.caption_objects(caption)[1]
+
+
+def test_table_covers_the_80_categories_and_each_word_has_one_category(vocab):
+    assert vocab.categories == sorted(COCO_80)
+    raw = chair.yaml.safe_load(open(chair.SYNONYMS_FILE))["categories"]
+    seen: dict[str, str] = {}
+    for category, synonyms in raw.items():
+        for word in [category, *synonyms]:
+            assert seen.setdefault(word, category) == category, f"{word} under {seen[word]} and {category}"
+    # every one- and two-word entry is reachable from a caption and lands on its own category
+    # (two-word synonyms only through the double-word list, as in the original)
+    for word, category in vocab.to_category.items():
+        if len(word.split()) == 1 or word in vocab.pairs:
+            assert objects(vocab, f"a {word} here") == [category], word
+
+
+def test_duplicate_synonym_is_rejected(tmp_path):
+    bad = tmp_path / "syn.yaml"
+    bad.write_text("categories:\n  dog: [pup]\n  cat: [pup]\n")
+    with pytest.raises(chair.ChairError, match="pup"):
+        chair.Vocabulary.load(bad)
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("A puppy sleeps.", ["dog"]),
+    ("A man on a motorbike.", ["person", "motorcycle"]),
+    ("Three dogs and two cats", ["dog", "cat"]),                 # plurals
+    ("Knives, mice and children", ["knife", "mouse", "person"]),  # irregular plurals
+    ("He eats a hot dog", ["hot dog"]),                          # double word, not a dog
+    ("Two hot dogs", ["hot dog"]),
+    ("A teddy bear on the bed", ["teddy bear", "bed"]),
+    ("A baby elephant", ["elephant"]),                           # not a person
+    ("An adult giraffe and a baby", ["giraffe", "person"]),
+    ("A passenger train", ["train"]),
+    ("The toilet seat is up", ["toilet"]),
+    ("A toilet and a seat", ["toilet"]),                         # seat dropped when toilet present
+    ("A seat in the park", ["chair"]),
+    ("Wine glasses on the dining table", ["wine glass", "dining table"]),
+    ("A man wearing a bow tie", ["person", "tie"]),
+    ("Traffic lights at the crossing", ["traffic light"]),
+    ("The dog's bowl", ["dog", "bowl"]),                          # clitic split off
+    ("A corgi", ["dog"]),                                        # table words are never re-lemmatized
+    ("A sunny beach with sand", []),
+])
+def test_caption_objects(vocab, caption, expected):
+    assert objects(vocab, caption) == expected
+
+
+def test_repeated_mentions_all_count(vocab):
+    cs = chair.score_caption(vocab, "A dog. Another dog and a cat.", {"cat"})
+    assert cs.mentioned_objects == ["dog", "dog", "cat"]
+    assert cs.hallucinated_objects == ["dog", "dog"]
+    assert (cs.n_mentions, cs.n_hallucinated, cs.n_gt_mentioned, cs.n_words) == (3, 2, 1, 7)
+
+
+def _coco():
+    instances = {
+        "images": [{"id": 1}, {"id": 2}],
+        "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}, {"id": 62, "name": "chair"}],
+        "annotations": [{"image_id": 1, "category_id": 18}, {"image_id": 2, "category_id": 1}],
+    }
+    captions = {
+        "images": [{"id": 1}, {"id": 2}],
+        "annotations": [{"image_id": 1, "caption": "A puppy next to a wooden bench."},
+                        {"image_id": 2, "caption": "A woman sitting on a chair."}],
+    }
+    return instances, captions
+
+
+def test_ground_truth_joins_instances_and_reference_captions(vocab):
+    instances, captions = _coco()
+    gt = chair.ground_truth(vocab, instances, captions, [1, 2])
+    # bench appears only in a reference caption and still counts as present
+    assert gt == {1: {"dog", "bench"}, 2: {"person", "chair"}}
+    with pytest.raises(chair.ChairError, match=r"\[3\]"):
+        chair.ground_truth(vocab, instances, captions, [3])
+    instances["categories"].append({"id": 99, "name": "spaceship"})
+    with pytest.raises(chair.ChairError, match="spaceship"):
+        chair.ground_truth(vocab, instances, captions, [1])
+
+
+def test_chair_metrics_hand_computed(vocab):
+    instances, captions = _coco()
+    gt = chair.ground_truth(vocab, instances, captions, [1, 2])
+    df = pd.DataFrame({
+        "sample_id": ["c1", "c2", "c1", "c2"], "task": "caption", "model": "m",
+        "setting": ["baseline", "baseline", "pii", "pii"], "image_id": [1, 2, 1, 2],
+        "response": ["A dog on a bench with a cat and a cat.",   # 4 mentions, 2 hallucinated (cat x2)
+                     "A person on a chair.",                     # 2 mentions, 0 hallucinated
+                     "A dog.", "A man, a chair and a toaster."],  # 1 + 3 mentions, 1 hallucinated
+    })
+    captions_df = score.score_captions(df, vocab, gt)
+    m = score.chair_metrics(captions_df, seed=0, resamples=200, confidence=0.95).set_index("setting")
+    assert m.loc["baseline", "chair_s"] == pytest.approx(1 / 2)
+    assert m.loc["baseline", "chair_i"] == pytest.approx(2 / 6)
+    assert m.loc["baseline", "recall"] == pytest.approx(4 / 4)
+    assert m.loc["pii", "chair_i"] == pytest.approx(1 / 4)
+    assert m.loc["pii", "recall"] == pytest.approx(3 / 4)
+    assert m.loc["pii", "chair_i_delta"] == pytest.approx(1 / 4 - 2 / 6)
+    assert m.loc["pii", "n_paired"] == 2
+    assert m.loc["baseline", "mean_length"] == pytest.approx((11 + 5) / 2)
+    assert np.isnan(m.loc["baseline", "chair_s_p_value"])
+    assert 0 < m.loc["pii", "chair_s_p_value"] <= 1
+
+
+def test_caption_without_objects_and_empty_group(vocab):
+    df = pd.DataFrame({"sample_id": ["c1"], "task": "caption", "model": "m", "setting": ["baseline"],
+                       "image_id": [1], "response": [""]})
+    caps = score.score_captions(df, vocab, {1: {"dog"}})
+    m = score.chair_metrics(caps, 0, 100, 0.95, groups=[("caption", "m", "baseline"), ("caption", "m", "x")])
+    assert m.loc[0, "chair_s"] == 0 and np.isnan(m.loc[0, "chair_i"])   # no mention: CHAIRi undefined
+    assert m.loc[1, "n"] == 0 and np.isnan(m.loc[1, "chair_s"])          # no caption at all: NaN, no crash

@@ -1,0 +1,126 @@
+"""Config validation: the shipped configs pass, every kind of mistake ends in one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from config_check import ConfigError, validate_config
+
+from conftest import ROOT
+
+
+def load(name="config.yaml"):
+    with open(ROOT / name) as f:
+        return yaml.safe_load(f)
+
+
+def merged_demo():
+    """config.yaml updated by config.demo.yaml, the way Snakemake merges --configfile (recursively)."""
+    def update(base, over):
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                update(base[k], v)
+            else:
+                base[k] = v
+        return base
+
+    return update(load(), load("config.demo.yaml"))
+
+
+def test_shipped_configs_are_valid():
+    validate_config(load())
+    validate_config(merged_demo())
+
+
+def test_paper_defaults():
+    cfg = load()
+    assert cfg["sampling"]["pope"]["n"] == 1000 and cfg["sampling"]["caption"]["n"] == 500
+    assert set(cfg["settings"]) == {"baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"}
+    assert cfg["settings"]["prompt_in_image"]["text_prompt"] is None
+    assert cfg["decoding"]["temperature"] == 0.7 and cfg["decoding"]["do_sample"] is True
+    assert cfg["render"]["font_size"] == 26
+    assert {m["path"] for m in cfg["models"].values()} == {
+        "Qwen/Qwen2.5-VL-7B-Instruct", "llava-hf/llava-1.5-7b-hf", "Salesforce/instructblip-vicuna-7b"}
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c["render"].update(fnt_size=3), "render: unknown key(s) ['fnt_size']"),
+        (lambda c: c["models"]["llava_1_5"].update(family="blip9"), "models.llava_1_5.family: 'blip9' is not one of"),
+        (lambda c: c["sampling"]["pope"].update(n="many"), "sampling.pope.n: 'many' should be of type"),
+        (lambda c: c["sampling"]["pope"].update(n=0), "sampling.pope.n"),
+        (lambda c: c["decoding"].pop("temperature"), "decoding: 'temperature' is a required property"),
+        (lambda c: c["models"]["qwen2_5_vl"].update(path="./no/such/folder"), "models.qwen2_5_vl.path: local folder"),
+        (lambda c: c["analysis"]["attention"].update(model="qwen2_5_vl"), "analysis.attention.model: must name a llava"),
+        (lambda c: c["analysis"]["modality_gap"].update(model="gpt"), "analysis.modality_gap.model: 'gpt' is not a key"),
+        (lambda c: c["settings"]["baseline"].update(image="negative"), "settings.baseline.image: 'negative'"),
+    ],
+)
+def test_mistakes_name_the_key(mutate, expected):
+    cfg = load()
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_cli_reports_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: {llava_1_5: {family: blip9}}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "-s", str(ROOT / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(bad)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Config error:")]
+    assert errors == ["Config error: models.llava_1_5.family: 'blip9' is not one of "
+                      "['qwen2_5_vl', 'llava', 'instructblip']. Use one of those"]
+    assert "Traceback" not in proc.stderr
+
+
+# --- fuzzing: any value anywhere ends in a ConfigError, never another exception ----------------------------
+
+def _paths(node, prefix=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield prefix + (i,)
+            yield from _paths(v, prefix + (i,))
+
+
+PATHS = list(_paths(load()))
+JUNK = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=20),
+    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(PATHS), value=JUNK, drop=st.booleans())
+def test_fuzzed_config_never_crashes(path, value, drop):
+    cfg = copy.deepcopy(load())
+    parent = cfg
+    for part in path[:-1]:
+        parent = parent[part]
+    if drop and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    try:
+        validate_config(cfg)
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err)

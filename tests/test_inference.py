@@ -1,0 +1,255 @@
+"""Inference stage: demo checkpoints, prompts per family and setting, batching, p_yes, resume, OOM back-off."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import demo_models
+import infer
+import pandas as pd
+import pytest
+import vlm
+from inference_fixtures import job_config, make_inputs, write_config
+from pipeline_io import PipelineError, read_metadata, read_table
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+Q = "Is there a dog in the image?"
+SETTINGS = {  # setting -> text turn after templating (config.yaml)
+    "baseline": Q, "control": Q, "hybrid": Q, "prompt_in_image": None,
+    "prompt_in_image_instructed": "Answer the question in the image.",
+}
+GOLDEN = {
+    "qwen2_5_vl": lambda t: (SYSTEM + "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>" + (t or "")
+                             + "<|im_end|>\n<|im_start|>assistant\n"),
+    "llava": lambda t: f"USER: <image>\n{t} ASSISTANT:" if t is not None else "USER: <image>\nASSISTANT:",
+    "instructblip": lambda t: t or "",
+}
+GREEDY = {"do_sample": False, "temperature": 0.7, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo_models")
+    for family in demo_models.FAMILIES:
+        demo_models.build(family, out / family, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def loaded(models_dir):
+    return {f: vlm.load_model(f"demo_{f}", {"family": f, "path": str(models_dir / f)}) for f in demo_models.FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imgs")
+    make_inputs(folder, "pope", n=4)
+    return [vlm.open_image(str(p)) for p in sorted(folder.glob("img*.png"))]
+
+
+def test_demo_checkpoints_are_the_real_classes(models_dir, loaded):
+    import transformers
+
+    want = {"qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+            "llava": transformers.LlavaForConditionalGeneration,
+            "instructblip": transformers.InstructBlipForConditionalGeneration}
+    for family, lm in loaded.items():
+        assert type(lm.model) is want[family]
+        assert lm.tokenizer.padding_side == "left"
+        for word in ("Yes", "No"):  # p_yes needs single-token answers
+            assert len(lm.tokenizer.encode(word, add_special_tokens=False)) == 1
+        assert lm.answer_ids["yes"] and lm.answer_ids["no"]
+        assert not set(lm.answer_ids["yes"]) & set(lm.answer_ids["no"])
+    llava = loaded["llava"].model.config
+    assert llava.vision_config.patch_size == 14 and llava.vision_feature_layer == -2
+    assert llava.vision_config.num_hidden_layers >= 4
+    assert loaded["instructblip"].model.config.vision_config.initializer_range == 0.02
+    # processors load from the folder with the stock classes (Qwen's without torchvision is assembled)
+    proc = transformers.AutoProcessor.from_pretrained(models_dir / "llava")
+    assert type(proc).__name__ == "LlavaProcessor"
+    assert type(transformers.AutoProcessor.from_pretrained(models_dir / "instructblip")).__name__ == \
+        "InstructBlipProcessor"
+    assert isinstance(loaded["qwen2_5_vl"].processor, transformers.Qwen2_5_VLProcessor)
+
+
+def test_demo_build_is_seeded(tmp_path, models_dir):
+    from safetensors.torch import load_file
+
+    demo_models.build("llava", tmp_path / "llava", seed=0)
+    a, b = load_file(tmp_path / "llava" / "model.safetensors"), load_file(models_dir / "llava" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.parametrize("family", demo_models.FAMILIES)
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_prompt_golden(loaded, family, setting):
+    text = infer.format_text_prompt({"prompt_in_image": None, "prompt_in_image_instructed":
+                                     "Answer the question in the image."}.get(setting, "{question}"), Q)
+    assert text == SETTINGS[setting]
+    lm = loaded[family]
+    assert vlm.build_prompt(family, lm.processor, text) == GOLDEN[family](text)
+
+
+def test_qwen_prompt_expands_image_tokens(loaded, images):
+    lm = loaded["qwen2_5_vl"]
+    inputs = vlm.prepare_inputs(lm, [vlm.build_prompt("qwen2_5_vl", lm.processor, None)], images[:1])
+    n_img = int((inputs["input_ids"] == lm.model.config.image_token_id).sum())
+    assert n_img == int(inputs["image_grid_thw"].prod()) // 4 > 1
+
+
+@pytest.mark.parametrize("family", demo_models.FAMILIES)
+def test_greedy_same_at_batch_1_and_4(loaded, images, family):
+    lm = loaded[family]
+    texts = [Q, None, "Describe this image in detail.", "Answer the question in the image."]
+    prompts = [vlm.build_prompt(family, lm.processor, t) for t in texts]
+    batched = vlm.generate(lm, prompts, images, 6, GREEDY, seed=0, want_p_yes=True)
+    single = [vlm.generate(lm, [p], [im], 6, GREEDY, seed=0, want_p_yes=True)[0] for p, im in zip(prompts, images, strict=True)]
+    for b, s in zip(batched, single, strict=True):
+        assert b["response"] == s["response"] and b["n_response_tokens"] == s["n_response_tokens"]
+        assert b["n_prompt_tokens"] == s["n_prompt_tokens"]
+        assert b["p_yes"] == pytest.approx(s["p_yes"], abs=1e-4)
+        assert 0 < b["p_yes"] < 1
+
+
+def test_p_yes_sums_spellings():
+    import torch
+
+    logits = torch.full((1, 6), -1e9)
+    logits[0, [0, 1, 2]] = torch.log(torch.tensor([0.2, 0.1, 0.1]))  # Yes, yes (ids 0, 1), No (id 2)
+    assert vlm.p_yes_from_logits(logits, {"yes": [0, 1], "no": [2]})[0] == pytest.approx(0.75)
+    assert vlm.p_yes_from_logits(logits, {"yes": [], "no": [2]}) == [None]
+
+
+def test_decoding_overrides_checkpoint_defaults():
+    kw = vlm.generation_kwargs({"do_sample": True, "temperature": 0.7, "top_p": 1.0, "top_k": 0,
+                                "repetition_penalty": 1.0}, 32)
+    assert kw == {"max_new_tokens": 32, "repetition_penalty": 1.0, "do_sample": True, "temperature": 0.7,
+                  "top_p": 1.0, "top_k": 0}
+    assert vlm.generation_kwargs(GREEDY, 8)["do_sample"] is False
+
+
+def test_model_entry_errors_name_the_key(tmp_path):
+    with pytest.raises(PipelineError, match=r"^models\.m\.family: 'blip9'") as err:
+        vlm.load_model("m", {"family": "blip9", "path": "owner/name"})
+    assert "\n" not in str(err.value)
+    with pytest.raises(PipelineError, match=r"^models\.m\.path: local folder") as err:
+        vlm.load_model("m", {"family": "llava", "path": str(tmp_path / "missing")})
+    assert "\n" not in str(err.value)
+
+
+class FakeBackend:
+    """Stands in for a model: echoes the request, raises CUDA OOM above ``max_ok`` requests per call."""
+
+    name = "fake"
+
+    def __init__(self, max_ok: int = 99):
+        self.max_ok, self.calls = max_ok, []
+
+    def prompt(self, req):
+        return f"P:{req.text_prompt}"
+
+    def sort_key(self, req):
+        return len(req.question)
+
+    def run(self, chunk, seed):
+        import torch
+
+        self.calls.append(len(chunk))
+        if len(chunk) > self.max_ok:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [{"response": f"{r.sample_id}@{seed}", "n_prompt_tokens": 3, "n_response_tokens": 1,
+                 "finish_reason": "stop", "p_yes": 0.5} for r in chunk]
+
+    def metadata(self):
+        return {"device": "none"}
+
+
+def _requests(tmp_path, n=10):
+    sample, manifest = make_inputs(tmp_path / "in", "pope", n=n)
+    job = infer.Job("pope", "m", "hybrid", job_config("m", "llava", "unused", batch_size=4))
+    return job, infer.build_requests(read_table(sample), read_table(manifest), job), sample, manifest
+
+
+def test_oom_halves_batch_and_keeps_every_row(tmp_path, caplog):
+    job, reqs, _, _ = _requests(tmp_path)
+    backend = FakeBackend(max_ok=1)
+    with caplog.at_level(logging.WARNING, logger="pii"):
+        df, facts = infer.run_requests(job, reqs, backend, tmp_path / "partial")
+    assert sorted(df["sample_id"]) == sorted(r.sample_id for r in reqs) and not df["sample_id"].duplicated().any()
+    assert backend.calls[:3] == [4, 2, 1] and facts["final_batch_size"] == 1
+    assert "halving the batch to 2" in caplog.text and "halving the batch to 1" in caplog.text
+    # seeds: each piece is seeded by its position in the sorted order, so they are distinct and reproducible
+    assert df["seed"].nunique() == len(df)
+
+
+def test_oom_at_batch_one_is_a_clear_error(tmp_path):
+    job, reqs, _, _ = _requests(tmp_path, n=2)
+    with pytest.raises(PipelineError, match="out of memory at batch size 1"):
+        infer.run_requests(job, reqs, FakeBackend(max_ok=0), tmp_path / "partial")
+
+
+def test_stale_checkpoints_are_discarded(tmp_path, caplog):
+    job, reqs, _, _ = _requests(tmp_path, n=8)
+    partial = tmp_path / "partial"
+    infer.run_requests(job, reqs, FakeBackend(), partial)  # leaves checkpoints (run_job removes them)
+    assert len(list(partial.glob("batch-*.parquet"))) == 2
+    other = infer.Job("pope", "m", "hybrid", {**job.cfg, "seed": 1})
+    backend = FakeBackend()
+    with caplog.at_level(logging.INFO, logger="pii"):
+        df, facts = infer.run_requests(other, reqs, backend, partial)
+    assert "discarded 2 stale checkpoint" in caplog.text and facts["resumed_batches"] == 0
+    assert backend.calls == [4, 4] and set(df["seed"]) >= {1}
+
+
+def test_missing_manifest_row_is_one_line_error(tmp_path):
+    job, _, sample, manifest = _requests(tmp_path, n=3)
+    man = read_table(manifest).iloc[:2]
+    with pytest.raises(PipelineError, match="no image for sample 'pope-2'"):
+        infer.build_requests(read_table(sample), man, job, "m.parquet")
+
+
+def test_resume_after_sigkill(tmp_path, models_dir):
+    """Kill a real infer run after its first checkpoint, rerun: only the rest is redone, rows are identical to an
+    uninterrupted run (sampling on), every sample exactly once, checkpoints gone."""
+    sample, manifest = make_inputs(tmp_path / "in", "caption", n=10)
+    cfg = job_config("llava_1_5", "llava", str(models_dir / "llava"), task="caption", setting="baseline",
+                     batch_size=1, max_new_tokens=24, do_sample=True)
+    cfg_path = write_config(tmp_path / "cfg.json", cfg)
+    out, partial, log = tmp_path / "out.parquet", tmp_path / ".partial", tmp_path / "infer.log"
+    cmd = [sys.executable, str(ROOT / "workflow" / "scripts" / "infer.py"), "--config", str(cfg_path), "--task",
+           "caption", "--model", "llava_1_5", "--setting", "baseline", "--sample", str(sample), "--manifest",
+           str(manifest), "--out", str(out), "--partial", str(partial), "--log", str(log), "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while not list(partial.glob("batch-*.parquet")):
+            assert proc.poll() is None, "infer finished or failed before the first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    n_done = len(list(partial.glob("batch-*.parquet")))
+    assert not out.exists() and 1 <= n_done < 10
+    subprocess.run(cmd, env=env, check=True, timeout=180, capture_output=True)
+    text = log.read_text()
+    assert f"resuming: {n_done} of 10 batches" in text
+    df = read_table(out, "inference")
+    assert sorted(df["sample_id"]) == sorted(f"caption-{i}" for i in range(10))
+    assert not df["sample_id"].duplicated().any() and not partial.exists()
+    meta = read_metadata(out)
+    assert meta["resumed_batches"] == n_done and meta["versions"]["transformers"]
+    # the same job uninterrupted, in-process: identical rows
+    infer.run_job(infer.Job("caption", "llava_1_5", "baseline", json.loads(cfg_path.read_text())), sample, manifest,
+                  tmp_path / "ref.parquet", tmp_path / ".partial_ref", threads=1)
+    pd.testing.assert_frame_equal(df, read_table(tmp_path / "ref.parquet"))

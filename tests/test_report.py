@@ -1,0 +1,115 @@
+"""Report: the self-contained summary page and the `snakemake --report` wiring."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import report
+from conftest import run_snakemake
+from PIL import Image
+from pipeline_io import write_table
+
+TABLE1_MD = """# Table 1: POPE adversarial
+
+| Setting | Qwen2.5-VL Acc (%) | paper | Qwen2.5-VL F1 | paper |
+|:---|---:|---:|---:|---:|
+| baseline | 81.0 [78.0, 84.0] | 80.2 | 0.77 [0.74, 0.80] | 0.76 |
+| prompt_in_image (PiI) | 84.0 [81.0, 87.0] · Δ +3.0, p=0.01 | 84.3 | 0.81 [0.78, 0.84] · Δ +0.04 | 0.82 |
+
+Ours: value [95% percentile bootstrap interval]; paper: the published number (— not reported).
+"""
+
+
+def png(path: Path, color=(200, 30, 30)) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 20), color).save(path)
+    return str(path)
+
+
+def fake_inputs(tmp: Path) -> SimpleNamespace:
+    tables = tmp / "tables"
+    tables.mkdir()
+    (tables / "table1_pope.md").write_text(TABLE1_MD)
+    (tables / "table2_chair.md").write_text("# Table 2\n\n| Setting | CHAIRs | paper |\n|:--|--:|--:|\n"
+                                            "| baseline | 30.1 | 32.3 |\n")
+    samples = []
+    for task, n in (("pope", 6), ("caption", 3)):
+        p = tmp / f"{task}_sample.parquet"
+        write_table(pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)]}), p)
+        samples.append(str(p))
+    inference = []
+    for model, commit in (("qwen", "abc123"), ("llava", None)):
+        p = tmp / "inference" / "pope" / model / "baseline.parquet"
+        p.parent.mkdir(parents=True)
+        write_table(pd.DataFrame({"response": ["yes"]}), p, metadata={
+            "model": model, "model_id": f"org/{model}", "revision": "main", "commit_hash": commit,
+            "dtype": "float32", "device": "cpu", "backend": "transformers", "python": "3.11.7",
+            "versions": {"torch": "2.13.0", "transformers": "5.23.0"}})
+        inference.append(str(p))
+    figures = [png(tmp / "fig" / "gap.png"), png(tmp / "fig" / "attention_maps.png", (20, 20, 200))]
+    cfg = {"seed": 0, "models": {"qwen": {"family": "qwen2_5_vl", "path": "org/qwen", "revision": "main"},
+                                 "llava": {"family": "llava", "path": "org/llava", "revision": "main"}},
+           "settings": {"baseline": {}, "prompt_in_image": {}}, "decoding": {"temperature": 0.7}}
+    return SimpleNamespace(
+        input=SimpleNamespace(tables=[str(tables / "table1_pope.md"), str(tables / "table2_chair.md")],
+                              contact_sheets=[png(tmp / "contact_sheet_pope.png", (0, 150, 0))],
+                              samples=samples, inference=inference, figures=figures),
+        output=SimpleNamespace(html=str(tmp / "out" / "index.html"), md=str(tmp / "out" / "summary.md")),
+        params=SimpleNamespace(cfg=json.dumps(cfg), tasks=["pope", "caption"], config_hash="0123456789abcdef"),
+        log=[])
+
+
+def test_page_is_self_contained_and_complete(tmp_path):
+    smk = fake_inputs(tmp_path)
+    report.main(smk)
+    page = Path(smk.output.html).read_text()
+    # every image embedded, nothing fetched from elsewhere
+    srcs = re.findall(r"src='([^']*)'", page)
+    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    Image.open(io.BytesIO(base64.b64decode(srcs[0].split(",", 1)[1]))).verify()
+    assert "http://" not in page and "https://" not in page
+    # both tables, with the paper's columns marked, and their numbers
+    assert page.count("<table>") == 2 and "<table class='plain'>" in page  # two results + models
+    assert "<td class='paper'>84.3</td>" in page and "<td class='paper'>32.3</td>" in page
+    assert "Table 1 · POPE adversarial" in page and "Table 2 · CHAIR" in page
+    # what was run: config hash, checkpoint revision, sample sizes, library versions from the metadata
+    assert "0123456789abcdef" in page and "abc123" in page
+    assert "torch 2.13.0" in page and "transformers 5.23.0" in page
+    assert ">6</span>" in page and ">3</span>" in page
+    # analysis figures in the documented order, with the shipped caption text
+    assert page.index("CLIP attention") < page.index("Modality gap")
+    assert "CLS-to-patch" in page
+    md = Path(smk.output.md).read_text()
+    assert "`0123456789abcdef`" in md and "| 84.0 [81.0, 87.0]" in md and "abc123" in md
+
+
+def test_markup_is_escaped_and_branches_resolve():
+    assert report.inline_markup("<b>x</b> ``a<b`` **y**") == "&lt;b&gt;x&lt;/b&gt; <code>a&lt;b</code> <strong>y</strong>"
+    text = '{% if snakemake.wildcards.table == "t1" %}ONE{% else %}TWO{% endif %}'
+    assert report.resolve_branches(text, {"table": "t1"}) == "ONE"
+    assert report.resolve_branches(text, {"table": "t2"}) == "TWO"
+    assert "POPE" in report.caption_html("tables.rst", {"table": "table1_pope"})
+    assert "CHAIRs" in report.caption_html("tables.rst", {"table": "table2_chair"})
+
+
+def test_missing_figure_names_the_file(tmp_path):
+    smk = fake_inputs(tmp_path)
+    smk.input.figures = [str(tmp_path / "nope.png")]
+    with pytest.raises(report.PipelineError, match="nope.png"):
+        report.main(smk)
+    assert not Path(smk.output.html).exists()  # no half-written page
+
+
+def test_report_rules_in_dag(tmp_path):
+    """The report needs every table, contact sheet, figure and inference file, and runs on the submit host."""
+    proc = run_snakemake(tmp_path, "-n", "--forceall", "results/report/index.html", timeout=300)
+    jobs = set(re.findall(r"^rule (\w+):", proc.stdout, re.M))
+    assert {"report", "report_table", "report_contact_sheet", "infer", "table1_pope", "table2_chair"} <= jobs
+    assert {"attention", "layer_similarity", "modality_gap"} <= jobs

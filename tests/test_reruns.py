@@ -1,0 +1,118 @@
+"""Partial reruns: a config edit reruns exactly the jobs whose own config subtree changed, and what needs them.
+
+A completed demo run is faked cheaply: every output of the DAG is created empty, then `snakemake --touch` marks
+them up to date and records each job's params in .snakemake/metadata, exactly as a real run would. Each edit is
+then checked with a dry run's job list (in Snakemake 9.27 `--list-changes params` also lists unchanged outputs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, run_snakemake
+
+# Aggregations downstream of every inference job (those present in the DAG).
+AGGREGATES = {"score_pope", "score_chair", "table1_pope", "table2_chair", "report", "report_table", "modality_gap"}
+
+
+def all_outputs(workdir: Path) -> list[tuple[str, str]]:
+    """(path, rule) of every output the default target needs, from `snakemake --summary` (nothing runs)."""
+    proc = run_snakemake(workdir, "--summary", timeout=300)
+    rows = []
+    for line in proc.stdout.splitlines()[1:]:
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[0]:
+            rows.append((parts[0], parts[2]))
+    return rows
+
+
+def fake_completed_run(workdir: Path) -> None:
+    for path, _ in all_outputs(workdir):
+        p = workdir / path
+        if p.suffix == "" and not p.name.startswith("."):  # directory() outputs (the demo's checkpoint folders)
+            p.mkdir(parents=True, exist_ok=True)
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.touch()
+    run_snakemake(workdir, "--touch", timeout=300)
+    assert planned_jobs(workdir) == Counter(), "a touched run should be complete"
+
+
+def planned_jobs(workdir: Path, *extra: str) -> Counter:
+    """Rule -> number of jobs a dry run would execute (the `all` target excluded)."""
+    proc = run_snakemake(workdir, "-n", *extra, timeout=300)
+    counts = Counter(re.findall(r"^rule (\w+):", proc.stdout, re.M))
+    counts.pop("all", None)
+    return counts
+
+
+def planned_infer(workdir: Path, *extra: str) -> set[tuple[str, str, str]]:
+    proc = run_snakemake(workdir, "-n", *extra, timeout=300)
+    return set(re.findall(r"results/inference/(\w+)/(\w+)/(\w+)\.parquet", _outputs_of(proc.stdout, "infer")))
+
+
+def _outputs_of(dry_run: str, rule: str) -> str:
+    blocks = re.split(r"\n(?=rule \w+:)", dry_run)
+    return "\n".join(re.search(r"output: ([^\n]*)", b).group(1) for b in blocks
+                     if b.startswith(f"rule {rule}:") and "output:" in b)
+
+
+def write_config(workdir: Path, overrides: dict) -> str:
+    base = yaml.safe_load((ROOT / "config.demo.yaml").read_text())
+    _merge(base, overrides)
+    path = workdir / "edited.yaml"
+    path.write_text(yaml.safe_dump(base, sort_keys=False))
+    return str(path)
+
+
+def _merge(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("reruns")
+    fake_completed_run(workdir)
+    return workdir
+
+
+def test_editing_one_model_reruns_only_its_jobs(completed):
+    demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text())
+    tasks, settings = ["pope", "caption"], 5
+    edited = write_config(completed, {"models": {"llava_1_5": {"batch_size": 2}}})
+    jobs = planned_jobs(completed, "--configfile", edited)
+    infer = planned_infer(completed, "--configfile", edited)
+    assert infer and {m for _, m, _ in infer} == {"llava_1_5"}, infer
+    assert len(infer) == len(tasks) * settings
+    # nothing upstream and no other model reruns; the analyses that load llava's weights do not read batch_size
+    assert not {"sample_pope", "sample_coco", "render_variants", "build_demo_model"} & set(jobs), jobs
+    assert set(jobs) - {"infer"} <= AGGREGATES, jobs
+    assert {"score_pope", "score_chair", "report"} <= set(jobs)
+    assert demo["models"]["llava_1_5"]["path"]  # the edit kept the demo checkpoint
+
+
+def test_editing_dtype_of_qwen_reruns_qwen_and_its_analyses(completed):
+    edited = write_config(completed, {"models": {"qwen2_5_vl": {"dtype": "bfloat16"}}})
+    infer = planned_infer(completed, "--configfile", edited)
+    assert {m for _, m, _ in infer} == {"qwen2_5_vl"}
+    jobs = planned_jobs(completed, "--configfile", edited)
+    assert "attention" not in jobs  # probes llava's CLIP tower, untouched
+    assert "modality_gap" in jobs  # loads Qwen itself
+
+
+def test_adding_a_model_runs_only_new_jobs_and_aggregations(completed):
+    edited = write_config(completed, {"models": {"llava_copy": {
+        "family": "llava", "path": "resources/demo/models/llava", "revision": "main", "dtype": "float32"}}})
+    jobs = planned_jobs(completed, "--configfile", edited)
+    infer = planned_infer(completed, "--configfile", edited)
+    assert {m for _, m, _ in infer} == {"llava_copy"} and len(infer) == 10
+    assert set(jobs) - {"infer"} <= AGGREGATES, jobs
+    assert "build_demo_model" not in jobs and "render_variants" not in jobs

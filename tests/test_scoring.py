@@ -1,0 +1,269 @@
+"""Scoring: POPE answer rules, metrics, bootstrap intervals, paired tests, the tables, and the rules' wiring."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pope_metrics as pm
+import pytest
+import score
+import yaml
+from conftest import ROOT, run_snakemake
+from pipeline_io import read_table, write_table
+
+# --- answer rules -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, official, strict", [
+    ("No, there is not a dog in the image.", "no", "no"),
+    ("Yes, there is a dog.", "yes", "yes"),
+    ("yes.", "yes", "yes"),
+    ("There is no dog in the image.", "no", "no"),
+    ("There is a dog. It is not small.", "yes", "yes"),   # only the first sentence is read
+    ("Not sure.", "yes", "unknown"),                      # official rule is case-sensitive: "Not" is no "not"
+    ("NO", "yes", "no"),
+    ("No\nthere is none", "yes", "no"),                    # official splits on ' ' only
+    ("I do not see a dog", "no", "no"),
+    ("no, a cat", "no", "no"),
+    ("", "yes", "unknown"),                               # empty answer: POPE counts it as yes
+    ("The image shows a beach.", "yes", "unknown"),
+    ("I can see a dog on the left", "yes", "yes"),
+    ("There isn't any dog", "yes", "no"),                 # "isn't" is not a listed word for the official rule
+    ("**Yes**", "yes", "yes"),
+    ("It is unclear whether there is a dog", "yes", "unknown"),
+])
+def test_answer_rules(text, official, strict):
+    assert pm.parse_official(text) == official
+    assert pm.parse_strict(text) == strict
+
+
+# --- metrics from confusion matrices ----------------------------------------------------------------------------
+
+def _metrics(labels, preds):
+    counts = pm.counts_of(pm.cell_codes(labels, preds))
+    return pm.confusion(counts), {k: float(v) for k, v in pm.metrics_from_counts(counts).items()}
+
+
+def test_metrics_hand_computed():
+    # TP=3, FN=1, FP=2, TN=4  (n=10)
+    labels = ["yes"] * 4 + ["no"] * 6
+    preds = ["yes", "yes", "yes", "no", "yes", "yes", "no", "no", "no", "no"]
+    conf, m = _metrics(labels, preds)
+    assert conf == {"tp": 3, "fp": 2, "tn": 4, "fn": 1, "n": 10, "n_unknown": 0}
+    assert m["accuracy"] == pytest.approx(0.7)
+    assert m["precision"] == pytest.approx(3 / 5)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert m["f1"] == pytest.approx(2 * 0.6 * 0.75 / (0.6 + 0.75))
+    assert m["yes_ratio"] == pytest.approx(0.5)
+
+
+def test_unknown_answers_count_as_wrong_and_never_yes():
+    conf, m = _metrics(["yes", "yes", "no", "no"], ["yes", "unknown", "unknown", "no"])
+    assert (conf["tp"], conf["fn"], conf["tn"], conf["fp"], conf["n_unknown"]) == (1, 0, 1, 0, 2)
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["recall"] == pytest.approx(0.5)     # the unknown positive is a missed positive
+    assert m["yes_ratio"] == pytest.approx(0.25)
+    assert m["precision"] == pytest.approx(1.0)
+
+
+def test_degenerate_answers_never_crash():
+    _, all_yes = _metrics(["yes", "no"], ["yes", "yes"])
+    assert all_yes["yes_ratio"] == 1 and all_yes["precision"] == 0.5 and all_yes["recall"] == 1
+    _, all_no = _metrics(["yes", "no"], ["no", "no"])
+    assert math.isnan(all_no["precision"]) and all_no["f1"] == 0 and all_no["yes_ratio"] == 0
+    _, unknown = _metrics(["yes", "no"], ["unknown", "unknown"])
+    assert unknown["accuracy"] == 0 and math.isnan(unknown["precision"]) and unknown["f1"] == 0
+    _, only_neg = _metrics(["no"], ["no"])
+    assert math.isnan(only_neg["f1"]) and math.isnan(only_neg["recall"])
+    empty = pm.metrics_from_counts(np.zeros(6))
+    assert all(math.isnan(float(v)) for v in empty.values())
+
+
+def _pope_frame(model, setting, labels, responses):
+    n = len(labels)
+    return pd.DataFrame({"sample_id": [f"pope-{i}" for i in range(n)], "task": "pope", "model": model,
+                         "setting": setting, "image_id": list(range(n)), "question": "Is there a dog?",
+                         "label": labels, "response": responses, "p_yes": [None] * n})
+
+
+def test_score_pope_all_yes_and_all_unknown_groups():
+    labels = ["yes", "no"] * 5
+    df = pd.concat([_pope_frame("m", "baseline", labels, ["Yes."] * 10),
+                    _pope_frame("m", "pii", labels, ["Not sure."] * 10)])
+    metrics, answers = score.score_pope(df, seed=0, resamples=200, confidence=0.95)
+    m = metrics.set_index("setting")
+    assert m.loc["baseline", "yes_ratio"] == 1 and m.loc["baseline", "accuracy"] == 0.5
+    # "Not sure." is yes under the official rule, unknown under the strict parser
+    assert m.loc["pii", "accuracy"] == 0.5 and m.loc["pii", "n_unknown"] == 10
+    assert m.loc["pii", "strict_accuracy"] == 0 and math.isnan(m.loc["pii", "strict_precision"])
+    assert m.loc["pii", "accuracy_p_value"] == 1.0          # no discordant pair
+    assert m.loc["pii", "strict_accuracy_delta"] == pytest.approx(-0.5)
+    assert list(answers["answer_strict"][-10:]) == ["unknown"] * 10
+
+
+def test_missing_group_is_reported_with_nan():
+    df = _pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"])
+    metrics, _ = score.score_pope(df, 0, 100, 0.95, groups=[("pope", "m", "baseline"), ("pope", "m", "x")])
+    assert metrics.loc[1, "n"] == 0 and math.isnan(metrics.loc[1, "accuracy"])
+
+
+# --- statistics ----------------------------------------------------------------------------------------------
+
+def test_mcnemar_hand_case():
+    # baseline right / setting wrong: 2 pairs; baseline wrong / setting right: 8 pairs; 5 concordant
+    first = np.array([1, 1] + [0] * 8 + [1] * 5, dtype=bool)
+    second = np.array([0, 0] + [1] * 8 + [1] * 5, dtype=bool)
+    b, c, p = score.mcnemar_exact(first, second)
+    assert (b, c) == (2, 8)
+    # exact two-sided binomial: 2 * P(X <= 2 | n=10, 1/2) = 2 * 56 / 1024
+    assert p == pytest.approx(112 / 1024)
+    assert score.mcnemar_exact(first, first)[2] == 1.0
+
+
+def test_bootstrap_interval_coverage_on_bernoulli():
+    """A 95% percentile interval of a proportion (n=200, p=0.3) covers the truth in 90-99% of 200 simulations."""
+    rng = np.random.default_rng(12345)
+    hits = 0
+    for sim in range(200):
+        x = (rng.random(200) < 0.3).astype(float)
+        weights = score.resample_weights(score.group_rng(sim, "coverage"), len(x), 1000)
+        low, high = score.percentile_interval(weights @ x / len(x), 0.95)
+        hits += low <= 0.3 <= high
+    assert 0.90 <= hits / 200 <= 0.99
+
+
+def test_bootstrap_is_seeded_and_group_specific():
+    a = score.resample_weights(score.group_rng(0, "pope", "m", "s"), 50, 20)
+    b = score.resample_weights(score.group_rng(0, "pope", "m", "s"), 50, 20)
+    c = score.resample_weights(score.group_rng(0, "pope", "m", "t"), 50, 20)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.all(a.sum(axis=1) == 50)
+
+
+def test_paired_bootstrap_p_value():
+    assert score.bootstrap_p(np.full(999, 0.1)) == pytest.approx(2 / 1000)
+    assert score.bootstrap_p(np.linspace(-1, 1, 1001)) == pytest.approx(1.0)
+    assert math.isnan(score.bootstrap_p(np.full(10, np.nan)))
+
+
+# --- tables ---------------------------------------------------------------------------------------------------
+
+def _paper():
+    with open(ROOT / "workflow" / "data" / "paper_numbers.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def test_paper_model_matching_by_hf_id_key_and_family():
+    paper = _paper()["models"]
+    models = {"qwen7b": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"},  # renamed, by hub id
+              "llava_1_5": {"family": "llava", "path": "some/finetune"},                   # by key
+              "blip": {"family": "instructblip", "path": "local/folder"}}                  # by unique family
+    assert score.match_paper_models(models, paper) == {"qwen7b": "qwen2_5_vl", "llava_1_5": "llava_1_5",
+                                                       "blip": "instructblip"}
+    two = {"a": {"family": "instructblip", "path": "x/a"}, "b": {"family": "instructblip", "path": "x/b"}}
+    assert score.match_paper_models(two, paper) == {}   # ambiguous family: no paper numbers
+
+
+def test_table1_layout_puts_paper_numbers_next_to_ours():
+    labels = ["yes", "no"] * 10
+    df = pd.concat([_pope_frame(m, s, labels, resp) for m in ("qwen2_5_vl", "instructblip")
+                    for s, resp in (("baseline", ["Yes"] * 20), ("prompt_in_image", ["Yes", "No"] * 10))])
+    metrics, _ = score.score_pope(df, 0, 200, 0.95)
+    models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"},
+              "instructblip": {"family": "instructblip", "path": "Salesforce/instructblip-vicuna-7b"}}
+    frame, md = score.build_table(metrics, _paper(), "table1_pope", score.TABLE1, models,
+                                  ["baseline", "control", "prompt_in_image"], 0.95, strict=True)
+    assert list(frame["setting"]) == ["baseline", "prompt_in_image"]      # config order, absent ones dropped
+    row = frame.set_index("setting").loc["prompt_in_image"]
+    assert row["qwen2_5_vl:accuracy"] == pytest.approx(100.0) and row["qwen2_5_vl:accuracy_paper"] == 84.3
+    assert row["qwen2_5_vl:accuracy_delta"] == pytest.approx(50.0)
+    assert row["instructblip:accuracy_paper"] == 54.0 and math.isnan(row["instructblip:f1_paper"])
+    lines = md.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:3] == ["Setting", "Qwen2.5-VL Acc (%)", "paper"]
+    assert header[7] == "InstructBLIP Acc (%)"
+    pii = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert pii[0] == "prompt_in_image (PiI)"
+    assert pii[1].startswith("100.0 [100.0, 100.0] · Δ +50.0, p") and pii[2] == "84.3"
+    assert pii[3].startswith("1.00 [") and pii[4] == "0.82"
+    assert pii[7].startswith("100.0") and pii[8] == "54.0" and pii[10] == "—"   # dagger row: accuracy only
+    base = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert base[1].startswith("50.0 [") and "Δ" not in base[1] and base[2] == "80.2"   # no delta on baseline
+    assert "Strict parser" in md
+
+
+def test_table2_layout():
+    rows = []
+    for setting, value in (("baseline", 0.323), ("hybrid", 0.35)):
+        rows.append({"task": "caption", "model": "qwen2_5_vl", "setting": setting, "chair_s": value,
+                     "chair_s_ci_low": value - 0.02, "chair_s_ci_high": value + 0.02, "chair_i": 0.088,
+                     "chair_i_ci_low": 0.08, "chair_i_ci_high": 0.09,
+                     "chair_s_delta": np.nan if setting == "baseline" else 0.027,
+                     "chair_s_p_value": np.nan if setting == "baseline" else 0.2,
+                     "chair_i_delta": np.nan if setting == "baseline" else 0.0, "chair_i_p_value": np.nan})
+    frame, md = score.build_table(pd.DataFrame(rows), _paper(), "table2_chair", score.TABLE2,
+                                  {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "p"}}, ["baseline", "hybrid"], 0.95)
+    hybrid = [c.strip() for c in md.splitlines()[3].strip("|").split("|")]
+    assert hybrid == ["hybrid", "35.0 [33.0, 37.0] · Δ +2.7, p=0.200", "34.2",
+                      "8.8 [8.0, 9.0] · Δ ±0.0", "9.9"]
+    assert frame.loc[0, "qwen2_5_vl:chair_s_paper"] == 32.3
+
+
+# --- the rules, through Snakemake -------------------------------------------------------------------------------
+
+def test_scoring_rules_end_to_end(tmp_path: Path):
+    """Fake inference files and COCO annotations in a scratch folder; only the scoring rules may run."""
+    config = yaml.safe_load(open(ROOT / "config.yaml"))
+    demo = yaml.safe_load(open(ROOT / "config.demo.yaml"))
+    models, settings = list(config["models"]), list(config["settings"])
+    root = tmp_path / demo["data"]["coco"]["root"] / "annotations"
+    root.mkdir(parents=True)
+    images = [{"id": i} for i in (1, 2, 3)]
+    root.joinpath("instances_val2017.json").write_text(json.dumps({
+        "images": images, "categories": [{"id": 18, "name": "dog"}, {"id": 17, "name": "cat"}],
+        "annotations": [{"image_id": 1, "category_id": 18}, {"image_id": 2, "category_id": 17}]}))
+    root.joinpath("captions_val2017.json").write_text(json.dumps({
+        "images": images, "annotations": [{"image_id": 3, "caption": "A bench in a park."}]}))
+    rng = np.random.default_rng(0)
+    for model in models:
+        for setting in settings:
+            pope = _pope_frame(model, setting, ["yes", "no"] * 15,
+                               list(rng.choice(["Yes, there is.", "No.", "Maybe"], 30)))
+            cap = pd.DataFrame({"sample_id": ["caption-1", "caption-2", "caption-3"], "task": "caption",
+                                "model": model, "setting": setting, "image_id": [1, 2, 3], "question": "Describe.",
+                                "label": [None] * 3, "p_yes": [None] * 3, "response": ["A dog.", "A dog and a cat.", "A bench."]})
+            for task, df in (("pope", pope), ("caption", cap)):
+                df = df.assign(text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1,
+                               n_response_tokens=1, finish_reason="stop", seed=0)
+                write_table(df, tmp_path / f"results/inference/{task}/{model}/{setting}.parquet", "inference")
+    targets = ["results/tables/table1_pope.md", "results/tables/table2_chair.md", "results/tables/table1_pope.csv",
+               "results/tables/table2_chair.csv"]
+    # options first: conftest puts --configfile (which takes several values) right before these arguments
+    only_scoring = ("--allowed-rules", "score_pope", "score_chair", "table1_pope", "table2_chair", "--")
+    run_snakemake(tmp_path, *only_scoring, *targets, timeout=600)
+    pope = read_table(tmp_path / "results/scores/pope_metrics.parquet", "pope_metrics")
+    assert len(pope) == len(models) * len(settings)
+    chair_m = read_table(tmp_path / "results/scores/chair_metrics.parquet", "chair_metrics")
+    assert set(chair_m["chair_s"]) == {1 / 3} and set(chair_m["chair_i"]) == {1 / 4}
+    caps = read_table(tmp_path / "results/scores/chair_captions.parquet", "chair_captions")
+    assert list(caps["hallucinated_objects"].iloc[1]) == ["dog"]
+    md = (tmp_path / "results/tables/table2_chair.md").read_text()
+    assert "| baseline | 33.3 [" in md and "32.3" in md
+    assert md.index("Qwen2.5-VL CHAIRs") < md.index("LLaVA-1.5 CHAIRs") < md.index("InstructBLIP CHAIRs")
+    # a second dry run has nothing to do: params are canonical
+    dry = run_snakemake(tmp_path, "-n", *only_scoring, *targets)
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+
+
+def test_inference_without_pope_label_is_one_clear_error(tmp_path: Path):
+    df = _pope_frame("m", "baseline", ["yes", None], ["Yes", "No"]).assign(
+        text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
+        finish_reason="stop", seed=0)
+    path = tmp_path / "results/inference/pope/m/baseline.parquet"
+    write_table(df, path, "inference")
+    with pytest.raises(score.PipelineError, match=r"baseline.parquet: row 1 has no POPE label"):
+        score.read_inference([str(path)], "pope")

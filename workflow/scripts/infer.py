@@ -1,0 +1,392 @@
+"""Stage: inference. One job = one task x model x setting: every sampled request through one backend.
+
+Requests are sorted by prompt length and cut into batches (``models.<m>.batch_size`` or ``inference.batch_size``).
+Each finished batch is checkpointed outside the declared output, in ``results/inference/.partial/...``, stamped with
+a fingerprint of the job's config and inputs; a rerun after a crash or SIGKILL reuses matching checkpoints and
+redoes only the rest. A CUDA out-of-memory error halves the batch and retries. Batch ``i`` is generated with the
+torch seed ``seed + (position of its first request in the sorted order)``, so a resumed run gives the same rows.
+
+Backends: ``transformers`` (local weights, see vlm.py) and ``openai`` (an OpenAI-compatible server, see
+openai_backend.py). Runnable without Snakemake too: ``python infer.py --help``.
+"""
+
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from pipeline_io import (
+    PipelineError,
+    config_hash,
+    log,
+    params_config,
+    read_metadata,
+    read_table,
+    run_main,
+    setup_logging,
+    write_table,
+)
+
+COLUMNS = ["sample_id", "task", "model", "setting", "image_id", "question", "label", "text_prompt", "prompt",
+           "image_path", "response", "n_prompt_tokens", "n_response_tokens", "finish_reason", "seed", "p_yes"]
+
+
+@dataclass
+class Request:
+    sample_id: str
+    task: str
+    image_id: int
+    question: str
+    label: str | None
+    text_prompt: str | None
+    image_path: str
+    image_sha256: str | None = None
+
+
+@dataclass
+class Job:
+    """Everything one inference job needs, decoded from its canonical config subtrees."""
+
+    task: str
+    model: str
+    setting: str
+    cfg: dict
+
+    @property
+    def entry(self) -> dict:
+        return self.cfg[f"models.{self.model}"]
+
+    @property
+    def task_cfg(self) -> dict:
+        return self.cfg[f"tasks.{self.task}"]
+
+    @property
+    def setting_cfg(self) -> dict:
+        return self.cfg[f"settings.{self.setting}"]
+
+    @property
+    def decoding(self) -> dict:
+        return self.cfg["decoding"]
+
+    @property
+    def inference(self) -> dict:
+        return self.cfg["inference"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg["seed"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.entry.get("batch_size") or self.inference["batch_size"])
+
+    @property
+    def backend_name(self) -> str:
+        return self.inference["backend"]
+
+
+# --- requests ----------------------------------------------------------------------------------------------
+
+
+def format_text_prompt(template: str | None, question: str) -> str | None:
+    """The text turn of a setting: its template with {question} filled in, or None (no text turn)."""
+    if template is None:
+        return None
+    return template.replace("{question}", question)
+
+
+def build_requests(sample: pd.DataFrame, manifest: pd.DataFrame, job: Job, manifest_name: str = "manifest"):
+    """One request per sample row, with the image of the setting's variant from the manifest."""
+    by_id = manifest.drop_duplicates("sample_id").set_index("sample_id")
+    missing = [s for s in sample["sample_id"] if s not in by_id.index]
+    if missing:
+        raise PipelineError(f"{manifest_name}: no image for sample '{missing[0]}' ({len(missing)} missing); "
+                            "rerun the render stage for this task")
+    template = job.setting_cfg["text_prompt"]
+    requests = []
+    for row in sample.itertuples(index=False):
+        img = by_id.loc[row.sample_id]
+        label = getattr(row, "label", None)
+        requests.append(Request(
+            sample_id=str(row.sample_id), task=job.task, image_id=int(row.image_id), question=str(row.question),
+            label=None if label is None or pd.isna(label) else str(label),
+            text_prompt=format_text_prompt(template, str(row.question)), image_path=str(img["image_path"]),
+            image_sha256=str(img["image_sha256"]) if "image_sha256" in img and pd.notna(img["image_sha256"]) else None,
+        ))
+    return requests
+
+
+def fingerprint(job: Job, requests: list[Request]) -> str:
+    """What a checkpoint must match to be reused: the job's config and its exact inputs."""
+    inputs = [(r.sample_id, r.image_sha256 or r.image_path, r.text_prompt) for r in requests]
+    return config_hash({"cfg": job.cfg, "task": job.task, "model": job.model, "setting": job.setting,
+                        "inputs": inputs})
+
+
+# --- the transformers backend -------------------------------------------------------------------------------
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, job: Job, device=None, lm=None):
+        import vlm
+
+        self.vlm = vlm
+        self.job = job
+        self.lm = lm or vlm.load_model(job.model, job.entry, device=device)
+        self.want_p_yes = job.task == "pope"
+
+    def prompt(self, req: Request) -> str:
+        return self.vlm.build_prompt(self.lm.family, self.lm.processor, req.text_prompt)
+
+    def sort_key(self, req: Request) -> int:
+        return self.vlm.prompt_length(self.lm, self.prompt(req))
+
+    def run(self, chunk: list[Request], seed: int) -> list[dict]:
+        prompts = [self.prompt(r) for r in chunk]
+        images = [self.vlm.open_image(r.image_path) for r in chunk]
+        return self.vlm.generate(self.lm, prompts, images, self.job.task_cfg["max_new_tokens"], self.job.decoding,
+                                 seed, want_p_yes=self.want_p_yes)
+
+    def metadata(self) -> dict:
+        import torch
+        import transformers
+
+        lm = self.lm
+        return {"model_path": lm.path, "revision": lm.revision, "commit_hash": lm.commit_hash, "family": lm.family,
+                "device": str(lm.device), "dtype": str(lm.dtype).replace("torch.", ""),
+                "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+
+
+def make_backend(job: Job, device=None):
+    if job.backend_name == "openai":
+        from openai_backend import OpenAIBackend
+
+        return OpenAIBackend(job)
+    if job.backend_name == "transformers":
+        return TransformersBackend(job, device=device)
+    raise PipelineError(f"inference.backend: '{job.backend_name}' is not one of ['transformers', 'openai']")
+
+
+# --- batching, OOM back-off, checkpoints -------------------------------------------------------------------
+
+
+def oom_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import torch
+    except ImportError:
+        return ()
+    return (torch.cuda.OutOfMemoryError,)
+
+
+def run_with_oom_backoff(run, chunk: list[Request], start: int, seed: int, batch_size: int):
+    """Run ``chunk`` (planned batch at sorted position ``start``) in pieces of ``batch_size``; on CUDA OOM halve
+    the piece size and retry. Returns (rows, batch size that worked). Piece seed = seed + its sorted position."""
+    rows: list[dict] = []
+    done = 0
+    while done < len(chunk):
+        piece = chunk[done:done + batch_size]
+        piece_seed = seed + start + done
+        try:
+            out = run(piece, piece_seed)
+        except oom_errors() as err:
+            if batch_size == 1:
+                raise PipelineError(f"CUDA out of memory at batch size 1 ({str(err).splitlines()[0]}); use a "
+                                    "bigger GPU or a smaller dtype (models.<name>.dtype)") from err
+            batch_size = max(1, batch_size // 2)
+            log.warning("CUDA out of memory with %d requests; halving the batch to %d and retrying",
+                        len(piece), batch_size)
+            _free_cuda()
+            continue
+        for r in out:
+            r.setdefault("seed", piece_seed)
+        rows.extend(out)
+        done += len(piece)
+    return rows, batch_size
+
+
+def _free_cuda() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def plan_batches(requests: list[Request], sort_key, batch_size: int) -> list[tuple[int, list[Request]]]:
+    """Requests sorted by prompt length (ties: sample_id), cut into batches; (sorted start position, batch)."""
+    ordered = sorted(requests, key=lambda r: (sort_key(r), r.sample_id))
+    return [(i, ordered[i:i + batch_size]) for i in range(0, len(ordered), batch_size)]
+
+
+def batch_file(partial: Path, index: int) -> Path:
+    return partial / f"batch-{index:05d}.parquet"
+
+
+def load_checkpoints(partial: Path, fp: str, batches) -> dict[int, pd.DataFrame]:
+    """Checkpoints of this exact job (fingerprint and batch contents match); anything else is deleted."""
+    if not partial.is_dir():
+        return {}
+    done: dict[int, pd.DataFrame] = {}
+    stale = 0
+    for path in sorted(partial.glob("batch-*.parquet")):
+        try:
+            meta = read_metadata(path)
+            index = int(meta.get("batch", -1))
+            ok = meta.get("fingerprint") == fp and 0 <= index < len(batches)
+            ok = ok and meta.get("sample_ids") == [r.sample_id for r in batches[index][1]]
+            df = read_table(path, "inference") if ok else None
+        except Exception:  # an unreadable leftover is as stale as a mismatching one
+            ok, df = False, None
+        if ok:
+            done[index] = df
+        else:
+            stale += 1
+            path.unlink(missing_ok=True)
+    for leftover in partial.glob(".*.part"):  # temporary files of a write that was killed
+        leftover.unlink(missing_ok=True)
+    if stale:
+        log.info("discarded %d stale checkpoint(s) from another config or input in %s", stale, partial)
+    return done
+
+
+def rows_frame(job: Job, chunk: list[Request], results: list[dict], prompts: list[str]) -> pd.DataFrame:
+    records = []
+    for req, res, prompt in zip(chunk, results, prompts, strict=True):
+        records.append({
+            "sample_id": req.sample_id, "task": req.task, "model": job.model, "setting": job.setting,
+            "image_id": req.image_id, "question": req.question, "label": req.label, "text_prompt": req.text_prompt,
+            "prompt": res.get("prompt", prompt), "image_path": req.image_path, "response": res["response"],
+            "n_prompt_tokens": int(res["n_prompt_tokens"]), "n_response_tokens": int(res["n_response_tokens"]),
+            "finish_reason": res["finish_reason"], "seed": int(res["seed"]),
+            "p_yes": None if res.get("p_yes") is None else float(res["p_yes"]),
+        })
+    df = pd.DataFrame.from_records(records, columns=COLUMNS)
+    for col in ("label", "text_prompt"):
+        df[col] = df[col].astype(object)
+    df["p_yes"] = df["p_yes"].astype("float64")
+    return df
+
+
+def run_requests(job: Job, requests: list[Request], backend, partial: Path) -> tuple[pd.DataFrame, dict]:
+    """Run every request once, batch by batch with checkpoints; returns the rows in sample order and run facts."""
+    batch_size = job.batch_size
+    batches = plan_batches(requests, backend.sort_key, batch_size)
+    fp = fingerprint(job, requests)
+    done = load_checkpoints(partial, fp, batches)
+    if done:
+        n_rows = sum(len(d) for d in done.values())
+        log.info("resuming: %d of %d batches (%d of %d samples) already done in %s", len(done), len(batches),
+                 n_rows, len(requests), partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(len(batches)) if i not in done]
+    n_todo = sum(len(batches[i][1]) for i in todo)
+    t0, n_new, effective = time.monotonic(), 0, batch_size
+    for k, index in enumerate(todo, 1):
+        start, chunk = batches[index]
+        prompts = [backend.prompt(r) for r in chunk]
+        results, effective = run_with_oom_backoff(backend.run, chunk, start, job.seed, effective)
+        df = rows_frame(job, chunk, results, prompts)
+        write_table(df, batch_file(partial, index), "inference",
+                    metadata={"fingerprint": fp, "batch": index, "sample_ids": [r.sample_id for r in chunk]})
+        done[index] = df
+        n_new += len(chunk)
+        rate = n_new / max(time.monotonic() - t0, 1e-9)
+        eta = (n_todo - n_new) / rate if rate > 0 else float("nan")
+        log.info("batch %d/%d done (%d/%d samples this run, %d/%d total): %.2f samples/s, ETA %s", k, len(todo),
+                 n_new, n_todo, sum(len(d) for d in done.values()), len(requests), rate, _fmt_eta(eta))
+    frames = [done[i] for i in range(len(batches))]
+    result = pd.concat(frames, ignore_index=True) if frames else rows_frame(job, [], [], [])
+    order = {r.sample_id: i for i, r in enumerate(requests)}
+    result = result.sort_values("sample_id", key=lambda s: s.map(order)).reset_index(drop=True)
+    if len(result) != len(requests) or result["sample_id"].duplicated().any():
+        raise PipelineError(f"{partial}: checkpoints do not add up to one row per sample; delete the folder and rerun")
+    facts = {"n_batches": len(batches), "resumed_batches": len(batches) - len(todo), "final_batch_size": effective}
+    return result, facts
+
+
+def _fmt_eta(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# --- the job ------------------------------------------------------------------------------------------------
+
+
+def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | None = None, device=None,
+            backend=None) -> pd.DataFrame:
+    if threads:
+        try:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        except ImportError:
+            pass
+    sample = read_table(sample_path, "sample")
+    sample = sample[sample["task"] == job.task] if "task" in sample else sample
+    manifest = read_table(manifest_path, "manifest")
+    requests = build_requests(sample, manifest, job, manifest_name=str(manifest_path))
+    log.info("%s / %s / %s: %d requests, backend %s, batch size %d", job.task, job.model, job.setting,
+             len(requests), job.backend_name, job.batch_size)
+    backend = backend or make_backend(job, device=device)
+    t0 = time.monotonic()
+    df, facts = run_requests(job, requests, backend, Path(partial))
+    metadata = {
+        "task": job.task, "model": job.model, "setting": job.setting, "backend": backend.name,
+        "model_id": job.entry["path"], "revision": job.entry.get("revision"),
+        "decoding": job.decoding, "max_new_tokens": job.task_cfg["max_new_tokens"], "seed": job.seed,
+        "batch_size": job.batch_size, "config_hash": config_hash(job.cfg), "python": platform.python_version(),
+        "wall_s_this_run": round(time.monotonic() - t0, 3), **facts, **backend.metadata(),
+    }
+    write_table(df, out, "inference", metadata=metadata)
+    shutil.rmtree(partial, ignore_errors=True)
+    log.info("wrote %s (%d rows); removed checkpoints %s", out, len(df), partial)
+    return df
+
+
+def main(snakemake) -> None:
+    job = Job(task=snakemake.wildcards.task, model=snakemake.wildcards.model, setting=snakemake.wildcards.setting,
+              cfg=params_config(snakemake))
+    run_job(job, snakemake.input.sample, snakemake.input.manifest, snakemake.output[0], snakemake.params.partial,
+            threads=snakemake.threads)
+
+
+def cli(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Run one inference job outside Snakemake (same code path).")
+    ap.add_argument("--config", required=True, help="JSON file: the job's canonical config subtrees")
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--setting", required=True)
+    ap.add_argument("--sample", required=True)
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--partial", required=True)
+    ap.add_argument("--log", default=None)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args(argv)
+    setup_logging(args.log)
+    job = Job(task=args.task, model=args.model, setting=args.setting, cfg=json.loads(Path(args.config).read_text()))
+    try:
+        run_job(job, args.sample, args.manifest, args.out, args.partial, threads=args.threads, device=args.device)
+    except PipelineError as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None
+
+
+if "snakemake" in globals():
+    run_main(main, snakemake)
+elif __name__ == "__main__":
+    cli()
