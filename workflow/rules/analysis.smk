@@ -1,23 +1,5 @@
 # Stage: analyses explaining the result: CLIP attention on the text strip, layer-wise similarity of question vs
 # control images in both vision encoders, and Qwen2.5-VL's modality gap. Three GPU jobs (they run on CPU too).
-ANALYSIS = config["analysis"]
-
-
-def analysis_model_keys(*names):
-    return [("models", name) for name in names]
-
-
-def modality_gap_captions(wildcards):
-    model = ANALYSIS["modality_gap"]["model"]
-    for setting in ANALYSIS["modality_gap"]["conditions"]:
-        if setting not in config["settings"]:
-            raise ValueError(
-                f"analysis.modality_gap.conditions: '{setting}' is not a key of settings; use one of {SETTINGS}"
-            )
-    return [
-        inference_path("caption", model, setting)
-        for setting in ANALYSIS["modality_gap"]["conditions"]
-    ]
 
 
 rule attention:
@@ -116,17 +98,3 @@ rule modality_gap:
         ),
     script:
         "../scripts/modality_gap.py"
-
-
-def analysis_targets():
-    return [
-        "results/analysis/attention/attention.parquet",
-        "results/analysis/attention/attention_maps.png",
-        "results/analysis/attention/diagonal.png",
-        "results/analysis/layer_similarity/similarity.parquet",
-        "results/analysis/layer_similarity/layer_similarity.png",
-        "results/analysis/modality_gap/gap.parquet",
-        "results/analysis/modality_gap/gap_test.parquet",
-        "results/analysis/modality_gap/pca.png",
-        "results/analysis/modality_gap/gap.png",
-    ]

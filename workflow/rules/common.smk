@@ -28,12 +28,19 @@ wildcard_constraints:
     variant="|".join(VARIANTS),
 
 
-def canonical(*keys, **extra):
-    """A job's params: only its own config subtrees, as one canonical JSON string, so editing anything
-    else in the config never reruns it (Snakemake compares params by repr)."""
+def canonical_text(*keys, **extra):
+    """Only the given config subtrees (plus ``extra``), as one canonical JSON string."""
     value = {".".join(k) if isinstance(k, tuple) else k: _lookup(k) for k in keys}
     value.update(extra)
     return canonical_json(value)
+
+
+def canonical(*keys, **extra):
+    """A job's ``params: cfg=``: only its own config subtrees, canonical, so editing anything else in the config
+    never reruns it (Snakemake compares params by repr). Returned as a function so that Snakemake does not read
+    braces in config values (``{question}``, ``{split}``) as wildcards."""
+    text = canonical_text(*keys, **extra)
+    return lambda wildcards: text
 
 
 def _lookup(key):
@@ -59,7 +66,174 @@ def inference_path(task, model, setting):
     return f"results/inference/{task}/{model}/{setting}.parquet"
 
 
+def coco_annotation(kind):
+    """A COCO 2017 annotation file (kind: instances or captions) in the configured COCO root."""
+    return f"{config['data']['coco']['root']}/annotations/{kind}_val2017.json"
+
+
+def data_targets():
+    return [sample_path(t) for t in TASKS] + [
+        f"results/data/{t}_sample_ids.txt" for t in TASKS
+    ]
+
+
 def model_folder_inputs(model):
     """The local checkpoint folder when the DAG builds it (demo); a hub id or existing folder needs no rule."""
     path = config["models"][model]["path"]
     return [path] if path in DEMO_MODEL_PATHS.values() else []
+
+
+# --- render ----------------------------------------------------------------------------------------------
+
+
+RENDER_KEYS = ["font", "font_size", "strip_fraction", "padding", "line_spacing"]
+
+
+def render_params(wildcards):
+    """The render settings the variant uses ('original' uses none, so no font edit reruns it)."""
+    if wildcards.variant == "original":
+        return canonical_text()
+    return canonical_text(*[("render", k) for k in RENDER_KEYS])
+
+
+def render_font_inputs(wildcards):
+    """A font given as a file path is an input (edits rerun rendering); a font package name is not a file."""
+    font = config["render"]["font"]
+    is_file = "/" in font or font.lower().endswith((".ttf", ".otf"))
+    return [font] if wildcards.variant != "original" and is_file else []
+
+
+def render_targets():
+    return [manifest_path(t, v) for t in TASKS for v in VARIANTS] + [
+        f"results/images/{t}/contact_sheet.png" for t in TASKS
+    ]
+
+
+# --- inference -------------------------------------------------------------------------------------------
+
+
+def inference_targets():
+    return [
+        inference_path(task, model, setting)
+        for task in TASKS
+        for model in MODELS
+        for setting in SETTINGS
+    ]
+
+
+def inference_uses_gpu():
+    return 1 if config["inference"]["backend"] == "transformers" else 0
+
+
+# --- scoring ---------------------------------------------------------------------------------------------
+
+
+def scored_inference(task):
+    return [inference_path(task, m, s) for m in MODELS for s in SETTINGS]
+
+
+def scoring_data(name):
+    """A data file shipped with the workflow (synonym table, paper numbers), independent of --directory."""
+    return f"{workflow.basedir}/workflow/data/{name}"
+
+
+def table_params():
+    """What the tables show: models in config order with their identity (to find the paper's column), setting
+    order, the interval level. Lists, not dicts: canonical JSON sorts keys and would lose the order.
+    """
+    models = [
+        {
+            "key": m,
+            "family": config["models"][m]["family"],
+            "path": config["models"][m]["path"],
+        }
+        for m in MODELS
+    ]
+    return canonical("scoring", models=models, settings=SETTINGS)
+
+
+def scoring_targets():
+    targets = []
+    if "pope" in TASKS:
+        targets += [
+            "results/scores/pope_metrics.parquet",
+            "results/tables/table1_pope.md",
+        ]
+        targets += ["results/tables/table1_pope.csv"]
+    if "caption" in TASKS:
+        targets += [
+            "results/scores/chair_metrics.parquet",
+            "results/tables/table2_chair.md",
+        ]
+        targets += ["results/tables/table2_chair.csv"]
+    return targets
+
+
+# --- analysis --------------------------------------------------------------------------------------------
+
+
+ANALYSIS = config["analysis"]
+
+
+def analysis_model_keys(*names):
+    return [("models", name) for name in names]
+
+
+def modality_gap_captions(wildcards):
+    model = ANALYSIS["modality_gap"]["model"]
+    for setting in ANALYSIS["modality_gap"]["conditions"]:
+        if setting not in config["settings"]:
+            raise ValueError(
+                f"analysis.modality_gap.conditions: '{setting}' is not a key of settings; use one of {SETTINGS}"
+            )
+    return [
+        inference_path("caption", model, setting)
+        for setting in ANALYSIS["modality_gap"]["conditions"]
+    ]
+
+
+def analysis_targets():
+    return [
+        "results/analysis/attention/attention.parquet",
+        "results/analysis/attention/attention_maps.png",
+        "results/analysis/attention/diagonal.png",
+        "results/analysis/layer_similarity/similarity.parquet",
+        "results/analysis/layer_similarity/layer_similarity.png",
+        "results/analysis/modality_gap/gap.parquet",
+        "results/analysis/modality_gap/gap_test.parquet",
+        "results/analysis/modality_gap/pca.png",
+        "results/analysis/modality_gap/gap.png",
+    ]
+
+
+# --- report ----------------------------------------------------------------------------------------------
+
+
+from pipeline_io import config_hash
+
+REPORT_TABLES = {"pope": "table1_pope", "caption": "table2_chair"}
+
+
+def report_table_names():
+    return [REPORT_TABLES[t] for t in TASKS if t in REPORT_TABLES]
+
+
+def report_inputs(wildcards):
+    """Everything the summary page shows; analyses only when their outputs are part of the run."""
+    inputs = {
+        "tables": [f"results/report/tables/{name}.md" for name in report_table_names()],
+        "table_csvs": [
+            f"results/report/tables/{name}.csv" for name in report_table_names()
+        ],
+        "contact_sheets": [
+            f"results/report/figures/contact_sheet_{t}.png" for t in TASKS
+        ],
+        "samples": [sample_path(t) for t in TASKS],
+        "inference": inference_targets(),
+        "figures": [p for p in analysis_targets() if p.endswith(".png")],
+    }
+    return inputs
+
+
+def report_targets():
+    return ["results/report/index.html", "results/report/summary.md"]

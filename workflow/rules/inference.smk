@@ -1,19 +1,6 @@
 # Stage: inference. One job per task x model x setting; the demo's tiny checkpoints are built here too.
 
 
-def inference_targets():
-    return [
-        inference_path(task, model, setting)
-        for task in TASKS
-        for model in MODELS
-        for setting in SETTINGS
-    ]
-
-
-def inference_uses_gpu():
-    return 1 if config["inference"]["backend"] == "transformers" else 0
-
-
 rule build_demo_model:
     output:
         directory("resources/demo/models/{family}"),
@@ -42,7 +29,7 @@ rule infer:
         mem_mb=32000,
         runtime=720,
     params:
-        cfg=lambda wc: canonical(
+        cfg=lambda wc: canonical_text(
             ("models", wc.model),
             ("tasks", wc.task),
             ("settings", wc.setting),

@@ -1,10 +1,6 @@
 # Stage: report. A self-contained summary page (results/report/index.html + summary.md) built from the tables,
 # contact sheets, analysis figures and the inference metadata; the same files are marked for `snakemake --report`.
 
-from pipeline_io import config_hash
-
-REPORT_TABLES = {"pope": "table1_pope", "caption": "table2_chair"}
-
 
 report: "../report/workflow.rst"
 
@@ -13,27 +9,6 @@ localrules:
     report,
     report_table,
     report_contact_sheet,
-
-
-def report_table_names():
-    return [REPORT_TABLES[t] for t in TASKS if t in REPORT_TABLES]
-
-
-def report_inputs(wildcards):
-    """Everything the summary page shows; analyses only when their outputs are part of the run."""
-    inputs = {
-        "tables": [f"results/report/tables/{name}.md" for name in report_table_names()],
-        "table_csvs": [
-            f"results/report/tables/{name}.csv" for name in report_table_names()
-        ],
-        "contact_sheets": [
-            f"results/report/figures/contact_sheet_{t}.png" for t in TASKS
-        ],
-        "samples": [sample_path(t) for t in TASKS],
-        "inference": inference_targets(),
-        "figures": [p for p in analysis_targets() if p.endswith(".png")],
-    }
-    return inputs
 
 
 rule report_table:
@@ -98,7 +73,3 @@ rule report:
         tasks=TASKS,
     script:
         "../scripts/report.py"
-
-
-def report_targets():
-    return ["results/report/index.html", "results/report/summary.md"]

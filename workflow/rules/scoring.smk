@@ -2,34 +2,6 @@
 # tests against the baseline setting, then the paper's Table 1 (POPE) and Table 2 (CHAIR).
 
 
-def scored_inference(task):
-    return [inference_path(task, m, s) for m in MODELS for s in SETTINGS]
-
-
-def coco_annotation(kind):
-    return f"{config['data']['coco']['root']}/annotations/{kind}_val2017.json"
-
-
-def scoring_data(name):
-    """A data file shipped with the workflow (synonym table, paper numbers), independent of --directory."""
-    return f"{workflow.basedir}/workflow/data/{name}"
-
-
-def table_params():
-    """What the tables show: models in config order with their identity (to find the paper's column), setting
-    order, the interval level. Lists, not dicts: canonical JSON sorts keys and would lose the order.
-    """
-    models = [
-        {
-            "key": m,
-            "family": config["models"][m]["family"],
-            "path": config["models"][m]["path"],
-        }
-        for m in MODELS
-    ]
-    return canonical("scoring", models=models, settings=SETTINGS)
-
-
 rule score_pope:
     input:
         inference=scored_inference("pope"),
@@ -89,20 +61,3 @@ rule table2_chair:
         cfg=table_params(),
     script:
         "../scripts/score.py"
-
-
-def scoring_targets():
-    targets = []
-    if "pope" in TASKS:
-        targets += [
-            "results/scores/pope_metrics.parquet",
-            "results/tables/table1_pope.md",
-        ]
-        targets += ["results/tables/table1_pope.csv"]
-    if "caption" in TASKS:
-        targets += [
-            "results/scores/chair_metrics.parquet",
-            "results/tables/table2_chair.md",
-        ]
-        targets += ["results/tables/table2_chair.csv"]
-    return targets

@@ -9,7 +9,6 @@ reference captions per image that name the drawn objects with synonyms and plura
 config gives byte-identical files.
 """
 
-from __future__ import annotations
 
 import io
 import json

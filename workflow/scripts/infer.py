@@ -387,6 +387,9 @@ def cli(argv=None) -> None:
 
 
 if "snakemake" in globals():
+    from gpu_slot import claim_gpu
+
+    claim_gpu()  # before torch touches CUDA: one device per job on a multi-GPU workstation
     run_main(main, snakemake)
 elif __name__ == "__main__":
     cli()

@@ -22,7 +22,6 @@ Every PNG is encoded in memory, hashed, written to a temporary name and renamed 
 written last, atomically, so a killed job never leaves a manifest that points at a truncated file.
 """
 
-from __future__ import annotations
 
 import hashlib
 import importlib

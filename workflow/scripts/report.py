@@ -5,7 +5,6 @@ the inference files' metadata), Table 1 and Table 2 next to the paper's numbers,
 rendered variants and the analysis figures, each with the caption the workflow ships in workflow/report/*.rst.
 """
 
-from __future__ import annotations
 
 import base64
 import html

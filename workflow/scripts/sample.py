@@ -1,0 +1,196 @@
+"""Stage data / sampling: POPE questions and COCO caption images, seeded, with their images resolved locally.
+
+Writes ``results/data/{task}_sample.parquet`` (schema ``sample``) and the published id list
+``results/data/{task}_sample_ids.txt`` so that others can rerun exactly the same questions and images.
+"""
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from fetch_data import http_get
+from pipeline_io import PipelineError, atomic_output, log, params_config, run_main, write_table
+
+POPE_KEYS = ("question_id", "image", "text", "label")
+QUESTION_OBJECT = re.compile(r"^Is there (?:a|an) (.+) in the image\?$")
+IMAGE_ID = re.compile(r"(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
+
+
+# --- reading POPE ------------------------------------------------------------------------------------------
+
+def read_pope(path: str | Path) -> pd.DataFrame:
+    """Read POPE's JSON Lines file, strictly: every problem names the file and line and says what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: POPE file not found; set data.pope.file or let the workflow fetch it")
+    rows, seen = [], {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PipelineError(f"{where}: not valid JSON ({err.msg}); fix or delete the line") from err
+            if not isinstance(row, dict) or any(k not in row for k in POPE_KEYS):
+                raise PipelineError(f"{where}: a POPE line needs the keys {list(POPE_KEYS)}; fix the line")
+            if row["label"] not in ("yes", "no"):
+                raise PipelineError(f"{where}: label {row['label']!r} is not 'yes' or 'no'; fix the line")
+            if not isinstance(row["question_id"], int) or isinstance(row["question_id"], bool):
+                raise PipelineError(f"{where}: question_id {row['question_id']!r} is not an integer")
+            if row["question_id"] in seen:
+                raise PipelineError(f"{where}: question_id {row['question_id']} already used on line "
+                                    f"{seen[row['question_id']]}; question ids must be unique")
+            seen[row["question_id"]] = line_no
+            rows.append({k: row[k] for k in POPE_KEYS})
+    if not rows:
+        raise PipelineError(f"{path}: no questions in the file")
+    return pd.DataFrame(rows)
+
+
+def image_id_of(file_name: str) -> int:
+    """The COCO image id in a file name: 'COCO_val2014_000000310196.jpg' and '000000310196.jpg' -> 310196."""
+    match = IMAGE_ID.search(file_name)
+    if not match:
+        raise PipelineError(f"image name {file_name!r} has no COCO image id (expected ...000000123456.jpg)")
+    return int(match.group(1))
+
+
+# --- sampling ----------------------------------------------------------------------------------------------
+
+def sample_pope(pope: pd.DataFrame, n: int, balanced: bool, seed: int) -> pd.DataFrame:
+    """``n`` questions drawn with ``seed``; with ``balanced``, half "yes" and half "no" (the extra one "yes")."""
+    if n > len(pope):
+        raise PipelineError(f"sampling.pope.n = {n} but the POPE file has {len(pope)} questions; lower it")
+    rng = random.Random(seed)
+    ordered = pope.sort_values("question_id")
+    if balanced:
+        picked = []
+        for label, k in (("yes", n - n // 2), ("no", n // 2)):
+            ids = ordered.loc[ordered["label"] == label, "question_id"].tolist()
+            if k > len(ids):
+                raise PipelineError(f"sampling.pope: {k} '{label}' questions needed, the file has {len(ids)}; "
+                                    "lower sampling.pope.n or set balanced: false")
+            picked += rng.sample(ids, k)
+    else:
+        picked = rng.sample(ordered["question_id"].tolist(), n)
+    return ordered[ordered["question_id"].isin(set(picked))].reset_index(drop=True)
+
+
+def sample_caption_images(instances_path: str | Path, n: int, seed: int) -> pd.DataFrame:
+    """``n`` images of a COCO instances file drawn with ``seed``, in image id order."""
+    try:
+        with open(instances_path) as f:
+            images = json.load(f)["images"]
+        table = pd.DataFrame([{"image_id": int(im["id"]), "image_file": im["file_name"]} for im in images])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise PipelineError(f"{instances_path}: not a COCO instances file ({type(err).__name__}: {err})") from err
+    if table["image_id"].duplicated().any():
+        dup = int(table.loc[table["image_id"].duplicated(), "image_id"].iloc[0])
+        raise PipelineError(f"{instances_path}: image id {dup} is listed twice; use an unmodified COCO file")
+    if n > len(table):
+        raise PipelineError(f"sampling.caption.n = {n} but {instances_path} has {len(table)} images; lower it")
+    ids = random.Random(seed).sample(sorted(table["image_id"]), n)
+    return table[table["image_id"].isin(set(ids))].sort_values("image_id").reset_index(drop=True)
+
+
+# --- finding (and fetching) images -------------------------------------------------------------------------
+
+def image_candidates(root: str | Path, file_name: str, image_id: int) -> list[tuple[Path, str, str]]:
+    """Where an image may live in a COCO root, as (local path, server split, server file name), in order."""
+    root = Path(root)
+    new_name = f"{image_id:012d}.jpg"
+    places = []
+    if file_name.startswith("COCO_val2014_"):
+        places.append((root / "val2014" / file_name, "val2014", file_name))
+    places += [(root / "val2017" / new_name, "val2017", new_name), (root / "train2017" / new_name, "train2017",
+                                                                    new_name)]
+    if file_name.startswith("COCO_train2014_"):
+        places.append((root / "train2014" / file_name, "train2014", file_name))
+    return places
+
+
+def resolve_image(coco: dict, file_name: str, image_id: int) -> str:
+    """The local path of an image; fetched (that one file only) when missing and downloads are allowed."""
+    candidates = image_candidates(coco["root"], file_name, image_id)
+    for path, _, _ in candidates:
+        if path.is_file():
+            return str(path)
+    path, split, name = candidates[0]
+    if not (coco.get("download") and coco.get("image_url")):
+        raise PipelineError(f"image {file_name} (id {image_id}) not found under {coco['root']}: download it to "
+                            f"{path} (or put the COCO 2017 image folders there), or set data.coco.download: true")
+    http_get(coco["image_url"].format(split=split, file_name=name), path)
+    return str(path)
+
+
+def attach_images(table: pd.DataFrame, coco: dict) -> pd.DataFrame:
+    paths = []
+    for i, (file_name, image_id) in enumerate(zip(table["image_file"], table["image_id"]), start=1):
+        paths.append(resolve_image(coco, file_name, int(image_id)))
+        if i % 100 == 0 or i == len(table):
+            log.info("images located: %d/%d", i, len(table))
+    return table.assign(image_path=paths)
+
+
+# --- outputs -----------------------------------------------------------------------------------------------
+
+def pope_sample_table(sampled: pd.DataFrame) -> pd.DataFrame:
+    objects = [m.group(1) if (m := QUESTION_OBJECT.match(t)) else None for t in sampled["text"]]
+    return pd.DataFrame({
+        "sample_id": [f"pope-{q}" for q in sampled["question_id"]],
+        "task": "pope",
+        "image_id": [image_id_of(name) for name in sampled["image"]],
+        "image_file": sampled["image"],
+        "question": sampled["text"],
+        "label": sampled["label"],
+        "question_id": sampled["question_id"].astype("int64"),
+        "object": objects,
+    })
+
+
+def caption_sample_table(sampled: pd.DataFrame, question: str) -> pd.DataFrame:
+    return pd.DataFrame({
+        "sample_id": [f"caption-{i}" for i in sampled["image_id"]],
+        "task": "caption",
+        "image_id": sampled["image_id"].astype("int64"),
+        "image_file": sampled["image_file"],
+        "question": question,
+        "label": pd.Series([None] * len(sampled), dtype="object"),
+        "question_id": pd.Series([None] * len(sampled), dtype="Int64"),
+        "object": pd.Series([None] * len(sampled), dtype="object"),
+    })
+
+
+def write_sample(table: pd.DataFrame, parquet: str | Path, id_list: str | Path, id_column: str,
+                 metadata: dict) -> None:
+    write_table(table, parquet, "sample", metadata=metadata)
+    with atomic_output(id_list, "w") as f:
+        f.writelines(f"{int(v)}\n" for v in table[id_column])
+
+
+def main(snakemake) -> None:
+    cfg = params_config(snakemake)
+    coco, seed = cfg["data.coco"], cfg["seed"]
+    if snakemake.rule == "sample_pope":
+        sampling = cfg["sampling.pope"]
+        pope = read_pope(snakemake.input.pope)
+        sampled = sample_pope(pope, sampling["n"], sampling["balanced"], seed)
+        table = attach_images(pope_sample_table(sampled), coco)
+        id_column = "question_id"
+        log.info("POPE sample: %d of %d questions, %d yes / %d no, %d images", len(table), len(pope),
+                 (table["label"] == "yes").sum(), (table["label"] == "no").sum(), table["image_id"].nunique())
+    else:
+        sampled = sample_caption_images(snakemake.input.instances, cfg["sampling.caption"]["n"], seed)
+        table = attach_images(caption_sample_table(sampled, cfg["tasks.caption.question"]), coco)
+        id_column = "image_id"
+        log.info("caption sample: %d images", len(table))
+    write_sample(table, snakemake.output.table, snakemake.output.ids, id_column, metadata=cfg)
+
+
+if "snakemake" in globals():
+    run_main(main, snakemake)
