@@ -35,3 +35,12 @@ def run_snakemake(workdir: Path, *args: str, configfile: str | None = "config.de
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The whole offline demo DAG, run once per test session (about 6 minutes on 2 cores); tests that only read
+    its outputs share it instead of rebuilding parts of it. Do not modify files in it: copy first."""
+    workdir = tmp_path_factory.mktemp("demo_run")
+    run_snakemake(workdir, timeout=2400)
+    return workdir

@@ -21,6 +21,10 @@ rule attention:
         ),
     log:
         "logs/analysis/attention.log",
+    benchmark:
+        "results/benchmarks/analysis/attention.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     resources:
         gpu=1,
         mem_mb=24000,
@@ -53,6 +57,10 @@ rule layer_similarity:
         ),
     log:
         "logs/analysis/layer_similarity.log",
+    benchmark:
+        "results/benchmarks/analysis/layer_similarity.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     resources:
         gpu=1,
         mem_mb=48000,
@@ -86,6 +94,10 @@ rule modality_gap:
         ),
     log:
         "logs/analysis/modality_gap.log",
+    benchmark:
+        "results/benchmarks/analysis/modality_gap.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     resources:
         gpu=1,
         mem_mb=48000,

@@ -1,5 +1,6 @@
 # Shared wiring: config validation, the experiment matrix, file-name helpers and canonical params.
 import json
+import os
 import sys
 
 sys.path.insert(0, f"{workflow.basedir}/workflow/scripts")
@@ -99,7 +100,7 @@ def render_params(wildcards):
 def render_font_inputs(wildcards):
     """A font given as a file path is an input (edits rerun rendering); a font package name is not a file."""
     font = config["render"]["font"]
-    is_file = "/" in font or font.lower().endswith((".ttf", ".otf"))
+    is_file = os.sep in font or font.lower().endswith((".ttf", ".otf"))
     return [font] if wildcards.variant != "original" and is_file else []
 
 

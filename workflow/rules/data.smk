@@ -1,5 +1,6 @@
 # Stage: data. The demo's synthetic mini-COCO, POPE built by POPE's method, the real data fetched on demand,
-# and the seeded samples (Parquet + published id lists) every later stage reads.
+# and the seeded samples (Parquet + published id lists) every later stage reads. Rules that may download run
+# on the submitting host (localrule), since cluster nodes often have no internet.
 
 
 # When the demo config points the COCO root at the demo folder, the builder, not the downloader, makes it.
@@ -28,6 +29,7 @@ rule fetch_coco_annotations:
         captions=coco_annotation("captions"),
     log:
         "logs/data/fetch_coco_annotations.log",
+    localrule: True
     conda:
         "../../envs/data.yaml"
     params:
@@ -41,6 +43,7 @@ rule fetch_pope:
         config["data"]["pope"]["file"],
     log:
         "logs/data/fetch_pope.log",
+    localrule: True
     conda:
         "../../envs/data.yaml"
     params:
@@ -75,6 +78,7 @@ rule sample_pope:
         ids="results/data/pope_sample_ids.txt",
     log:
         "logs/data/sample_pope.log",
+    localrule: True
     conda:
         "../../envs/data.yaml"
     params:
@@ -91,6 +95,7 @@ rule sample_caption:
         ids="results/data/caption_sample_ids.txt",
     log:
         "logs/data/sample_caption.log",
+    localrule: True
     conda:
         "../../envs/data.yaml"
     params:

@@ -8,6 +8,8 @@ rule build_demo_model:
         "logs/demo_models/{family}.log",
     wildcard_constraints:
         family="qwen2_5_vl|llava|instructblip",
+    conda:
+        "../../envs/inference.yaml"
     params:
         cfg=canonical("seed"),
     script:
@@ -23,6 +25,10 @@ rule infer:
         "results/inference/{task}/{model}/{setting}.parquet",
     log:
         "logs/inference/{task}/{model}/{setting}.log",
+    benchmark:
+        "results/benchmarks/infer/{task}/{model}/{setting}.tsv"
+    conda:
+        "../../envs/inference.yaml"
     threads: 4
     resources:
         gpu=lambda wc: inference_uses_gpu(),

@@ -10,6 +10,8 @@ rule render_variants:
         manifest="results/images/{task}/{variant}.parquet",
     log:
         "logs/render/{task}/{variant}.log",
+    conda:
+        "../../envs/data.yaml"
     params:
         cfg=render_params,
     script:
@@ -25,6 +27,9 @@ rule render_contact_sheet:
         "results/images/{task}/contact_sheet.png",
     log:
         "logs/render/{task}/contact_sheet.log",
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
     params:
         cfg=canonical(("render", "font"), ("render", "contact_sheet_n")),
     script:

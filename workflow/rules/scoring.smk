@@ -10,6 +10,8 @@ rule score_pope:
         answers="results/scores/pope_answers.parquet",
     log:
         "logs/scoring/score_pope.log",
+    conda:
+        "../../envs/scoring.yaml"
     params:
         cfg=canonical("scoring", "seed"),
     script:
@@ -27,6 +29,8 @@ rule score_chair:
         captions="results/scores/chair_captions.parquet",
     log:
         "logs/scoring/score_chair.log",
+    conda:
+        "../../envs/scoring.yaml"
     params:
         cfg=canonical("scoring", "seed"),
     script:
@@ -42,6 +46,9 @@ rule table1_pope:
         md="results/tables/table1_pope.md",
     log:
         "logs/scoring/table1_pope.log",
+    localrule: True
+    conda:
+        "../../envs/scoring.yaml"
     params:
         cfg=table_params(),
     script:
@@ -57,6 +64,9 @@ rule table2_chair:
         md="results/tables/table2_chair.md",
     log:
         "logs/scoring/table2_chair.log",
+    localrule: True
+    conda:
+        "../../envs/scoring.yaml"
     params:
         cfg=table_params(),
     script:
