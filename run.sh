@@ -2,6 +2,7 @@
 # One entry point for a fresh machine:
 #   bash run.sh demo   install, then run the whole DAG on the built-in offline demo (CPU, no network)
 #   bash run.sh test   install, then run the test suite
+#   bash run.sh install   only install (.venv), e.g. before running snakemake with a profile
 # Extra arguments go to snakemake (demo) or pytest (test).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,12 +32,15 @@ case "$cmd" in
     install
     exec "$VENV/bin/snakemake" --cores all --configfile config.demo.yaml "$@"
     ;;
+  install)
+    install
+    ;;
   test)
     install
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)
-    echo "usage: bash run.sh demo|test [args]" >&2
+    echo "usage: bash run.sh demo|test|install [args]" >&2
     exit 2
     ;;
 esac
