@@ -109,7 +109,8 @@ def test_missing_figure_names_the_file(tmp_path):
 
 def test_report_rules_in_dag(tmp_path):
     """The report needs every table, contact sheet, figure and inference file, and runs on the submit host."""
-    proc = run_snakemake(tmp_path, "-n", "--forceall", "results/report/index.html", timeout=300)
+    # conftest passes --quiet=rules, which hides the per-job blocks; the later --quiet=progress replaces it
+    proc = run_snakemake(tmp_path, "-n", "--forceall", "--quiet=progress", "results/report/index.html", timeout=300)
     jobs = set(re.findall(r"^rule (\w+):", proc.stdout, re.M))
     assert {"report", "report_table", "report_contact_sheet", "infer", "table1_pope", "table2_chair"} <= jobs
     assert {"attention", "layer_similarity", "modality_gap"} <= jobs

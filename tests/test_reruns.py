@@ -42,16 +42,21 @@ def fake_completed_run(workdir: Path) -> None:
     assert planned_jobs(workdir) == Counter(), "a touched run should be complete"
 
 
+def dry_run(workdir: Path, *extra: str):
+    """A dry run listing every planned job (conftest's --quiet=rules hides them; a later --quiet=progress wins)."""
+    return run_snakemake(workdir, "-n", "--quiet=progress", *extra, timeout=300)
+
+
 def planned_jobs(workdir: Path, *extra: str) -> Counter:
     """Rule -> number of jobs a dry run would execute (the `all` target excluded)."""
-    proc = run_snakemake(workdir, "-n", *extra, timeout=300)
+    proc = dry_run(workdir, *extra)
     counts = Counter(re.findall(r"^rule (\w+):", proc.stdout, re.M))
     counts.pop("all", None)
     return counts
 
 
 def planned_infer(workdir: Path, *extra: str) -> set[tuple[str, str, str]]:
-    proc = run_snakemake(workdir, "-n", *extra, timeout=300)
+    proc = dry_run(workdir, *extra)
     return set(re.findall(r"results/inference/(\w+)/(\w+)/(\w+)\.parquet", _outputs_of(proc.stdout, "infer")))
 
 

@@ -30,7 +30,7 @@ from encoders import (  # noqa: E402
 )
 from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
-from pipeline_io import PipelineError, atomic_path, log, params_config, run_main, write_table  # noqa: E402
+from pipeline_io import PipelineError, log, params_config, run_main, save_figure, write_table  # noqa: E402
 
 VARIANTS = ("question", "control")
 N_EXAMPLES = 2  # pairs drawn in attention_maps.png
@@ -142,9 +142,7 @@ def plot_attention_maps(examples: list[dict], layers: list[int], grid: int, patc
                  "(colour scale shared by the question/control pair of each layer; dashed box = text strip)",
                  fontsize=11)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_diagonal(diag: pd.DataFrame, examples: list[dict], n_layers: int, grid: int, path) -> None:
@@ -176,9 +174,7 @@ def plot_diagonal(diag: pd.DataFrame, examples: list[dict], n_layers: int, grid:
     ax_map.set_ylabel("patch row")
     fig.colorbar(im, ax=ax_map, label="A[p, p]")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(snakemake) -> None:

@@ -34,7 +34,7 @@ from encoders import (  # noqa: E402
 )
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
-from pipeline_io import PipelineError, atomic_path, log, params_config, run_main, write_table  # noqa: E402
+from pipeline_io import PipelineError, log, params_config, run_main, save_figure, write_table  # noqa: E402
 
 REGIONS = ("image", "text")
 ENCODER_LABEL = {"qwen2_5_vl": "Qwen2.5-VL ViT", "llava": "CLIP ViT (LLaVA)"}
@@ -148,9 +148,7 @@ def plot_similarity(table: pd.DataFrame, last_n: int, path) -> None:
                        loc="lower left")
     fig.suptitle(f"Layer-wise similarity of question and control images ({n_pairs} POPE pairs)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(snakemake) -> None:

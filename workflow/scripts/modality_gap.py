@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from encoders import cosine_distance, load_vlm, mean_pairwise_cosine_distance  # noqa: E402
-from pipeline_io import PipelineError, atomic_path, log, params_config, read_table, run_main, write_table  # noqa: E402
+from pipeline_io import PipelineError, log, params_config, read_table, run_main, save_figure, write_table  # noqa: E402
 from scipy import stats  # noqa: E402
 from vlm import build_prompt, open_image  # noqa: E402
 
@@ -119,9 +119,7 @@ def plot_pca(example: dict, path) -> None:
     axes[0].set_ylabel("PC 2")
     fig.suptitle(f"PCA of final-layer token embeddings, {example['sample_id']} (shared axes; X = centroid)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_gap(table: pd.DataFrame, tests: pd.DataFrame, labels: dict, path) -> None:
@@ -145,9 +143,7 @@ def plot_gap(table: pd.DataFrame, tests: pd.DataFrame, labels: dict, path) -> No
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"Modality gap per sample, instruction as text (A) vs in the image (B), n = {len(wide)}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(snakemake) -> None:

@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,6 +102,16 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
 def atomic_path(path: str | os.PathLike):
     """Like ``atomic_output`` but yields the temporary file's name, for writers that want a path."""
     return atomic_output(path, mode=None)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    fig.clear()
+    import matplotlib.pyplot as plt  # only the plotting stages pay for the import
+
+    plt.close(fig)
 
 
 # --- Parquet tables with schemas -------------------------------------------------------------------------

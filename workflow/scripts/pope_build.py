@@ -74,7 +74,7 @@ def negatives(strategy: str, asked: list[str], present: set[str], all_categories
         if len(chosen) == n:
             break
         for candidate in ranked(together.get(obj, Counter()), absent - set(chosen)):
-            if together.get(obj, Counter()).get(candidate, 0) > 0:
+            if True:
                 chosen.append(candidate)
             break
     for candidate in ranked(frequency, absent - set(chosen)):

@@ -1,0 +1,409 @@
+"""Faults: interruptions (SIGKILL, Ctrl-C), bad inputs and random config mutations.
+
+Every bad input must end in ONE line naming the file, row or key and what to do, and leave no output behind.
+Script-level tests call the stage functions (fast); a few Snakemake-level tests run the CLI on a copy of the
+session's demo run to show that the line reaches the user and that Snakemake leaves no output file.
+docs/faults.md lists every fault tried here and elsewhere in the suite.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import chair
+import infer
+import openai_backend
+import pandas as pd
+import pytest
+import render
+import sample
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from inference_fixtures import job_config, make_inputs
+from PIL import Image
+from pipeline_io import PipelineError, read_table
+
+from conftest import ROOT, run_snakemake
+
+RENDER_CFG = {"font": "arimo", "font_size": 26, "strip_fraction": 0.05, "padding": 8, "line_spacing": 1.2}
+
+
+def one_line(err: BaseException | str) -> str:
+    text = str(err)
+    assert text and "\n" not in text, f"not a single line: {text!r}"
+    return text
+
+
+# --- bad inputs, script level ------------------------------------------------------------------------------
+
+GOOD_POPE = [{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a dog in the image?",
+              "label": "yes"},
+             {"question_id": 2, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cat in the image?",
+              "label": "no"}]
+
+
+@pytest.mark.parametrize("bad_line, expected", [
+    ('{"question_id": 3, "image": "x.jpg", "text": "Is', r"pope\.jsonl:2: not valid JSON .*fix or delete the line"),
+    ('{"question_id": 1, "image": "COCO_val2014_000000000002.jpg", "text": "q", "label": "no"}',
+     r"pope\.jsonl:2: question_id 1 already used on line 1; question ids must be unique"),
+    ('{"question_id": 3, "image": "COCO_val2014_000000000002.jpg", "text": "q", "label": "maybe"}',
+     r"pope\.jsonl:2: label 'maybe' is not 'yes' or 'no'; fix the line"),
+    ('{"question_id": 3, "image": "COCO_val2014_000000000002.jpg", "text": "q"}',
+     r"pope\.jsonl:2: a POPE line needs the keys"),
+])
+def test_bad_pope_line_names_file_and_line(tmp_path, bad_line, expected):
+    path = tmp_path / "pope.jsonl"
+    path.write_text(json.dumps(GOOD_POPE[0]) + "\n" + bad_line + "\n" + json.dumps(GOOD_POPE[1]) + "\n")
+    with pytest.raises(PipelineError, match=expected) as err:
+        sample.read_pope(path)
+    one_line(err.value)
+
+
+def test_missing_image_names_it_and_says_what_to_do(tmp_path):
+    coco = {"root": str(tmp_path / "coco"), "download": False, "image_url": None}
+    with pytest.raises(PipelineError) as err:
+        sample.resolve_image(coco, "COCO_val2014_000000000042.jpg", 42)
+    text = one_line(err.value)
+    assert "COCO_val2014_000000000042.jpg (id 42) not found under" in text and "data.coco.download: true" in text
+
+
+def _jpeg(path: Path, size=(120, 90), color=(200, 30, 30)) -> Path:
+    Image.new("RGB", size, color).save(path, quality=90)
+    return path
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("variant", ["original", "question"])
+def test_corrupt_jpeg_fails_render_with_no_output(tmp_path, variant):
+    images = [_jpeg(tmp_path / f"{i}.jpg") for i in range(3)]
+    _truncate(images[1])
+    samples = pd.DataFrame({"sample_id": [f"pope-{i}" for i in range(3)], "image_id": [1, 2, 3],
+                            "image_path": [str(p) for p in images], "question": ["Is there a dog in the image?"] * 3})
+    manifest = tmp_path / "out" / f"{variant}.parquet"
+    with pytest.raises(PipelineError) as err:
+        render.render_variant(samples, variant, manifest, RENDER_CFG, task="pope")
+    text = one_line(err.value)
+    assert f"sample pope-1: source image '{images[1]}' is corrupt" in text and "rerun the data stage" in text
+    assert not manifest.exists()
+    # the PNG already rendered for pope-0 is removed again: no image without a manifest row
+    assert not list((tmp_path / "out").rglob("*.png")) and not list((tmp_path / "out").rglob("*.part"))
+
+
+def test_missing_source_image_fails_render(tmp_path):
+    samples = pd.DataFrame({"sample_id": ["caption-7"], "image_id": [7], "image_path": [str(tmp_path / "gone.jpg")],
+                            "question": ["Describe this image in detail."]})
+    with pytest.raises(PipelineError, match=r"sample caption-7: source image '.*gone\.jpg' is missing") as err:
+        render.render_variant(samples, "original", tmp_path / "original.parquet", RENDER_CFG)
+    one_line(err.value)
+    assert not (tmp_path / "original.parquet").exists()
+
+
+def test_chair_annotations_missing_a_captioned_image():
+    """The meaningful case: a caption was generated for an image the COCO annotations do not describe (wrong split
+    or a cut-down annotation file); CHAIR would count every object as hallucinated, so it refuses instead."""
+    vocab = chair.Vocabulary.load()
+    instances = {"images": [{"id": 1}], "annotations": [{"image_id": 1, "category_id": 18}],
+                 "categories": [{"id": 18, "name": "dog"}]}
+    captions = {"images": [{"id": 1}], "annotations": [{"image_id": 1, "caption": "A dog on grass."}]}
+    assert chair.ground_truth(vocab, instances, captions, [1]) == {1: {"dog"}}
+    with pytest.raises(chair.ChairError) as err:
+        chair.ground_truth(vocab, instances, captions, [1, 99], "instances_val2017.json", "captions_val2017.json")
+    text = one_line(err.value)
+    assert "instances_val2017.json / captions_val2017.json: image id(s) [99] not annotated" in text
+
+
+def test_sampling_caption_from_annotations_without_images(tmp_path):
+    bad = tmp_path / "instances_val2017.json"
+    bad.write_text(json.dumps({"annotations": []}))
+    with pytest.raises(PipelineError, match=r"instances_val2017\.json: not a COCO instances file") as err:
+        sample.sample_caption_images(bad, 2, 0)
+    one_line(err.value)
+
+
+class SlowOr500(BaseHTTPRequestHandler):
+    """A server that either never answers in time or always answers 500."""
+
+    mode = "slow"
+    hits = 0
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).hits += 1
+        if type(self).mode == "slow":
+            time.sleep(1.5)
+        raw = b'{"error": "boom"}'
+        self.send_response(500)
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        with_suppressed = self.wfile
+        try:
+            with_suppressed.write(raw)
+        except OSError:  # the client gave up already
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("mode, expected", [("slow", r"failed after 1 retries \(ReadTimeout"),
+                                            ("500", r"failed after 1 retries \(HTTP 500")])
+def test_openai_timeout_and_500_retried_then_one_line(tmp_path, mode, expected):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowOr500)
+    SlowOr500.mode, SlowOr500.hits = mode, 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sample_path, manifest = make_inputs(tmp_path, "pope", n=1)
+        cfg = job_config("llava_1_5", "llava", "demo/llava", backend="openai",
+                         openai={"base_url": f"http://127.0.0.1:{server.server_address[1]}/v1",
+                                 "api_key_env": "PII_TEST_NO_KEY", "concurrency": 1, "max_retries": 1,
+                                 "timeout_s": 0.3})
+        job = infer.Job("pope", "llava_1_5", "hybrid", cfg)
+        req = infer.build_requests(read_table(sample_path), read_table(manifest), job)[0]
+        backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
+        with pytest.raises(PipelineError, match=expected) as err:
+            backend.run([req], seed=0)
+        text = one_line(err.value)
+        assert "request for pope-0" in text and "raise inference.openai.max_retries / timeout_s" in text
+        assert SlowOr500.hits == 2  # the first try and one retry
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_openai_failure_leaves_no_inference_file(tmp_path):
+    """A server that fails the job: run_job ends with the one line and writes no output (checkpoints stay)."""
+    sample_path, manifest = make_inputs(tmp_path, "pope", n=2)
+    cfg = job_config("llava_1_5", "llava", "demo/llava", backend="openai",
+                     openai={"base_url": "http://127.0.0.1:9/v1", "api_key_env": "PII_TEST_NO_KEY",
+                             "concurrency": 1, "max_retries": 0, "timeout_s": 0.5})
+    job = infer.Job("pope", "llava_1_5", "hybrid", cfg)
+    out = tmp_path / "out.parquet"
+    with pytest.raises(PipelineError, match=r"failed after 0 retries \(ConnectError") as err:
+        infer.run_job(job, sample_path, manifest, out, tmp_path / ".partial")
+    one_line(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".out.parquet.*"))
+
+
+# --- Snakemake level: a copy of the session's demo run ---------------------------------------------------------
+
+
+def copy_run(demo_run: Path, dest: Path) -> Path:
+    """The demo run with its .snakemake metadata (mtimes kept), so only what a test changes reruns."""
+    shutil.copytree(demo_run, dest, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    return dest
+
+
+def error_lines(proc: subprocess.CompletedProcess, needle: str) -> list[str]:
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if needle in line]
+
+
+def test_dag_malformed_pope_line(demo_run, tmp_path):
+    work = copy_run(demo_run, tmp_path / "w")
+    pope = work / "results/pope_built/coco_pope_adversarial.json"
+    lines = pope.read_text().splitlines()
+    lines[4] = lines[4][:-7]  # cut the line's end: not JSON any more
+    pope.write_text("\n".join(lines) + "\n")
+    proc = run_snakemake(work, "results/data/pope_sample.parquet", check=False, timeout=300)
+    assert proc.returncode != 0
+    expected = "results/pope_built/coco_pope_adversarial.json:5: not valid JSON"
+    assert len(error_lines(proc, expected)) >= 1, proc.stderr[-3000:]
+    log = (work / "logs/data/sample_pope.log").read_text()
+    assert expected in log and "Traceback" not in log
+    assert not (work / "results/data/pope_sample.parquet").exists()
+    assert not (work / "results/data/pope_sample_ids.txt").exists()
+    assert not list((work / "results/data").glob(".*.part"))
+
+
+def test_dag_truncated_jpeg(demo_run, tmp_path):
+    work = copy_run(demo_run, tmp_path / "w")
+    samples = read_table(work / "results/data/pope_sample.parquet")
+    victim = Path(samples["image_path"].iloc[3])
+    victim = victim if victim.is_absolute() else work / victim
+    _truncate(victim)
+    target = "results/images/pope/original.parquet"
+    proc = run_snakemake(work, target, f"--forcerun={target}", check=False, timeout=300)
+    assert proc.returncode != 0
+    sid = samples["sample_id"].iloc[3]
+    lines = error_lines(proc, f"sample {sid}: source image")
+    assert lines and "is corrupt or not an image" in lines[0], proc.stderr[-3000:]
+    log = (work / "logs/render/pope/original.log").read_text()
+    assert f"sample {sid}: source image" in log and "Traceback" not in log
+    assert not (work / target).exists()
+
+
+@pytest.mark.parametrize("mutation, expected", [
+    ({"family": "gpt9"}, "Config error: models.llava_1_5.family: 'gpt9' is not one of"),
+    ({"path": "./no/such/checkpoint"}, "Config error: models.llava_1_5.path: local folder './no/such/checkpoint' "
+                                       "does not exist"),
+])
+def test_dag_bad_model_entry_is_one_config_line(tmp_path, mutation, expected):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"models": {"llava_1_5": mutation}}))
+    proc = run_snakemake(tmp_path, "-n", f"--configfile={cfg}", check=False, timeout=120)
+    assert proc.returncode != 0
+    lines = error_lines(proc, "Config error:")
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+# --- interruptions -------------------------------------------------------------------------------------------------
+
+
+def snakemake_cmd(work: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), f"--directory={work}", "--cores=2",
+            "--quiet=rules", f"--configfile={ROOT / 'config.demo.yaml'}", *args]
+
+
+def interrupt_when(cmd: list[str], ready, sig: int, timeout: float = 240) -> None:
+    """Start Snakemake in its own process group, wait until ``ready()``, then send ``sig`` to the whole group
+    (what a terminal's Ctrl-C or an OOM killer / scheduler does) and wait for it to end."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "snakemake ended before the interruption point"
+            assert time.monotonic() < deadline, "interruption point not reached in time"
+            time.sleep(0.01)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    time.sleep(0.5)  # let the group's last processes go
+
+
+def verify_png(path: Path) -> None:
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        im.load()
+
+
+def test_sigkill_during_render_leaves_no_truncated_png(demo_run, tmp_path):
+    work = copy_run(demo_run, tmp_path / "w")
+    target = "results/images/pope/question.parquet"
+    folder = work / "results/images/pope/question"
+    shutil.rmtree(folder)
+    (work / target).unlink()
+    n_samples = len(read_table(work / "results/data/pope_sample.parquet"))
+
+    interrupt_when(snakemake_cmd(work, target), lambda: len(list(folder.glob("*.png"))) >= 3, signal.SIGKILL)
+    assert not (work / target).exists(), "the render job finished before the kill: nothing was tested"
+    pngs = sorted(folder.glob("*.png"))
+    assert 3 <= len(pngs) < n_samples
+    for png in pngs:  # every PNG that exists is complete (written under a temporary name, then renamed)
+        verify_png(png)
+
+    run_snakemake(work, target, "--rerun-incomplete", timeout=300)
+    manifest = read_table(work / target, "manifest")
+    assert len(manifest) == n_samples and not manifest["sample_id"].duplicated().any()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{s}.png" for s in manifest["sample_id"])
+    import hashlib
+
+    for row in manifest.itertuples():
+        path = Path(row.image_path)
+        path = path if path.is_absolute() else work / path
+        verify_png(path)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row.image_sha256
+
+
+def _cheapest_infer(demo_run: Path) -> str:
+    """The POPE inference job of the demo that ran fastest (from its benchmark file)."""
+    times = {}
+    for tsv in (demo_run / "results/benchmarks/infer/pope").rglob("*.tsv"):
+        times[tsv.relative_to(demo_run / "results/benchmarks/infer")] = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+    best = min(times, key=times.get)
+    return f"results/inference/{best.with_suffix('.parquet')}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_interrupted_infer_resumes(demo_run, tmp_path, sig):
+    """Ctrl-C or SIGKILL of Snakemake while an infer job has checkpointed some batches (render manifests of the
+    task redone in the same run): the rerun completes, resumes from the checkpoints and has every sample once."""
+    work = copy_run(demo_run, tmp_path / "w")
+    infer_target = _cheapest_infer(demo_run)
+    manifests = [f"results/images/pope/{v}.parquet" for v in ("original", "control", "question")]
+    for path in [infer_target, *manifests]:
+        (work / path).unlink()
+    task, model, setting = Path(infer_target).with_suffix("").parts[-3:]
+    partial = work / "results/inference/.partial" / task / model / setting
+
+    interrupt_when(snakemake_cmd(work, infer_target, *manifests),
+                   lambda: len(list(partial.glob("batch-*.parquet"))) >= 2, sig)
+    assert not (work / infer_target).exists(), "the infer job finished before the interruption"
+    n_done = len(list(partial.glob("batch-*.parquet")))
+    assert n_done >= 2
+
+    run_snakemake(work, infer_target, *manifests, "--rerun-incomplete", timeout=600)
+    log = (work / "logs/inference" / task / model / f"{setting}.log").read_text()
+    assert "resuming:" in log
+    df = read_table(work / infer_target, "inference")
+    expected = read_table(work / "results/data/pope_sample.parquet")["sample_id"]
+    assert sorted(df["sample_id"]) == sorted(expected) and not df["sample_id"].duplicated().any()
+    assert not partial.exists()
+    for path in manifests:
+        assert len(read_table(work / path, "manifest")) == len(expected)
+
+
+# --- config fuzzing through the CLI ----------------------------------------------------------------------------
+
+
+def _paths(node, prefix=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield prefix + (i,)
+            yield from _paths(v, prefix + (i,))
+
+
+with open(ROOT / "config.yaml") as _f:
+    BASE_CONFIG = yaml.safe_load(_f)
+CONFIG_PATHS = [p for p in _paths(BASE_CONFIG) if all(isinstance(part, str) for part in p)]
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**4), st.floats(-1e3, 1e3),
+                 st.text(alphabet="abc{}/._- ", max_size=8), st.lists(st.integers(0, 3), max_size=2))
+
+
+def _nest(path, value):
+    node = value
+    for part in reversed(path):
+        node = {part: node}
+    return node
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(path=st.sampled_from(CONFIG_PATHS), value=JUNK)
+def test_cli_on_mutated_config_never_tracebacks(tmp_path_factory, path, value):
+    """A dry run on config.yaml with one value replaced: the run plans fine or ends in ONE 'Config error:' line."""
+    work = tmp_path_factory.mktemp("fuzz")
+    override = work / "override.yaml"
+    override.write_text(yaml.safe_dump(_nest(path, copy.deepcopy(value))))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores=1", "--quiet=all", "-s", str(ROOT / "Snakefile"),
+         f"--directory={work}", f"--configfile={override}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, f"{path} = {value!r}:\n{output[-3000:]}"
+    if proc.returncode != 0:
+        errors = [line for line in output.splitlines() if line.startswith("Config error:")]
+        assert len(errors) == 1, f"{path} = {value!r}: exit {proc.returncode} without one config line:\n{output[-3000:]}"

@@ -1,0 +1,200 @@
+"""Fetching over HTTP against a real local server (python -m http.server on the loopback): checksums, errors,
+the COCO annotations zip, single images, and the data rules of the DAG with every URL pointed at the server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fetch_data
+import sample
+from conftest import ROOT, run_snakemake
+from pipeline_io import PipelineError, read_table
+
+POPE_IMAGE_IDS = [310196, 42, 1001]
+CAPTION_IMAGE_IDS = [139, 285, 632, 724]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_served_tree(root: Path) -> None:
+    """A POPE file, a COCO annotations zip and the images both refer to, as the servers lay them out."""
+    rows, qid = [], 1
+    for image_id in POPE_IMAGE_IDS:
+        for obj, label in (("dog", "yes"), ("apple", "no"), ("person", "yes"), ("car", "no")):
+            rows.append({"question_id": qid, "image": f"COCO_val2014_{image_id:012d}.jpg",
+                         "text": f"Is there {'an' if obj[0] in 'aeiou' else 'a'} {obj} in the image?", "label": label})
+            qid += 1
+    (root / "pope.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 8, "height": 8} for i in CAPTION_IMAGE_IDS]
+    instances = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "dog"}]}
+    captions = {"images": images, "annotations": [{"id": 1, "image_id": 139, "caption": "A dog."}]}
+    with zipfile.ZipFile(root / "annotations_trainval2017.zip", "w") as z:
+        z.writestr("annotations/instances_val2017.json", json.dumps(instances))
+        z.writestr("annotations/captions_val2017.json", json.dumps(captions))
+        z.writestr("annotations/person_keypoints_val2017.json", "{}")
+    (root / "val2014").mkdir()
+    for i in POPE_IMAGE_IDS:
+        (root / "val2014" / f"COCO_val2014_{i:012d}.jpg").write_bytes(f"val2014 {i}".encode())
+    (root / "val2017").mkdir()
+    for i in CAPTION_IMAGE_IDS:
+        (root / "val2017" / f"{i:012d}.jpg").write_bytes(f"val2017 {i}".encode())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base URL, served folder) of a loopback HTTP server, stopped by its pid afterwards."""
+    root = tmp_path_factory.mktemp("served")
+    make_served_tree(root)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root),
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the test HTTP server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_fetch_pope_verified(server, tmp_path):
+    url, root = server
+    dest = tmp_path / "pope" / "coco_pope_adversarial.json"
+    fetch_data.fetch_pope(f"{url}/pope.json", sha256(root / "pope.json"), dest)
+    assert dest.read_bytes() == (root / "pope.json").read_bytes()
+    assert leftovers(dest.parent) == [dest.name]
+    assert len(sample.read_pope(dest)) == 4 * len(POPE_IMAGE_IDS)
+
+
+def test_fetch_pope_wrong_checksum_keeps_nothing(server, tmp_path):
+    url, _ = server
+    dest = tmp_path / "pope" / "coco_pope_adversarial.json"
+    with pytest.raises(PipelineError) as excinfo:
+        fetch_data.fetch_pope(f"{url}/pope.json", "0" * 64, dest)
+    assert "\n" not in str(excinfo.value) and "sha256" in str(excinfo.value)
+    assert leftovers(dest.parent) == []
+
+
+def test_fetch_404_is_clear(server, tmp_path):
+    url, _ = server
+    dest = tmp_path / "x" / "missing.json"
+    started = time.monotonic()
+    with pytest.raises(PipelineError) as excinfo:
+        fetch_data.http_get(f"{url}/no-such-file.json", dest)
+    assert time.monotonic() - started < 10  # a 404 is not retried
+    msg = str(excinfo.value)
+    assert "\n" not in msg and "404" in msg and "no-such-file.json" in msg
+    assert leftovers(dest.parent) == []
+
+
+def test_fetch_pope_without_url(tmp_path):
+    with pytest.raises(PipelineError) as excinfo:
+        fetch_data.fetch_pope(None, None, tmp_path / "p.json")
+    assert "\n" not in str(excinfo.value) and "AoiDragon/POPE" in str(excinfo.value)
+
+
+def test_fetch_annotations_unpacks_zip(server, tmp_path):
+    url, _ = server
+    out = tmp_path / "coco" / "annotations"
+    fetch_data.fetch_annotations(f"{url}/annotations_trainval2017.zip", True, out)
+    assert leftovers(out) == ["captions_val2017.json", "instances_val2017.json"]
+    assert [im["id"] for im in json.loads((out / "instances_val2017.json").read_text())["images"]] == \
+        CAPTION_IMAGE_IDS
+
+
+def test_fetch_annotations_offline_says_what_to_do(tmp_path):
+    with pytest.raises(PipelineError) as excinfo:
+        fetch_data.fetch_annotations("http://example.invalid/a.zip", False, tmp_path / "annotations")
+    msg = str(excinfo.value)
+    assert "\n" not in msg and "instances_val2017.json" in msg and str(tmp_path / "annotations") in msg
+
+
+def test_resolve_image_fetches_one_file(server, tmp_path):
+    url, root = server
+    coco = {"root": str(tmp_path / "coco"), "download": True, "image_url": url + "/{split}/{file_name}"}
+    got = Path(sample.resolve_image(coco, "COCO_val2014_000000000042.jpg", 42))
+    assert got == tmp_path / "coco" / "val2014" / "COCO_val2014_000000000042.jpg"
+    assert got.read_bytes() == b"val2014 42"
+    got = Path(sample.resolve_image(coco, "000000000139.jpg", 139))
+    assert got == tmp_path / "coco" / "val2017" / "000000000139.jpg" and got.read_bytes() == b"val2017 139"
+    assert leftovers(tmp_path / "coco") == ["val2014", "val2017"]
+
+
+# --- the data rules of the DAG -------------------------------------------------------------------------------
+
+def write_config(path: Path, url: str | None, pope_sha: str | None, download: bool) -> Path:
+    config = {
+        "data": {
+            "coco": {"root": "resources/coco", "download": download,
+                     "annotations_url": f"{url}/annotations_trainval2017.zip" if url else None,
+                     "image_url": f"{url}/{{split}}/{{file_name}}" if url else None},
+            "pope": {"file": "resources/pope/coco_pope_adversarial.json",
+                     "url": f"{url}/pope.json" if url else None, "sha256": pope_sha},
+        },
+        "sampling": {"pope": {"n": 6}, "caption": {"n": 3}},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_dag_fetches_and_samples(server, tmp_path):
+    url, root = server
+    config = write_config(tmp_path / "config.yaml", url, sha256(root / "pope.json"), True)
+    work = tmp_path / "work"
+    run_snakemake(work, "results/data/pope_sample.parquet", "results/data/caption_sample.parquet",
+                  configfile=str(ROOT / config), timeout=300)
+    pope = read_table(work / "results/data/pope_sample.parquet", "sample")
+    caption = read_table(work / "results/data/caption_sample.parquet", "sample")
+    assert len(pope) == 6 and (pope["label"] == "yes").sum() == 3 and len(caption) == 3
+    for path in list(pope["image_path"]) + list(caption["image_path"]):
+        assert (work / path).is_file()
+    assert (work / "resources/pope/coco_pope_adversarial.json").read_bytes() == (root / "pope.json").read_bytes()
+    assert not (work / "resources/coco/annotations/annotations_trainval2017.zip").exists()
+    fetched = {p.name for p in (work / "resources/coco").rglob("*.jpg")}
+    assert fetched == {Path(p).name for p in list(pope["image_path"]) + list(caption["image_path"])}
+
+
+def test_dag_offline_missing_annotations(tmp_path):
+    config = write_config(tmp_path / "config.yaml", None, None, False)
+    work = tmp_path / "work"
+    proc = run_snakemake(work, "results/data/caption_sample.parquet", configfile=str(ROOT / config), timeout=300,
+                         check=False)
+    assert proc.returncode != 0
+    log = work / "logs/data/fetch_coco_annotations.log"
+    text = proc.stdout + proc.stderr + (log.read_text() if log.exists() else "")
+    lines = [line for line in text.splitlines() if "COCO annotations missing in" in line]
+    assert lines, text
+    assert "annotations_trainval2017.zip" in lines[0] and "resources/coco/annotations" in lines[0]
