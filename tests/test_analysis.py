@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -371,16 +370,9 @@ ANALYSIS_OUTPUTS = ["results/analysis/attention/attention.parquet", "results/ana
                     "results/analysis/modality_gap/gap.parquet"]
 
 
-def test_analysis_rules_in_demo_dag(root, tmp_path):
-    from conftest import run_snakemake
-
-    dry = run_snakemake(tmp_path, "-n", *ANALYSIS_OUTPUTS, check=False, timeout=300)
-    if dry.returncode != 0:
-        lines = [ln.strip() for ln in (dry.stdout + dry.stderr).splitlines()]
-        why = next((ln for ln in lines if "Exception" in ln or "Error" in ln), lines[-1] if lines else "?")
-        missing = next((ln for ln in lines if ln.startswith("results/") or ln.startswith("resources/")), "")
-        pytest.skip(f"the demo DAG cannot build the analyses' inputs yet (an upstream rule is missing): {why} {missing}")
-    run_snakemake(tmp_path, *ANALYSIS_OUTPUTS, timeout=1500)
+def test_analysis_rules_in_demo_dag(demo_run):
+    """The three analyses as the demo DAG ran them (shared session run of the whole demo)."""
+    tmp_path = demo_run
     att = read_table(tmp_path / ANALYSIS_OUTPUTS[0], "attention")
     assert att.sample_id.nunique() == 6 and sorted(att.layer.unique()) == [1, 2, 4]
     sim = read_table(tmp_path / ANALYSIS_OUTPUTS[1], "layer_similarity")
@@ -390,4 +382,3 @@ def test_analysis_rules_in_demo_dag(root, tmp_path):
     for png in ("attention/attention_maps.png", "attention/diagonal.png", "layer_similarity/layer_similarity.png",
                 "modality_gap/pca.png", "modality_gap/gap.png"):
         assert (tmp_path / "results/analysis" / png).stat().st_size > 10_000
-    shutil.rmtree(tmp_path / "resources", ignore_errors=True)

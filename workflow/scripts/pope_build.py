@@ -73,8 +73,8 @@ def negatives(strategy: str, asked: list[str], present: set[str], all_categories
     for obj in asked + sorted(present - set(asked)):
         if len(chosen) == n:
             break
-        for candidate in ranked(together.get(obj, Counter()), absent - set(chosen)):
-            if True:
+        for candidate in ranked(together.get(obj, Counter()), absent):
+            if together.get(obj, Counter()).get(candidate, 0) > 0:
                 chosen.append(candidate)
             break
     for candidate in ranked(frequency, absent - set(chosen)):
