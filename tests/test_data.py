@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-import pytest
-
 import demo_coco
+import pandas as pd
 import pope_build
+import pytest
 import sample
 from pipeline_io import PipelineError, read_table
 
@@ -143,7 +141,7 @@ def test_pope_sample_parquet_and_id_list(tmp_path, pope_file):
     assert [int(v) for v in ids.read_text().split()] == back["question_id"].tolist()
     assert back["image_id"].tolist() == [int(n[-16:-4]) for n in sampled["image"]]
     assert all(Path(p).is_file() and Path(p).parent.name == "val2017" for p in back["image_path"])
-    for text, obj in zip(back["question"], back["object"]):
+    for text, obj in zip(back["question"], back["object"], strict=True):
         assert QUESTION.match(text).group(2) == obj
 
 

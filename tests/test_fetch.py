@@ -12,11 +12,10 @@ import time
 import zipfile
 from pathlib import Path
 
-import pytest
-import yaml
-
 import fetch_data
+import pytest
 import sample
+import yaml
 from conftest import ROOT, run_snakemake
 from pipeline_io import PipelineError, read_table
 

@@ -4,6 +4,7 @@ Every download goes to a temporary file next to its destination and is renamed i
 (and, where a checksum is pinned, verified), so an interrupted or failed fetch never leaves a usable-looking file.
 """
 
+import http.client
 import shutil
 import time
 import urllib.error
@@ -35,7 +36,7 @@ def http_get(url: str, dest: str | Path, sha256: str | None = None, retries: int
             if err.code < 500 and err.code != 429:
                 raise PipelineError(f"{url}: HTTP {err.code} {err.reason}; check the URL in the config") from err
             problem = f"HTTP {err.code}"
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.IncompleteRead) as err:
             problem = str(getattr(err, "reason", err))
         if attempt < retries:
             wait = 2.0 ** attempt

@@ -73,7 +73,7 @@ def negatives(strategy: str, asked: list[str], present: set[str], all_categories
     for obj in asked + sorted(present - set(asked)):
         if len(chosen) == n:
             break
-        for candidate in ranked(together.get(obj, Counter()), absent):
+        for candidate in ranked(together.get(obj, Counter()), absent - set(chosen)):
             if together.get(obj, Counter()).get(candidate, 0) > 0:
                 chosen.append(candidate)
             break
