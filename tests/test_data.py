@@ -81,6 +81,17 @@ def test_read_official_pope_adversarial():
     assert sample.image_id_of("COCO_val2014_000000310196.jpg") == 310196
 
 
+@pytest.mark.skipif(not REAL_POPE.exists(), reason="the official POPE file is not in the shared data folder")
+def test_builder_writes_the_official_format_byte_for_byte(tmp_path):
+    """Our question wording and JSON Lines writer reproduce the official adversarial file exactly, except that the
+    official copy has Windows line ends (CRLF), where POPE's code writes '\n' on Linux as ours does."""
+    rows = sample.read_pope(REAL_POPE).to_dict("records")
+    for row in rows:
+        assert pope_build.question_text(asked_object(row["text"])) == row["text"]
+    pope_build.write_jsonl(rows, tmp_path / "copy.json")
+    assert (tmp_path / "copy.json").read_bytes() == REAL_POPE.read_bytes().replace(b"\r\n", b"\n")
+
+
 # --- POPE sampling -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [20, 21])

@@ -213,14 +213,20 @@ def error_lines(proc: subprocess.CompletedProcess, needle: str) -> list[str]:
 
 
 def test_dag_malformed_pope_line(demo_run, tmp_path):
+    """A user's POPE file (data.pope.file, as for the real data) with a cut line 5."""
     work = copy_run(demo_run, tmp_path / "w")
-    pope = work / "results/pope_built/coco_pope_adversarial.json"
-    lines = pope.read_text().splitlines()
+    lines = (work / "results/pope_built/coco_pope_adversarial.json").read_text().splitlines()
     lines[4] = lines[4][:-7]  # cut the line's end: not JSON any more
-    pope.write_text("\n".join(lines) + "\n")
-    proc = run_snakemake(work, "results/data/pope_sample.parquet", check=False, timeout=300)
+    (work / "user").mkdir()
+    (work / "user/pope.jsonl").write_text("\n".join(lines) + "\n")
+    demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text())
+    demo["data"]["pope"]["file"] = "user/pope.jsonl"
+    override = tmp_path / "pope.yaml"
+    override.write_text(yaml.safe_dump(demo))
+    proc = run_snakemake(work, "results/data/pope_sample.parquet", f"--configfile={override}", configfile=None,
+                         check=False, timeout=300)
     assert proc.returncode != 0
-    expected = "results/pope_built/coco_pope_adversarial.json:5: not valid JSON"
+    expected = "user/pope.jsonl:5: not valid JSON"
     assert len(error_lines(proc, expected)) >= 1, proc.stderr[-3000:]
     log = (work / "logs/data/sample_pope.log").read_text()
     assert expected in log and "Traceback" not in log
@@ -254,7 +260,7 @@ def test_dag_truncated_jpeg(demo_run, tmp_path):
 def test_dag_bad_model_entry_is_one_config_line(tmp_path, mutation, expected):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump({"models": {"llava_1_5": mutation}}))
-    proc = run_snakemake(tmp_path, "-n", f"--configfile={cfg}", check=False, timeout=120)
+    proc = run_snakemake(tmp_path, "-n", f"--configfile={cfg}", configfile=None, check=False, timeout=120)
     assert proc.returncode != 0
     lines = error_lines(proc, "Config error:")
     assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr[-2000:]

@@ -125,6 +125,16 @@ def test_fetch_pope_without_url(tmp_path):
     assert "\n" not in str(excinfo.value) and "AoiDragon/POPE" in str(excinfo.value)
 
 
+def test_fetch_pope_download_off_touches_no_network(server, tmp_path):
+    url, _ = server
+    dest = tmp_path / "pope" / "coco_pope_adversarial.json"
+    with pytest.raises(PipelineError) as excinfo:
+        fetch_data.fetch_pope(f"{url}/pope.json", "a" * 64, dest, download=False)
+    msg = str(excinfo.value)
+    assert "\n" not in msg and f"{url}/pope.json" in msg and str(dest) in msg and "data.coco.download: true" in msg
+    assert not dest.parent.exists()
+
+
 def test_fetch_annotations_unpacks_zip(server, tmp_path):
     url, _ = server
     out = tmp_path / "coco" / "annotations"
@@ -184,6 +194,14 @@ def test_dag_fetches_and_samples(server, tmp_path):
     assert not (work / "resources/coco/annotations/annotations_trainval2017.zip").exists()
     fetched = {p.name for p in (work / "resources/coco").rglob("*.jpg")}
     assert fetched == {Path(p).name for p in list(pope["image_path"]) + list(caption["image_path"])}
+    # Going offline (or to a mirror) changes how missing files are obtained, not what the files hold: nothing
+    # may rerun, since a rerun deletes the fetched annotations and the samples every later stage depends on.
+    offline = yaml.safe_load(config.read_text())
+    offline["data"]["coco"].update(download=False, image_url="http://mirror.invalid/{split}/{file_name}")
+    (tmp_path / "offline.yaml").write_text(yaml.safe_dump(offline))
+    proc = run_snakemake(work, "-n", "results/data/pope_sample.parquet", "results/data/caption_sample.parquet",
+                         configfile=str(tmp_path / "offline.yaml"), timeout=120)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
 
 
 def test_dag_offline_missing_annotations(tmp_path):

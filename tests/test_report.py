@@ -99,6 +99,40 @@ def test_markup_is_escaped_and_branches_resolve():
     assert "CHAIRs" in report.caption_html("tables.rst", {"table": "table2_chair"})
 
 
+WIDE_MD = """| Setting | Qwen2.5-VL Acc (%) | paper | Qwen2.5-VL F1 | paper | LLaVA-1.5 Acc (%) | paper | LLaVA-1.5 F1 | paper |
+|:---|---:|---:|---:|---:|---:|---:|---:|---:|
+| baseline | 81.0 [78.0, 84.0] | 80.2 | 0.77 [0.74, 0.80] | 0.76 | 70.0 [66.0, 74.0] | 84.0 | 0.70 [0.66, 0.74] | — |
+| prompt_in_image | 84.0 [81.0, 87.0] · Δ +3.0, p=0.010 | 84.3 | 0.81 [0.78, 0.84] · Δ +0.04, p=0.200 | 0.82 \
+| 69.0 [65.0, 73.0] · Δ −1.0, p=0.500 | 55.0 | 0.69 [0.65, 0.73] · Δ −0.01, p=0.700 | — |
+
+| Setting | Qwen2.5-VL strict Acc (%) | unknown / n | LLaVA-1.5 strict Acc (%) | unknown / n |
+|:---|---:|---:|---:|---:|
+| baseline | 80.0 [77.0, 83.0] | 2 / 100 | 60.0 [56.0, 64.0] | 9 / 100 |
+""".replace("\\\n", "")
+
+
+def test_wide_tables_become_one_compact_table_per_model():
+    """3 models x 3 metrics x (ours, paper) is unreadable in one row: each model gets its own table, metrics as
+    columns (the model's name moved to the table's heading), its paper numbers next to ours."""
+    page = report.markdown_to_html(WIDE_MD)
+    assert page.count("<table class='results'>") == 4  # (Acc/F1 table, strict table) x 2 models
+    first = page.split("<h4>")[1]
+    assert first.startswith("Qwen2.5-VL</h4>") and "<th>Acc (%)</th>" in first and "<th>F1</th>" in first
+    assert "<td class='paper'>84.3</td>" in first and "<td class='paper'>84.0</td>" not in first  # LLaVA's
+    assert "LLaVA" not in first and "70.0" not in first
+    llava = page.split("<h4>")[2]
+    assert "<td class='paper'>55.0</td>" in llava and "<span class='v'>69.0</span>" in llava
+    # the value, its interval, and its change to the baseline (emphasised only where p < 0.05)
+    assert "<span class='delta sig'>Δ +3.0 · p=0.010</span>" in first
+    assert "<span class='delta'>Δ +0.04 · p=0.200</span>" in first
+    # columns without a model name stay with the model before them, narrow tables tile side by side
+    strict = page.split("<div class='model-tables tiles'>")[1]
+    assert strict.count("<th>unknown / n</th>") == 2 and "9 / 100" in strict.split("<h4>")[2]
+    # a table with one model (or no model columns) stays as it is
+    assert report.model_groups(["Setting", "Qwen2.5-VL Acc (%)", "paper"]) is None
+    assert report.model_groups(["Model", "Family", "Checkpoint"]) is None
+
+
 def test_missing_figure_names_the_file(tmp_path):
     smk = fake_inputs(tmp_path)
     smk.input.figures = [str(tmp_path / "nope.png")]

@@ -38,7 +38,9 @@ def fake_completed_run(workdir: Path) -> None:
         else:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.touch()
-    run_snakemake(workdir, "--touch", timeout=300)
+    # --forceall: every job is "run" (touched) so each records its params; without it only jobs whose outputs
+    # happen to look older than their inputs would get metadata, and edits to the others would go unnoticed
+    run_snakemake(workdir, "--touch", "--forceall", timeout=300)
     assert planned_jobs(workdir) == Counter(), "a touched run should be complete"
 
 

@@ -48,6 +48,8 @@ def _lookup(key):
     node = config
     for part in key if isinstance(key, tuple) else (key,):
         node = node[part]
+    if isinstance(key, AnalysisModelKey):
+        return {k: v for k, v in node.items() if k not in INFERENCE_ONLY_MODEL_KEYS}
     return node
 
 
@@ -176,8 +178,16 @@ def scoring_targets():
 ANALYSIS = config["analysis"]
 
 
+# Model settings only the inference stage reads: editing them must not rerun the (GPU-heavy) analyses.
+INFERENCE_ONLY_MODEL_KEYS = ("batch_size", "served_name")
+
+
+class AnalysisModelKey(tuple):
+    """``("models", name)`` for an analysis job's params: the entry without the inference-only settings."""
+
+
 def analysis_model_keys(*names):
-    return [("models", name) for name in names]
+    return [AnalysisModelKey(("models", name)) for name in names]
 
 
 def modality_gap_captions(wildcards):

@@ -1,6 +1,9 @@
 # Stage: data. The demo's synthetic mini-COCO, POPE built by POPE's method, the real data fetched on demand,
 # and the seeded samples (Parquet + published id lists) every later stage reads. Rules that may download run
 # on the submitting host (localrule), since cluster nodes often have no internet.
+# Params carry only what decides a file's content. The network settings (data.coco.download, image_url) only
+# decide how a missing file is obtained, so the scripts read them from the config at run time: switching
+# downloads off, or to a mirror, must not rerun (and so first delete) fetched data or the samples.
 
 
 # When the demo config points the COCO root at the demo folder, the builder, not the downloader, makes it.
@@ -33,7 +36,7 @@ rule fetch_coco_annotations:
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=canonical(("data", "coco")),
+        cfg=canonical(("data", "coco", "annotations_url")),
     script:
         "../scripts/fetch_data.py"
 
@@ -82,7 +85,7 @@ rule sample_pope:
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=canonical(("sampling", "pope"), ("data", "coco"), "seed"),
+        cfg=canonical(("sampling", "pope"), ("data", "coco", "root"), "seed"),
     script:
         "../scripts/sample.py"
 
@@ -102,7 +105,7 @@ rule sample_caption:
         cfg=canonical(
             ("sampling", "caption"),
             ("tasks", "caption", "question"),
-            ("data", "coco"),
+            ("data", "coco", "root"),
             "seed",
         ),
     script:

@@ -46,11 +46,22 @@ def http_get(url: str, dest: str | Path, sha256: str | None = None, retries: int
                         f"it by hand to {dest}")
 
 
-def fetch_pope(url: str | None, sha256: str | None, dest: str | Path) -> None:
+def network_settings(snakemake) -> dict:
+    """``data.coco.download`` and ``image_url``, read from the run's config rather than from params: they decide
+    only how a missing file is obtained, never its content, so editing them must not rerun any job."""
+    coco = snakemake.config["data"]["coco"]
+    return {"download": bool(coco.get("download")), "image_url": coco.get("image_url")}
+
+
+def fetch_pope(url: str | None, sha256: str | None, dest: str | Path, download: bool = True) -> None:
     if not url:
         raise PipelineError(f"data.pope.file '{dest}' is missing and data.pope.url is not set: download "
                             "output/coco/coco_pope_adversarial.json from the POPE repository (AoiDragon/POPE) "
                             f"to {dest}, or set data.pope.url")
+    if not download:
+        pinned = f" (sha256 {sha256})" if sha256 else ""
+        raise PipelineError(f"data.pope.file '{dest}' is missing and data.coco.download is false: download {url} "
+                            f"to {dest}{pinned}, or set data.coco.download: true")
     log.info("fetching POPE from %s", url)
     http_get(url, dest, sha256=sha256)
     log.info("POPE file %s verified (sha256 %s)", dest, sha256 or "not pinned")
@@ -85,11 +96,11 @@ def fetch_annotations(url: str | None, download: bool, annotations_dir: str | Pa
 
 def main(snakemake) -> None:
     cfg = params_config(snakemake)
+    download = network_settings(snakemake)["download"]
     if snakemake.rule == "fetch_pope":
-        fetch_pope(cfg["data.pope"].get("url"), cfg["data.pope"].get("sha256"), snakemake.output[0])
+        fetch_pope(cfg["data.pope"].get("url"), cfg["data.pope"].get("sha256"), snakemake.output[0], download)
     else:
-        coco = cfg["data.coco"]
-        fetch_annotations(coco.get("annotations_url"), coco["download"], Path(snakemake.output.instances).parent)
+        fetch_annotations(cfg["data.coco.annotations_url"], download, Path(snakemake.output.instances).parent)
 
 
 if "snakemake" in globals():

@@ -100,9 +100,82 @@ def _cells(row: str) -> list[str]:
     return [c.strip() for c in row.strip().strip("|").split("|")]
 
 
+def model_groups(header: list[str]) -> list[tuple[str, list[int]]] | None:
+    """Split a wide results header (``Setting | <Model> <metric> | paper | <Model> <metric> | ...``) into
+    (model, column indices) groups, or None when the table is not of that shape (fewer than two models).
+
+    A header's first word is a model when another first word heads the same metric (the rest of a header);
+    columns whose first word is not a model (``paper``, ``unknown / n``) belong to the model column before them."""
+    rests: dict[str, set[str]] = {}
+    for h in header[1:]:
+        word, _, rest = h.partition(" ")
+        if h.lower() != "paper" and rest:
+            rests.setdefault(word, set()).add(rest)
+    models = {w for w, r in rests.items() if any(r & other for o, other in rests.items() if o != w)}
+    if len(models) < 2 or header[1].partition(" ")[0] not in models:
+        return None
+    groups: list[tuple[str, list[int]]] = []
+    for i, h in enumerate(header[1:], start=1):
+        word = h.partition(" ")[0]
+        if word in models and h.lower() != "paper" and (not groups or groups[-1][0] != word):
+            groups.append((word, []))
+        groups[-1][1].append(i)
+    return groups
+
+
+def result_cell_html(text: str) -> str:
+    """``50.0 [38.3, 63.3] · Δ +1.7, p=0.012``: the value, its interval in small print, the change to the baseline
+    on a second line (emphasised when p < 0.05). Anything else: escaped as it is."""
+    m = re.fullmatch(r"(?P<v>[-−+\d.]+)\s*(?P<ci>\[[^\]]*\])?\s*(?:·\s*(?P<d>Δ\s*[^,]+?)(?:,\s*p=(?P<p>[\d.]+))?)?",
+                     text.strip())
+    if not m:
+        return inline_markup(text)
+    out = f"<span class='v'>{html.escape(m['v'])}</span>"
+    if m["ci"]:
+        out += f" <span class='ci'>{html.escape(m['ci'])}</span>"
+    if m["d"]:
+        significant = m["p"] is not None and float(m["p"]) < 0.05
+        delta = html.escape(m["d"]) + (f" · p={html.escape(m['p'])}" if m["p"] else "")
+        out += f"<br><span class='delta{' sig' if significant else ''}'>{delta}</span>"
+    return out
+
+
+def grouped_tables_html(header: list[str], body: list[list[str]], groups: list[tuple[str, list[int]]]) -> str:
+    """One compact table per model (rows: settings; columns: its metrics, ours then the paper's)."""
+    narrow = max(len(cols) for _, cols in groups) <= 2
+    parts = [f"<div class='model-tables{' tiles' if narrow else ''}'>"]
+    for model, cols in groups:
+        head = [f"<th class='label'>{inline_markup(header[0])}</th>"]
+        for i in cols:
+            if header[i].lower() == "paper":
+                head.append("<th class='paper'>paper</th>")
+            else:
+                word, _, rest = header[i].partition(" ")
+                head.append(f"<th>{inline_markup(rest if word == model else header[i])}</th>")
+        rows = []
+        for cells in body:
+            label = inline_markup(cells[0]).replace("_", "_<wbr>")  # long setting names break at underscores
+            tds = [f"<td class='label'>{label}</td>"]
+            for i in cols:
+                c = cells[i] if i < len(cells) else ""
+                if header[i].lower() == "paper":
+                    tds.append(f"<td class='paper'>{inline_markup(c)}</td>")
+                else:
+                    tds.append(f"<td class='num'>{result_cell_html(c)}</td>")
+            rows.append("<tr>" + "".join(tds) + "</tr>")
+        parts.append(f"<div class='model-table'><h4>{inline_markup(model)}</h4><div class='table-wrap'>"
+                     f"<table class='results'><thead><tr>{''.join(head)}</tr></thead>"
+                     f"<tbody>{''.join(rows)}</tbody></table></div></div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def pipe_table_html(rows: list[str]) -> str:
     header = _cells(rows[0])
     body = [_cells(r) for r in rows[1:] if not re.fullmatch(r"\|?[\s:|-]+\|?", r)]
+    groups = model_groups(header)
+    if groups:
+        return grouped_tables_html(header, body, groups)
     paper_cols = {i for i, h in enumerate(header) if h.lower() == "paper"}
     head = "".join(f"<th class='{'paper' if i in paper_cols else ''}'>{inline_markup(h)}</th>"
                    for i, h in enumerate(header))
@@ -186,6 +259,17 @@ td.num { text-align:right; font-variant-numeric:tabular-nums; }
 th.paper, td.paper { background:var(--paper); text-align:right; color:#6b4e00; }
 tbody tr:hover td { background:#f4f7ff; }
 p.note { color:var(--muted); font-size:13px; }
+.model-tables { display:grid; grid-template-columns:1fr; gap:6px 22px; margin:6px 0 4px; }
+.model-tables.tiles { grid-template-columns:repeat(auto-fit,minmax(300px,1fr)); }
+.model-table h4 { margin:12px 0 2px; font-size:14px; color:var(--accent); }
+table.results td { vertical-align:top; }
+table.results td.label { width:30%; }
+table.results td.num { line-height:1.35; }
+.tiles table.results td.label { width:auto; white-space:normal; }
+.v { font-weight:600; }
+.ci { color:var(--muted); font-size:11.5px; }
+.delta { color:var(--muted); font-size:11.5px; }
+.delta.sig { color:#a3341f; font-weight:600; }
 figure { margin:18px 0 26px; }
 figure img { max-width:100%; border:1px solid var(--line); border-radius:6px; background:#fff; }
 figcaption { color:var(--muted); font-size:13.5px; max-width:900px; }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fetch_data import http_get
+from fetch_data import http_get, network_settings
 from pipeline_io import PipelineError, atomic_output, log, params_config, run_main, write_table
 
 POPE_KEYS = ("question_id", "image", "text", "label")
@@ -175,7 +175,7 @@ def write_sample(table: pd.DataFrame, parquet: str | Path, id_list: str | Path, 
 
 def main(snakemake) -> None:
     cfg = params_config(snakemake)
-    coco, seed = cfg["data.coco"], cfg["seed"]
+    coco, seed = {"root": cfg["data.coco.root"], **network_settings(snakemake)}, cfg["seed"]
     if snakemake.rule == "sample_pope":
         sampling = cfg["sampling.pope"]
         pope = read_pope(snakemake.input.pope)
