@@ -12,6 +12,8 @@ import pandas as pd
 import pope_build
 import pytest
 import sample
+import yaml
+from conftest import ROOT, run_snakemake
 from pipeline_io import PipelineError, read_table
 
 REAL_POPE = Path("/work/shared/data/pope/coco_pope_adversarial.json")
@@ -315,6 +317,18 @@ def test_build_pope_on_hand_made_coco(tmp_path):
     one_line_error(excinfo, "n_images")
 
 
+def test_build_pope_too_few_absent_categories(tmp_path):
+    """A category set so small that an image leaves fewer absent categories than negatives needed."""
+    path = tmp_path / "tiny.json"
+    cats = [{"id": k, "name": n, "supercategory": "x"} for k, n in enumerate(["dog", "cat", "car", "bus"], 1)]
+    images = [{"id": 1, "file_name": "000000000001.jpg", "width": 9, "height": 9}]
+    anns = [{"id": k, "image_id": 1, "category_id": k} for k in (1, 2, 3)]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    with pytest.raises(PipelineError) as excinfo:
+        pope_build.build_pope(path, n_images=1, n_per_label=2, min_objects=3, seed=0)
+    one_line_error(excinfo, "000000000001.jpg", "lower n_per_label")
+
+
 def test_question_text_articles():
     assert pope_build.question_text("apple") == "Is there an apple in the image?"
     assert pope_build.question_text("umbrella") == "Is there an umbrella in the image?"
@@ -372,3 +386,30 @@ def test_build_pope_on_demo_coco(demo):
     check_pope_invariants(rows, instances, 3)
     pope = pd.DataFrame(rows["adversarial"])
     assert pope["image"].nunique() == 40
+
+
+# --- the data rules of the demo DAG --------------------------------------------------------------------------
+
+DATA_TARGETS = ["results/data/pope_sample.parquet", "results/data/caption_sample.parquet",
+                "results/data/pope_sample_ids.txt", "results/data/caption_sample_ids.txt"]
+
+
+def test_demo_dag_through_data(tmp_path):
+    """demo COCO -> POPE built by POPE's method -> both samples, through Snakemake with the demo config."""
+    demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text())
+    run_snakemake(tmp_path, *DATA_TARGETS, timeout=300)
+    built = sample.read_pope(tmp_path / demo["data"]["pope"]["file"])
+    n_built = demo["data"]["pope_build"]["n_images"]
+    assert len(built) == 6 * n_built and built["image"].nunique() == n_built
+    for task, id_column in (("pope", "question_id"), ("caption", "image_id")):
+        table = read_table(tmp_path / f"results/data/{task}_sample.parquet", "sample")
+        assert len(table) == demo["sampling"][task]["n"] and table["sample_id"].is_unique
+        ids = [int(v) for v in (tmp_path / f"results/data/{task}_sample_ids.txt").read_text().split()]
+        assert ids == table[id_column].tolist()
+        assert all((tmp_path / p).is_file() and p.startswith("resources/demo/coco/val2017/")
+                   for p in table["image_path"])
+    pope = read_table(tmp_path / "results/data/pope_sample.parquet")
+    assert (pope["label"] == "yes").sum() == (pope["label"] == "no").sum()
+    merged = pope.merge(built, on="question_id")
+    assert (merged["label_x"] == merged["label_y"]).all() and (merged["question"] == merged["text"]).all()
+    assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *DATA_TARGETS, timeout=120).stdout

@@ -17,7 +17,6 @@ import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-
 from pipeline_io import PipelineError, atomic_output, log, params_config, run_main
 
 # The 80 official COCO categories: (id, name, supercategory), ids as in instances_*2017.json (gaps included).
@@ -240,7 +239,7 @@ def _draw(draw: ImageDraw.ImageDraw, cat: str, box, rng: random.Random) -> list:
 
 
 def _polygon_area(poly) -> float:
-    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(poly, poly[1:] + poly[:1]))) / 2
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(poly, poly[1:] + poly[:1], strict=True))) / 2
 
 
 # --- captions -------------------------------------------------------------------------------------------------
@@ -331,7 +330,7 @@ def build_demo_coco(out_dir: str | Path, n_images: int, min_size: int, max_size:
                       "traffic light": 0.45, "bottle": 0.45, "horse": 1.3, "dog": 1.3, "boat": 1.4}.get(c, 1.0)
             w, h = max(12, int(side * math.sqrt(aspect))), max(12, int(side / math.sqrt(aspect)))
             sizes.append((min(w, width - 2), min(h, height - 2)))
-        for c, box in zip(objects, _place_boxes(width, height, sizes, rng)):
+        for c, box in zip(objects, _place_boxes(width, height, sizes, rng), strict=True):
             poly = _draw(draw, c, box, rng)
             poly = [(min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)) for x, y in poly]
             xs, ys = [p[0] for p in poly], [p[1] for p in poly]

@@ -66,7 +66,7 @@ def negatives(strategy: str, asked: list[str], present: set[str], all_categories
               frequency: Counter, together: dict[str, Counter], rng: random.Random) -> list[str]:
     absent = set(all_categories) - present
     if strategy == "random":
-        return rng.sample(sorted(absent), n)
+        return rng.sample(sorted(absent), min(n, len(absent)))
     if strategy == "popular":
         return ranked(frequency, absent)[:n]
     chosen: list[str] = []
@@ -103,7 +103,10 @@ def build_pope(instances_path: str | Path, n_images: int, n_per_label: int, min_
         for strategy in STRATEGIES:
             negs = negatives(strategy, asked, present, all_categories, n_per_label, frequency, together,
                              negative_rng)
-            for yes, no in zip(asked, negs):
+            if len(negs) < n_per_label:
+                raise PipelineError(f"{instances_path}: image {files[image_id]} leaves only {len(negs)} absent "
+                                    f"categories for {n_per_label} '{strategy}' negatives; lower n_per_label")
+            for yes, no in zip(asked, negs, strict=True):
                 for category, label in ((yes, "yes"), (no, "no")):
                     rows[strategy].append({"question_id": len(rows[strategy]) + 1, "image": files[image_id],
                                            "text": question_text(category), "label": label})

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pandas as pd
-
 from fetch_data import http_get, network_settings
 from pipeline_io import PipelineError, atomic_output, log, params_config, run_main, write_table
 
@@ -130,7 +129,7 @@ def resolve_image(coco: dict, file_name: str, image_id: int) -> str:
 
 def attach_images(table: pd.DataFrame, coco: dict) -> pd.DataFrame:
     paths = []
-    for i, (file_name, image_id) in enumerate(zip(table["image_file"], table["image_id"]), start=1):
+    for i, (file_name, image_id) in enumerate(zip(table["image_file"], table["image_id"], strict=True), start=1):
         paths.append(resolve_image(coco, file_name, int(image_id)))
         if i % 100 == 0 or i == len(table):
             log.info("images located: %d/%d", i, len(table))
