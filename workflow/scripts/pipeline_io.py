@@ -25,6 +25,9 @@ SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "tables"
 
 log = logging.getLogger("pii")
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 class PipelineError(Exception):
     """An error whose message tells the user what is wrong and what to do; printed without a traceback."""
@@ -86,6 +89,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         if mode is None:  # caller writes the file itself, by name
             yield tmp

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
-
 from pipeline_io import (
     PipelineError,
     atomic_output,
@@ -224,7 +223,7 @@ def open_source(path: str, sample_id: str) -> tuple[Image.Image, bytes]:
 def encode_png(image: Image.Image) -> bytes:
     """PNG bytes with no metadata (no time stamps), so equal pixels give equal files."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=6)
+    image.save(buf, format="PNG", compress_level=1)  # fastest zlib level; photos barely shrink at 6
     return buf.getvalue()
 
 
