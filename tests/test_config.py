@@ -8,12 +8,10 @@ import sys
 
 import pytest
 import yaml
+from config_check import ConfigError, validate_config
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from config_check import ConfigError, validate_config
-
-from conftest import ROOT
 
 
 def load(name="config.yaml"):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import yaml
-from pipeline_io import read_metadata, read_table
-
 from conftest import ROOT, run_snakemake
+from pipeline_io import read_metadata, read_table
 
 SETTINGS = ["baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"]
 MODELS = ["qwen2_5_vl", "llava_1_5", "instructblip"]
@@ -34,7 +33,7 @@ def test_every_inference_file_is_complete(demo_run):
                 assert set(meta["versions"]) >= {"torch", "transformers"} and meta["decoding"]["temperature"] == 0.7
                 if setting == "prompt_in_image":
                     assert rows.text_prompt.isna().all()
-                    assert not any(q in p for q, p in zip(rows.question, rows.prompt)), "PiI must not leak the text"
+                    assert not any(q in p for q, p in zip(rows.question, rows.prompt, strict=True)), "PiI must not leak the text"
                 else:
                     assert rows.text_prompt.notna().all()
                 if task == "pope" and setting == "baseline":
