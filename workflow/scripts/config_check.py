@@ -12,6 +12,11 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schem
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def is_local_model_path(path: str) -> bool:
+    """True for a folder on disk (or anything that cannot be a Hugging Face id like 'owner/name')."""
+    return path.startswith((".", "/", "~")) or Path(path).exists() or not HUB_ID.match(path)
+
+
 class ConfigError(ValueError):
     pass
 
@@ -59,7 +64,7 @@ def _check_references(config: dict) -> None:
         path = entry["path"]
         if path in built or Path(path).exists():
             continue
-        if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
+        if is_local_model_path(path):
             raise ConfigError(
                 f"models.{name}.path: local folder '{path}' does not exist. "
                 "Point it at a saved checkpoint folder or use a Hugging Face id like 'owner/name'"

@@ -16,15 +16,14 @@ template adds a space only after a text part) and InstructBLIP gets the empty st
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from config_check import is_local_model_path
 from pipeline_io import PipelineError, log
 
 FAMILIES = ("qwen2_5_vl", "llava", "instructblip")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # The documented llava-1.5 format, used only if a llava checkpoint ships without a chat template.
 LLAVA_FORMAT = "USER: <image>\n{text} ASSISTANT:"
@@ -55,10 +54,6 @@ class LoadedModel:
 # --- loading ---------------------------------------------------------------------------------------------
 
 
-def is_local(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or Path(path).exists() or not HUB_ID.match(path)
-
-
 def check_entry(name: str, entry: dict) -> None:
     """One-line errors naming the config key, before any heavy import."""
     family = entry.get("family")
@@ -67,7 +62,7 @@ def check_entry(name: str, entry: dict) -> None:
     path = str(entry.get("path") or "")
     if not path:
         raise PipelineError(f"models.{name}.path: empty; give a Hugging Face id like 'owner/name' or a local folder")
-    if is_local(path) and not Path(path).expanduser().is_dir():
+    if is_local_model_path(path) and not Path(path).expanduser().is_dir():
         raise PipelineError(f"models.{name}.path: local folder '{path}' does not exist; point it at a saved "
                             "checkpoint folder (the demo builds its own with the build_demo_model rule) or a hub id")
 
@@ -139,7 +134,7 @@ def load_model(name: str, entry: dict, device=None, attn_implementation: str | N
     ``attn_implementation="eager"`` is needed to read attention maps (sdpa returns none)."""
     check_entry(name, entry)
     family, path, revision = entry["family"], str(entry["path"]), entry.get("revision")
-    if is_local(path):
+    if is_local_model_path(path):
         path = str(Path(path).expanduser())
         revision = None  # a folder has no revisions; from_pretrained would ignore it anyway
     device = pick_device(device)
@@ -158,7 +153,7 @@ def load_model(name: str, entry: dict, device=None, attn_implementation: str | N
         raise PipelineError(f"models.{name}.path: cannot load '{path}' ({str(err).splitlines()[0]}); check the id, "
                             "revision and network access, or point it at a local checkpoint folder") from err
     model.to(device).eval()
-    commit = getattr(model.config, "_commit_hash", None) if not is_local(path) else None
+    commit = getattr(model.config, "_commit_hash", None) if not is_local_model_path(path) else None
     lm = LoadedModel(name=name, family=family, model=model, processor=processor, device=device,
                      dtype=next(model.parameters()).dtype, path=path, revision=revision, commit_hash=commit)
     lm.answer_ids = answer_token_ids(processor.tokenizer)
