@@ -32,8 +32,8 @@ rule attention:
     params:
         cfg=canonical(
             ("analysis", "attention"),
-            *analysis_model_keys(ANALYSIS["attention"]["model"]),
             "seed",
+            **analysis_models(ANALYSIS["attention"]["model"]),
         ),
     script:
         "../scripts/attention.py"
@@ -68,8 +68,8 @@ rule layer_similarity:
     params:
         cfg=canonical(
             ("analysis", "layer_similarity"),
-            *analysis_model_keys(*ANALYSIS["layer_similarity"]["models"]),
             "seed",
+            **analysis_models(*ANALYSIS["layer_similarity"]["models"]),
         ),
     script:
         "../scripts/layer_similarity.py"
@@ -105,8 +105,8 @@ rule modality_gap:
     params:
         cfg=canonical(
             ("analysis", "modality_gap"),
-            *analysis_model_keys(ANALYSIS["modality_gap"]["model"]),
             "seed",
+            **analysis_models(ANALYSIS["modality_gap"]["model"]),
         ),
     script:
         "../scripts/modality_gap.py"

@@ -48,8 +48,6 @@ def _lookup(key):
     node = config
     for part in key if isinstance(key, tuple) else (key,):
         node = node[part]
-    if isinstance(key, AnalysisModelKey):
-        return {k: v for k, v in node.items() if k not in INFERENCE_ONLY_MODEL_KEYS}
     return node
 
 
@@ -182,12 +180,17 @@ ANALYSIS = config["analysis"]
 INFERENCE_ONLY_MODEL_KEYS = ("batch_size", "served_name")
 
 
-class AnalysisModelKey(tuple):
-    """``("models", name)`` for an analysis job's params: the entry without the inference-only settings."""
-
-
-def analysis_model_keys(*names):
-    return [AnalysisModelKey(("models", name)) for name in names]
+def analysis_models(*names):
+    """The model entries an analysis loads, as extra params: without the settings only inference uses, so that
+    editing a model's batch size never reruns a GPU analysis."""
+    return {
+        f"models.{name}": {
+            k: v
+            for k, v in config["models"][name].items()
+            if k not in INFERENCE_ONLY_MODEL_KEYS
+        }
+        for name in names
+    }
 
 
 def modality_gap_captions(wildcards):
