@@ -14,9 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sample
-from pipeline_io import read_metadata, read_table
-
 from conftest import run_snakemake
+from pipeline_io import read_metadata, read_table
 
 # Metadata keys that measure the run rather than describe the data.
 VOLATILE_METADATA = {"wall_s_this_run"}
@@ -104,7 +103,8 @@ def test_scores_and_tables_recomputed_identically(demo_run, tmp_path):
     scores = sorted(p.relative_to(demo_run) for p in (demo_run / "results/scores").glob("*.parquet"))
     assert len(tables) >= 4 and len(scores) >= 4
     before = {p: (work / p).stat().st_mtime_ns for p in tables + scores}
-    run_snakemake(work, *map(str, tables), "--forcerun=score_pope", "--forcerun=score_chair", timeout=600)
+    run_snakemake(work, "--rerun-triggers=mtime", "--forcerun", "score_pope", "score_chair", "--", *map(str, tables),
+                  timeout=600)
     assert all((work / p).stat().st_mtime_ns != before[p] for p in tables + scores), "nothing was recomputed"
     for path in scores:
         assert_same_table(demo_run / path, work / path)
@@ -128,12 +128,13 @@ def test_seed_changes_samples(demo_run):
 
 
 def test_seed_edit_reruns_sampling(demo_run, tmp_path):
-    """The seed is part of the sampling jobs' params: editing it reruns them (dry run, on a copy)."""
+    """The seed is part of the sampling jobs' own params: editing it reruns them (dry run on a copy, the builders
+    upstream held back so that only the params trigger can fire)."""
     work = tmp_path / "w"
     shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("locks"))
-    targets = ["results/data/pope_sample.parquet", "results/data/caption_sample.parquet"]
-    same = run_snakemake(work, "-n", *targets, timeout=120)
-    assert "sample_pope" not in same.stdout + same.stderr
-    other = run_snakemake(work, "-n", "--config=seed=7", *targets, timeout=120)
-    text = other.stdout + other.stderr
-    assert "sample_pope" in text and "sample_caption" in text
+    args = ["-n", "--rerun-triggers=params", "--allowed-rules", "sample_pope", "sample_caption", "--",
+            "results/data/pope_sample.parquet", "results/data/caption_sample.parquet"]
+    same = run_snakemake(work, *args, timeout=120)
+    assert "Nothing to be done" in same.stdout + same.stderr
+    other = run_snakemake(work, "--config=seed=7", *args, timeout=120)
+    assert "params have changed since last execution:\n        sample_caption, sample_pope" in other.stdout + other.stderr

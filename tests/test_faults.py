@@ -9,6 +9,7 @@ docs/faults.md lists every fault tried here and elsewhere in the suite.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -28,13 +29,12 @@ import pytest
 import render
 import sample
 import yaml
+from conftest import ROOT, run_snakemake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inference_fixtures import job_config, make_inputs
 from PIL import Image
 from pipeline_io import PipelineError, read_table
-
-from conftest import ROOT, run_snakemake
 
 RENDER_CFG = {"font": "arimo", "font_size": 26, "strip_fraction": 0.05, "padding": 8, "line_spacing": 1.2}
 
@@ -150,9 +150,8 @@ class SlowOr500(BaseHTTPRequestHandler):
         self.send_response(500)
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
-        with_suppressed = self.wfile
         try:
-            with_suppressed.write(raw)
+            self.wfile.write(raw)
         except OSError:  # the client gave up already
             pass
 
@@ -202,6 +201,11 @@ def test_openai_failure_leaves_no_inference_file(tmp_path):
 # --- Snakemake level: a copy of the session's demo run ---------------------------------------------------------
 
 
+# Runs on a copy decide what to redo by file times only: what a test changes (and nothing an edit of the code
+# since the demo run might flag) is redone. tests/test_reruns.py tests the other triggers.
+ON_COPY = "--rerun-triggers=mtime"
+
+
 def copy_run(demo_run: Path, dest: Path) -> Path:
     """The demo run with its .snakemake metadata (mtimes kept), so only what a test changes reruns."""
     shutil.copytree(demo_run, dest, symlinks=True, ignore=shutil.ignore_patterns("locks"))
@@ -223,7 +227,7 @@ def test_dag_malformed_pope_line(demo_run, tmp_path):
     demo["data"]["pope"]["file"] = "user/pope.jsonl"
     override = tmp_path / "pope.yaml"
     override.write_text(yaml.safe_dump(demo))
-    proc = run_snakemake(work, "results/data/pope_sample.parquet", f"--configfile={override}", configfile=None,
+    proc = run_snakemake(work, "results/data/pope_sample.parquet", ON_COPY, f"--configfile={override}", configfile=None,
                          check=False, timeout=300)
     assert proc.returncode != 0
     expected = "user/pope.jsonl:5: not valid JSON"
@@ -242,7 +246,7 @@ def test_dag_truncated_jpeg(demo_run, tmp_path):
     victim = victim if victim.is_absolute() else work / victim
     _truncate(victim)
     target = "results/images/pope/original.parquet"
-    proc = run_snakemake(work, target, f"--forcerun={target}", check=False, timeout=300)
+    proc = run_snakemake(work, target, ON_COPY, f"--forcerun={target}", check=False, timeout=300)
     assert proc.returncode != 0
     sid = samples["sample_id"].iloc[3]
     lines = error_lines(proc, f"sample {sid}: source image")
@@ -272,7 +276,7 @@ def test_dag_bad_model_entry_is_one_config_line(tmp_path, mutation, expected):
 
 def snakemake_cmd(work: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), f"--directory={work}", "--cores=2",
-            "--quiet=rules", f"--configfile={ROOT / 'config.demo.yaml'}", *args]
+            "--quiet=rules", f"--configfile={ROOT / 'config.demo.yaml'}", ON_COPY, *args]
 
 
 def interrupt_when(cmd: list[str], ready, sig: int, timeout: float = 240) -> None:
@@ -317,12 +321,14 @@ def test_sigkill_during_render_leaves_no_truncated_png(demo_run, tmp_path):
     for png in pngs:  # every PNG that exists is complete (written under a temporary name, then renamed)
         verify_png(png)
 
-    run_snakemake(work, target, "--rerun-incomplete", timeout=300)
+    # a killed Snakemake leaves its lock: the next run says how to remove it
+    locked = run_snakemake(work, target, ON_COPY, "--rerun-incomplete", check=False, timeout=120)
+    assert locked.returncode != 0 and "--unlock" in locked.stderr
+    run_snakemake(work, target, "--unlock", timeout=120)
+    run_snakemake(work, target, ON_COPY, "--rerun-incomplete", timeout=300)
     manifest = read_table(work / target, "manifest")
     assert len(manifest) == n_samples and not manifest["sample_id"].duplicated().any()
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{s}.png" for s in manifest["sample_id"])
-    import hashlib
-
     for row in manifest.itertuples():
         path = Path(row.image_path)
         path = path if path.is_absolute() else work / path
@@ -339,10 +345,10 @@ def _cheapest_infer(demo_run: Path) -> str:
     return f"results/inference/{best.with_suffix('.parquet')}"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
-def test_interrupted_infer_resumes(demo_run, tmp_path, sig):
-    """Ctrl-C or SIGKILL of Snakemake while an infer job has checkpointed some batches (render manifests of the
-    task redone in the same run): the rerun completes, resumes from the checkpoints and has every sample once."""
+def test_ctrl_c_during_infer_then_rerun_completes(demo_run, tmp_path):
+    """Ctrl-C (SIGINT to the process group) of Snakemake while an infer job has checkpointed some batches, the
+    task's render manifests redone in the same run: the rerun completes, resumes from the checkpoints and has
+    every sample once. (SIGKILL of the infer script itself: tests/test_inference.py::test_resume_after_sigkill.)"""
     work = copy_run(demo_run, tmp_path / "w")
     infer_target = _cheapest_infer(demo_run)
     manifests = [f"results/images/pope/{v}.parquet" for v in ("original", "control", "question")]
@@ -352,12 +358,12 @@ def test_interrupted_infer_resumes(demo_run, tmp_path, sig):
     partial = work / "results/inference/.partial" / task / model / setting
 
     interrupt_when(snakemake_cmd(work, infer_target, *manifests),
-                   lambda: len(list(partial.glob("batch-*.parquet"))) >= 2, sig)
+                   lambda: len(list(partial.glob("batch-*.parquet"))) >= 2, signal.SIGINT)
     assert not (work / infer_target).exists(), "the infer job finished before the interruption"
     n_done = len(list(partial.glob("batch-*.parquet")))
     assert n_done >= 2
 
-    run_snakemake(work, infer_target, *manifests, "--rerun-incomplete", timeout=600)
+    run_snakemake(work, infer_target, *manifests, ON_COPY, "--rerun-incomplete", timeout=600)
     log = (work / "logs/inference" / task / model / f"{setting}.log").read_text()
     assert "resuming:" in log
     df = read_table(work / infer_target, "inference")
