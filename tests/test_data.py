@@ -4,6 +4,7 @@ image resolution (no network here; fetching is in test_fetch.py)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import yaml
 from conftest import ROOT, run_snakemake
 from pipeline_io import PipelineError, read_table
 
-REAL_POPE = Path("/work/shared/data/pope/coco_pope_adversarial.json")
+# A copy of POPE's official adversarial file, if one lies in shared/data/pope/ beside the checkout (or where
+# PII_POPE_FILE points); the tests that read it skip otherwise.
+REAL_POPE = Path(os.environ.get("PII_POPE_FILE", ROOT.parent / "shared" / "data" / "pope" / "coco_pope_adversarial.json"))
 QUESTION = re.compile(r"^Is there (a|an) (.+) in the image\?$")
 
 
