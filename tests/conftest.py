@@ -32,6 +32,18 @@ def run_snakemake(workdir: Path, *args: str, configfile: str | None = "config.de
     return proc
 
 
+def config_paths(node, prefix=()):
+    """Every key path of a nested config (dict keys and list indices), for fuzzing one value at a time."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield prefix + (k,)
+            yield from config_paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield prefix + (i,)
+            yield from config_paths(v, prefix + (i,))
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

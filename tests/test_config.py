@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 from config_check import ConfigError, validate_config
-from conftest import ROOT
+from conftest import ROOT, config_paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,18 +89,7 @@ def test_cli_reports_one_line(tmp_path):
 
 # --- fuzzing: any value anywhere ends in a ConfigError, never another exception ----------------------------
 
-def _paths(node, prefix=()):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield prefix + (k,)
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield prefix + (i,)
-            yield from _paths(v, prefix + (i,))
-
-
-PATHS = list(_paths(load()))
+PATHS = list(config_paths(load()))
 JUNK = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=20),
     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),

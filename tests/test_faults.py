@@ -29,7 +29,7 @@ import pytest
 import render
 import sample
 import yaml
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, config_paths, run_snakemake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inference_fixtures import job_config, make_inputs
@@ -377,20 +377,9 @@ def test_ctrl_c_during_infer_then_rerun_completes(demo_run, tmp_path):
 # --- config fuzzing through the CLI ----------------------------------------------------------------------------
 
 
-def _paths(node, prefix=()):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield prefix + (k,)
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield prefix + (i,)
-            yield from _paths(v, prefix + (i,))
-
-
 with open(ROOT / "config.yaml") as _f:
     BASE_CONFIG = yaml.safe_load(_f)
-CONFIG_PATHS = [p for p in _paths(BASE_CONFIG) if all(isinstance(part, str) for part in p)]
+CONFIG_PATHS = [p for p in config_paths(BASE_CONFIG) if all(isinstance(part, str) for part in p)]
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**4), st.floats(-1e3, 1e3),
                  st.text(alphabet="abc{}/._- ", max_size=8), st.lists(st.integers(0, 3), max_size=2))
 

@@ -159,16 +159,22 @@ def _empty_paired(prefixes=("", "strict_"), metrics=POPE_METRICS) -> dict:
     return row
 
 
+def split_groups(df: pd.DataFrame, groups: list[tuple[str, str, str]] | None):
+    """(groups to report, rows by (task, model, setting), an empty frame for groups without rows); ``groups``
+    defaults to those present in ``df``."""
+    keys = ["task", "model", "setting"]
+    if groups is None:
+        groups = sorted(set(map(tuple, df[keys].drop_duplicates().to_numpy().tolist())))
+    by_group = {k: g for k, g in df.groupby(keys, sort=False)}
+    return groups, by_group, df.iloc[0:0]
+
+
 def score_pope(df: pd.DataFrame, seed: int, resamples: int, confidence: float,
                groups: list[tuple[str, str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(metrics, answers) for POPE inference rows. ``groups`` lists every (task, model, setting) to report,
     also those with no rows (their metrics are NaN); default: the groups present in ``df``."""
     answers = parse_answers(df)
-    keys = ["task", "model", "setting"]
-    if groups is None:
-        groups = sorted(set(map(tuple, answers[keys].drop_duplicates().to_numpy().tolist())))
-    by_group = {k: g for k, g in answers.groupby(keys, sort=False)}
-    empty = answers.iloc[0:0]
+    groups, by_group, empty = split_groups(answers, groups)
     rows = []
     for names in groups:
         task, model, setting = names
@@ -228,11 +234,7 @@ def _sums_matrix(captions: pd.DataFrame) -> np.ndarray:
 
 def chair_metrics(captions: pd.DataFrame, seed: int, resamples: int, confidence: float,
                   groups: list[tuple[str, str, str]] | None = None) -> pd.DataFrame:
-    keys = ["task", "model", "setting"]
-    if groups is None:
-        groups = sorted(set(map(tuple, captions[keys].drop_duplicates().to_numpy().tolist())))
-    by_group = {k: g for k, g in captions.groupby(keys, sort=False)}
-    empty = captions.iloc[0:0]
+    groups, by_group, empty = split_groups(captions, groups)
     rows = []
     for names in groups:
         task, model, setting = names
