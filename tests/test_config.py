@@ -60,6 +60,8 @@ def test_paper_defaults():
         (lambda c: c["analysis"]["attention"].update(model="qwen2_5_vl"), "analysis.attention.model: must name a llava"),
         (lambda c: c["analysis"]["modality_gap"].update(model="gpt"), "analysis.modality_gap.model: 'gpt' is not a key"),
         (lambda c: c["settings"]["baseline"].update(image="negative"), "settings.baseline.image: 'negative'"),
+        (lambda c: c["analysis"]["modality_gap"].update(conditions=["control", "pii"]),
+         "analysis.modality_gap.conditions[1]: 'pii' is not a key of settings"),
     ],
 )
 def test_mistakes_name_the_key(mutate, expected):

@@ -67,9 +67,16 @@ rule report:
         "../../envs/report.yaml"
     params:
         cfg=canonical(
-            "seed", "sampling", "models", "settings", "decoding", "tasks", "analysis"
+            "seed",
+            "sampling",
+            "models",
+            "settings",
+            "decoding",
+            "tasks",
+            "analysis",
+            "render",
+            ("data", "pope"),
         ),
-        config_hash=config_hash(config),
         tasks=TASKS,
     script:
         "../scripts/report.py"

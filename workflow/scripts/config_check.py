@@ -83,11 +83,11 @@ def _check_references(config: dict) -> None:
     for i, model in enumerate(analysis["layer_similarity"]["models"]):
         if models[model]["family"] not in ("qwen2_5_vl", "llava"):
             raise ConfigError(f"analysis.layer_similarity.models[{i}]: '{model}' must be a qwen2_5_vl or llava model")
+    for i, setting in enumerate(analysis["modality_gap"]["conditions"]):
+        if setting not in config["settings"]:
+            raise ConfigError(f"analysis.modality_gap.conditions[{i}]: '{setting}' is not a key of settings "
+                              f"({sorted(config['settings'])}). Use one of those")
     demo = config["data"].get("demo")
     if demo and demo["min_size"] > demo["max_size"]:
         raise ConfigError("data.demo.min_size: larger than data.demo.max_size. Swap them")
 
-
-def load_yaml(path: str | Path) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)

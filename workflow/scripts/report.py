@@ -396,7 +396,7 @@ def build_markdown(cfg: dict, facts: dict, sizes: dict, config_digest: str, tabl
 def main(smk) -> None:
     cfg = params_config(smk)
     tasks = list(smk.params.tasks)
-    digest = str(smk.params.config_hash)
+    digest = pipeline_io.config_hash(cfg)  # the experiment's settings shown on the page, not how files are fetched
     tables = {Path(p).stem: Path(p).read_text() for p in smk.input.tables}
     contact_sheets = {Path(p).stem.removeprefix("contact_sheet_"): p for p in smk.input.contact_sheets}
     figures = list(smk.input.figures)
