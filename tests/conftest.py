@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,38 @@ def run_snakemake(workdir: Path, *args: str, configfile: str | None = "config.de
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, name: str = "the test server") -> None:
+    """Wait until ``proc`` accepts connections on 127.0.0.1:``port``; fail if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not open port {port} in {timeout:.0f} s") from None
+            time.sleep(0.2)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stop a server the test started, by its own handle (its pid): terminate, then kill if it hangs."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def config_paths(node, prefix=()):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,11 @@ import fetch_data
 import pytest
 import sample
 import yaml
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, free_port, run_snakemake, stop_process, wait_for_port
 from pipeline_io import PipelineError, read_table
 
 POPE_IMAGE_IDS = [310196, 42, 1001]
 CAPTION_IMAGE_IDS = [139, 285, 632, 724]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_served_tree(root: Path) -> None:
@@ -62,23 +55,10 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root),
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the test HTTP server did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, proc, timeout=15, name="the test HTTP server")
         yield f"http://127.0.0.1:{port}", root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def sha256(path: Path) -> str:

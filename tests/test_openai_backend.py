@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import demo_models
 import infer
 import openai_backend
 import pytest
+from conftest import free_port, stop_process, wait_for_port
 from inference_fixtures import job_config, make_inputs
 from pipeline_io import PipelineError, read_table
 
@@ -112,40 +111,22 @@ def test_missing_base_url_names_the_key(monkeypatch):
         openai_backend.resolve_base_url({"base_url": None})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_live_transformers_serve(tmp_path):
     """The whole job through a real OpenAI-compatible server (`transformers serve`) serving a demo folder.
     llava is served: Qwen's processor needs torchvision, which `transformers serve` loads unconditionally."""
     model_dir = demo_models.build("llava", tmp_path / "llava", seed=0)
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("transformers")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen([str(exe), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
                                "--device", "cpu"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, "transformers serve exited"
-            assert time.monotonic() < deadline, "transformers serve did not open its port in 120 s"
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
+        wait_for_port(port, server, timeout=120, name="transformers serve")
         sample, manifest = make_inputs(tmp_path / "in", "pope", n=4)
         job = _job(f"http://127.0.0.1:{port}/v1", model_path=str(model_dir))
         df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop_process(server)
     assert len(df) == 4 and (df["n_prompt_tokens"] > 0).all() and (df["n_response_tokens"] > 0).all()
     assert df["response"].str.len().gt(0).all() and set(df["finish_reason"]) <= {"stop", "length"}
     assert df["p_yes"].isna().all()
