@@ -16,6 +16,7 @@ import infer
 import pandas as pd
 import pytest
 import vlm
+from conftest import SCRIPTS
 from inference_fixtures import job_config, make_inputs, write_config
 from pipeline_io import PipelineError, read_metadata, read_table
 
@@ -253,3 +254,13 @@ def test_resume_after_sigkill(tmp_path, models_dir):
     infer.run_job(infer.Job("caption", "llava_1_5", "baseline", json.loads(cfg_path.read_text())), sample, manifest,
                   tmp_path / "ref.parquet", tmp_path / ".partial_ref", threads=1)
     pd.testing.assert_frame_equal(df, read_table(tmp_path / "ref.parquet"))
+
+
+def test_demo_tokenizers_identical_across_processes():
+    """Hash maps in the tokenizer trainers are seeded per process: the demo tokenizers must not depend on them."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import demo_models; "
+            "print(demo_models.bert_tokenizer().backend_tokenizer.to_str() + demo_models.qwen_tokenizer()"
+            ".backend_tokenizer.to_str() + demo_models.llama_tokenizer(['<image>']).backend_tokenizer.to_str())")
+    outs = [subprocess.run([sys.executable, "-c", code, str(SCRIPTS)], capture_output=True, text=True, timeout=120,
+                           check=True).stdout for _ in range(3)]
+    assert outs[0] and outs[0] == outs[1] == outs[2]

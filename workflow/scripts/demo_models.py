@@ -11,8 +11,10 @@ window attention and 2x2 merge), everything else is shrunk so that a CPU builds 
 
 import contextlib
 import json
+import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from pipeline_io import PipelineError, log, params_config, run_main
@@ -127,16 +129,20 @@ def llama_tokenizer(extra_specials: list[str]):
 
 def bert_tokenizer():
     """WordPiece, lower-cased, [CLS] ... [SEP], like bert-base-uncased (InstructBLIP's Q-Former tokenizer)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # The vocabulary is listed, not trained: the WordPiece trainer breaks ties in hash-map order, so its vocabulary
+    # (and every demo InstructBLIP output) would change from process to process.
+    words = Counter(w for line in corpus_lines() for w in re.findall(r"\w+|[^\w\s]", line.lower()))
+    chars = sorted({c for w in words for c in w})
+    pieces = specials + chars + [f"##{c}" for c in chars]
+    pieces += [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:600 - len(pieces)]
+    raw = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
     raw.normalizer = normalizers.BertNormalizer(lowercase=True)
     raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     raw.decoder = decoders.WordPiece()
-    raw.train_from_iterator(corpus_lines(), trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials,
-                                                                      show_progress=False))
     raw.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
                                                        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
