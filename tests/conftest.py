@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,18 +22,39 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_snakemake(workdir: Path, *args: str, configfile: str | None = "config.demo.yaml", timeout: int = 1200,
-                  check: bool = True) -> subprocess.CompletedProcess:
-    """Run the project's Snakefile with ``workdir`` as the working directory (results/, resources/ go there)."""
+                  check: bool = True, project: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile (or that of a copy of the project) with ``workdir`` as the working directory
+    (results/, resources/ go there)."""
     # "--opt=value" form: options taking several values must not swallow the caller's targets.
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), f"--directory={workdir}",
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(project / "Snakefile"), f"--directory={workdir}",
            "--cores=2", "--quiet=rules"]
     if configfile:
-        cmd.append(f"--configfile={ROOT / configfile}")
+        cmd.append(f"--configfile={project / configfile}")
     cmd += list(args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the workflow (Snakefile, configs, workflow/), e.g. to make its scripts newer than a run's outputs
+    without touching the checkout that other tests run."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "config.yaml", "config.demo.yaml"):
+        shutil.copy2(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def planned_rules(dry_run_stdout: str) -> list[str]:
+    """The rule of every job a dry run plans (run it with --quiet=progress so that the job blocks are shown)."""
+    return [rule for rule in re.findall(r"^rule (\w+):", dry_run_stdout, re.M) if rule != "all"]
+
+
+def planned_outputs(dry_run_stdout: str) -> list[str]:
+    """Every output path of the jobs a dry run plans (run with --quiet=progress)."""
+    return [path for line in re.findall(r"^\s+output: (.*)$", dry_run_stdout, re.M) for path in line.split(", ")]
 
 
 def free_port() -> int:

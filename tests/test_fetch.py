@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import fetch_data
 import pytest
 import sample
 import yaml
-from conftest import ROOT, free_port, run_snakemake, stop_process, wait_for_port
+from conftest import ROOT, copy_project, free_port, planned_rules, run_snakemake, stop_process, wait_for_port
 from pipeline_io import PipelineError, read_table
 
 POPE_IMAGE_IDS = [310196, 42, 1001]
@@ -133,13 +134,20 @@ def test_fetch_annotations_offline_says_what_to_do(tmp_path):
 
 def test_resolve_image_fetches_one_file(server, tmp_path):
     url, root = server
-    coco = {"root": str(tmp_path / "coco"), "download": True, "image_url": url + "/{split}/{file_name}"}
+    user = tmp_path / "coco"
+    (user / "val2017").mkdir(parents=True)
+    (user / "val2017" / "000000000285.jpg").write_bytes(b"the user's own copy")
+    coco = {"root": str(user), "download_root": str(tmp_path / "downloads"), "download": True,
+            "image_url": url + "/{split}/{file_name}"}
     got = Path(sample.resolve_image(coco, "COCO_val2014_000000000042.jpg", 42))
-    assert got == tmp_path / "coco" / "val2014" / "COCO_val2014_000000000042.jpg"
+    assert got == tmp_path / "downloads" / "val2014" / "COCO_val2014_000000000042.jpg"
     assert got.read_bytes() == b"val2014 42"
     got = Path(sample.resolve_image(coco, "000000000139.jpg", 139))
-    assert got == tmp_path / "coco" / "val2017" / "000000000139.jpg" and got.read_bytes() == b"val2017 139"
-    assert leftovers(tmp_path / "coco") == ["val2014", "val2017"]
+    assert got == tmp_path / "downloads" / "val2017" / "000000000139.jpg" and got.read_bytes() == b"val2017 139"
+    # The user's copy is used as it is (the server's differs), and nothing is written into the user's root.
+    assert Path(sample.resolve_image(coco, "000000000285.jpg", 285)) == user / "val2017" / "000000000285.jpg"
+    assert sorted(p.name for p in user.rglob("*")) == ["000000000285.jpg", "val2017"]
+    assert leftovers(tmp_path / "downloads") == ["val2014", "val2017"]
 
 
 # --- the data rules of the DAG -------------------------------------------------------------------------------
@@ -147,10 +155,10 @@ def test_resolve_image_fetches_one_file(server, tmp_path):
 def write_config(path: Path, url: str | None, pope_sha: str | None, download: bool) -> Path:
     config = {
         "data": {
-            "coco": {"root": "resources/coco", "download": download,
+            "coco": {"root": None, "download": download,
                      "annotations_url": f"{url}/annotations_trainval2017.zip" if url else None,
                      "image_url": f"{url}/{{split}}/{{file_name}}" if url else None},
-            "pope": {"file": "resources/pope/coco_pope_adversarial.json",
+            "pope": {"file": None,
                      "url": f"{url}/pope.json" if url else None, "sha256": pope_sha},
         },
         "sampling": {"pope": {"n": 6}, "caption": {"n": 3}},
@@ -170,10 +178,13 @@ def test_dag_fetches_and_samples(server, tmp_path):
     assert len(pope) == 6 and (pope["label"] == "yes").sum() == 3 and len(caption) == 3
     for path in list(pope["image_path"]) + list(caption["image_path"]):
         assert (work / path).is_file()
-    assert (work / "resources/pope/coco_pope_adversarial.json").read_bytes() == (root / "pope.json").read_bytes()
-    assert not (work / "resources/coco/annotations/annotations_trainval2017.zip").exists()
-    fetched = {p.name for p in (work / "resources/coco").rglob("*.jpg")}
+    pope_sha = sha256(root / "pope.json")
+    assert (work / f"resources/downloads/pope/{pope_sha[:16]}/pope.json").read_bytes() == \
+        (root / "pope.json").read_bytes()
+    assert not (work / "resources/downloads/coco/annotations/annotations_trainval2017.zip").exists()
+    fetched = {p.name for p in (work / "resources/downloads/coco").rglob("*.jpg")}
     assert fetched == {Path(p).name for p in list(pope["image_path"]) + list(caption["image_path"])}
+    assert sorted(p.name for p in (work / "resources").iterdir()) == ["downloads"]
     # Going offline (or to a mirror) changes how missing files are obtained, not what the files hold: nothing
     # may rerun, since a rerun deletes the fetched annotations and the samples every later stage depends on.
     offline = yaml.safe_load(config.read_text())
@@ -182,16 +193,28 @@ def test_dag_fetches_and_samples(server, tmp_path):
     proc = run_snakemake(work, "-n", "results/data/pope_sample.parquet", "results/data/caption_sample.parquet",
                          configfile=str(tmp_path / "offline.yaml"), timeout=120)
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
+    # A new release of the pipeline (every file of the workflow newer than the downloads) re-downloads nothing.
+    release = copy_project(tmp_path / "release")
+    for path in release.rglob("*"):
+        os.utime(path)
+    proc = run_snakemake(work, "-n", "--quiet=progress", "results/data/pope_sample.parquet",
+                         "results/data/caption_sample.parquet", configfile=str(config), timeout=120, project=release)
+    planned = planned_rules(proc.stdout)
+    assert planned and not any(rule.startswith("fetch_") for rule in planned), proc.stdout
 
 
 def test_dag_offline_missing_annotations(tmp_path):
     config = write_config(tmp_path / "config.yaml", None, None, False)
+    offline = yaml.safe_load(config.read_text())
+    offline["data"]["pope"]["url"] = "http://127.0.0.1:9/pope.json"  # never contacted: downloads are off
+    config.write_text(yaml.safe_dump(offline))
     work = tmp_path / "work"
     proc = run_snakemake(work, "results/data/caption_sample.parquet", configfile=str(ROOT / config), timeout=300,
                          check=False)
     assert proc.returncode != 0
     log = work / "logs/data/fetch_coco_annotations.log"
     text = proc.stdout + proc.stderr + (log.read_text() if log.exists() else "")
-    lines = [line for line in text.splitlines() if "COCO annotations missing in" in line]
+    lines = [line for line in text.splitlines() if "COCO annotations missing:" in line]
     assert lines, text
-    assert "annotations_trainval2017.zip" in lines[0] and "resources/coco/annotations" in lines[0]
+    assert "annotations_trainval2017.zip" in lines[0] and "resources/downloads/coco/annotations" in lines[0]
+    assert "data.coco.root" in lines[0]

@@ -4,7 +4,16 @@ import os
 import sys
 
 sys.path.insert(0, f"{workflow.basedir}/workflow/scripts")
+import fetch_data
 from config_check import ConfigError, demo_model_paths, validate_config
+from fetch_data import (
+    BUILT_POPE_DIR,
+    COCO_DOWNLOADS,
+    DEMO_COCO_ROOT,
+    POPE_DOWNLOADS,
+    coco_annotation_path,
+    pope_path,
+)
 from pipeline_io import canonical_json
 
 try:
@@ -68,8 +77,13 @@ def inference_path(task, model, setting):
 
 
 def coco_annotation(kind):
-    """A COCO 2017 annotation file (kind: instances or captions) in the configured COCO root."""
-    return f"{config['data']['coco']['root']}/annotations/{kind}_val2017.json"
+    """A COCO 2017 annotation file (kind: instances or captions): the user's, the demo's or a download."""
+    return coco_annotation_path(config["data"]["coco"]["root"], kind)
+
+
+def pope_build_annotations():
+    """The instances file POPE is built from: data.pope_build.annotations, or the COCO root's when null."""
+    return config["data"]["pope_build"]["annotations"] or coco_annotation("instances")
 
 
 def data_targets():
@@ -134,8 +148,10 @@ def scored_inference(task):
 
 
 def scoring_data(name):
-    """A data file shipped with the workflow (synonym table, paper numbers), independent of --directory."""
-    return f"{workflow.basedir}/workflow/data/{name}"
+    """A data file shipped with the workflow (synonym table, paper numbers), independent of --directory. Relative
+    to the working directory: an absolute path would change (and rerun scoring) when the project is moved.
+    """
+    return os.path.relpath(f"{workflow.basedir}/workflow/data/{name}")
 
 
 def table_params():

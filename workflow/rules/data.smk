@@ -1,21 +1,16 @@
 # Stage: data. The demo's synthetic mini-COCO, POPE built by POPE's method, the real data fetched on demand,
 # and the seeded samples (Parquet + published id lists) every later stage reads. Rules that may download run
 # on the submitting host (localrule), since cluster nodes often have no internet.
-# Params carry only what decides a file's content. The network settings (data.coco.download, image_url) only
-# decide how a missing file is obtained, so the scripts read them from the config at run time: switching
-# downloads off, or to a mirror, must not rerun (and so first delete) fetched data or the samples.
-
-
-# When the demo config points the COCO root at the demo folder, the builder, not the downloader, makes it.
-ruleorder: demo_coco > fetch_coco_annotations
-ruleorder: build_pope > fetch_pope
+# A file the user brought (data.coco.root, data.pope.file) is never a rule output, only an input: see
+# fetch_data.py. Params carry only what decides a file's content; the network settings (data.coco.download,
+# image_url) only decide how a missing file is obtained, so the scripts read them from the config at run time.
 
 
 rule demo_coco:
     output:
-        instances="resources/demo/coco/annotations/instances_val2017.json",
-        captions="resources/demo/coco/annotations/captions_val2017.json",
-        images=directory("resources/demo/coco/val2017"),
+        instances=f"{DEMO_COCO_ROOT}/annotations/instances_val2017.json",
+        captions=f"{DEMO_COCO_ROOT}/annotations/captions_val2017.json",
+        images=directory(f"{DEMO_COCO_ROOT}/val2017"),
     log:
         "logs/data/demo_coco.log",
     conda:
@@ -26,42 +21,37 @@ rule demo_coco:
         "../scripts/demo_coco.py"
 
 
+# The two download rules write only under resources/downloads/ and run from `run:` (see fetch_data.py): a new
+# release of the fetch code must not download the data again. They take no params: the URLs, the download
+# switch and the pin decide how a missing file is obtained, and are read from the config when the rule runs.
 rule fetch_coco_annotations:
     output:
-        instances=coco_annotation("instances"),
-        captions=coco_annotation("captions"),
+        instances=f"{COCO_DOWNLOADS}/annotations/instances_val2017.json",
+        captions=f"{COCO_DOWNLOADS}/annotations/captions_val2017.json",
     log:
         "logs/data/fetch_coco_annotations.log",
     localrule: True
-    conda:
-        "../../envs/data.yaml"
-    params:
-        cfg=canonical(("data", "coco", "annotations_url")),
-    script:
-        "../scripts/fetch_data.py"
+    run:
+        fetch_data.run_rule("coco_annotations", output, log[0], config)
 
 
 rule fetch_pope:
     output:
-        config["data"]["pope"]["file"],
+        f"{POPE_DOWNLOADS}/{{pin}}/{{file_name}}",
     log:
-        "logs/data/fetch_pope.log",
+        "logs/data/fetch_pope/{pin}/{file_name}.log",
     localrule: True
-    conda:
-        "../../envs/data.yaml"
-    params:
-        cfg=canonical(("data", "pope")),
-    script:
-        "../scripts/fetch_data.py"
+    run:
+        fetch_data.run_rule("pope", output, log[0], config)
 
 
 rule build_pope:
     input:
-        instances=config["data"]["pope_build"]["annotations"],
+        instances=pope_build_annotations(),
     output:
-        random="results/pope_built/coco_pope_random.json",
-        popular="results/pope_built/coco_pope_popular.json",
-        adversarial="results/pope_built/coco_pope_adversarial.json",
+        random=f"{BUILT_POPE_DIR}/coco_pope_random.json",
+        popular=f"{BUILT_POPE_DIR}/coco_pope_popular.json",
+        adversarial=f"{BUILT_POPE_DIR}/coco_pope_adversarial.json",
     log:
         "logs/data/build_pope.log",
     conda:
@@ -74,7 +64,7 @@ rule build_pope:
 
 rule sample_pope:
     input:
-        pope=config["data"]["pope"]["file"],
+        pope=pope_path(config["data"]["pope"]),
         instances=coco_annotation("instances"),
     output:
         table=sample_path("pope"),

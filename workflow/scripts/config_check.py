@@ -10,6 +10,7 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 def is_local_model_path(path: str) -> bool:
@@ -42,7 +43,7 @@ def _describe(err: jsonschema.ValidationError) -> str:
 
 def validate_config(config: dict) -> None:
     """Raise ConfigError with a one-line message naming the config key and what to do."""
-    with open(SCHEMA_PATH) as f:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
         schema = yaml.safe_load(f)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
@@ -57,7 +58,41 @@ def demo_model_paths(config: dict) -> dict[str, str]:
     return {family: f"resources/demo/models/{family}" for family in demo.get("models", [])}
 
 
+def _check_data(data: dict) -> None:
+    """The user's data paths exist (they are only ever read, never made), and POPE has a source."""
+    from fetch_data import DEMO_COCO_ROOT, is_pipeline_output  # fetch_data needs pipeline_io: import on use
+
+    root = data["coco"]["root"]
+    if root and root != DEMO_COCO_ROOT and not Path(root).is_dir():
+        raise ConfigError(f"data.coco.root: folder '{root}' does not exist. Point it at your COCO copy, or set it "
+                          "to null to fetch what the run needs into resources/downloads/coco")
+    pope = data["pope"]
+    if pope["file"] is None and not pope.get("url"):
+        raise ConfigError("data.pope.file: null and data.pope.url is not set either. Set data.pope.file to your "
+                          "copy of POPE's coco_pope_adversarial.json, or data.pope.url to fetch it")
+    if pope["file"] and not is_pipeline_output(pope["file"]) and not Path(pope["file"]).is_file():
+        raise ConfigError(f"data.pope.file: '{pope['file']}' does not exist. Fix the path, or set it to null to "
+                          "fetch the pinned file (data.pope.url) into resources/downloads/pope")
+    annotations = data["pope_build"]["annotations"]
+    if annotations and not is_pipeline_output(annotations) and not Path(annotations).is_file():
+        raise ConfigError(f"data.pope_build.annotations: '{annotations}' does not exist. Fix the path, or set it "
+                          "to null to build from the COCO instances file")
+
+
+def _check_prompts(settings: dict) -> None:
+    """A text prompt may name only {question} (filled in by plain replacement): a misspelt placeholder would be
+    sent to the model verbatim."""
+    for name, setting in settings.items():
+        unknown = sorted(set(PLACEHOLDER.findall(setting["text_prompt"] or "")) - {"question"})
+        if unknown:
+            raise ConfigError(f"settings.{name}.text_prompt: unknown placeholder(s) "
+                              f"{', '.join('{' + f + '}' for f in unknown)} in {setting['text_prompt']!r}; the "
+                              "only one is {question}. Fix the spelling")
+
+
 def _check_references(config: dict) -> None:
+    _check_data(config["data"])
+    _check_prompts(config["settings"])
     models = config["models"]
     built = set(demo_model_paths(config).values())
     for name, entry in models.items():

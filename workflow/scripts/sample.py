@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from fetch_data import http_get, network_settings
+from fetch_data import COCO_DOWNLOADS, check_pope_pin, http_get, network_settings
 from pipeline_io import PipelineError, atomic_output, log, params_config, run_main, write_table
 
 POPE_KEYS = ("question_id", "image", "text", "label")
@@ -26,7 +26,7 @@ def read_pope(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise PipelineError(f"{path}: POPE file not found; set data.pope.file or let the workflow fetch it")
     rows, seen = [], {}
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte order mark some editors write is not data
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -37,6 +37,8 @@ def read_pope(path: str | Path) -> pd.DataFrame:
                 raise PipelineError(f"{where}: not valid JSON ({err.msg}); fix or delete the line") from err
             if not isinstance(row, dict) or any(k not in row for k in POPE_KEYS):
                 raise PipelineError(f"{where}: a POPE line needs the keys {list(POPE_KEYS)}; fix the line")
+            if not isinstance(row["text"], str) or not row["text"].strip():
+                raise PipelineError(f"{where}: the question text is empty; fix or delete the line")
             if row["label"] not in ("yes", "no"):
                 raise PipelineError(f"{where}: label {row['label']!r} is not 'yes' or 'no'; fix the line")
             if not isinstance(row["question_id"], int) or isinstance(row["question_id"], bool):
@@ -83,7 +85,7 @@ def sample_pope(pope: pd.DataFrame, n: int, balanced: bool, seed: int) -> pd.Dat
 def sample_caption_images(instances_path: str | Path, n: int, seed: int) -> pd.DataFrame:
     """``n`` images of a COCO instances file drawn with ``seed``, in image id order."""
     try:
-        with open(instances_path) as f:
+        with open(instances_path, encoding="utf-8") as f:
             images = json.load(f)["images"]
         table = pd.DataFrame([{"image_id": int(im["id"]), "image_file": im["file_name"]} for im in images])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
@@ -114,15 +116,20 @@ def image_candidates(root: str | Path, file_name: str, image_id: int) -> list[tu
 
 
 def resolve_image(coco: dict, file_name: str, image_id: int) -> str:
-    """The local path of an image; fetched (that one file only) when missing and downloads are allowed."""
-    candidates = image_candidates(coco["root"], file_name, image_id)
-    for path, _, _ in candidates:
-        if path.is_file():
-            return str(path)
-    path, split, name = candidates[0]
+    """The local path of an image: the user's COCO root first (only read), then the pipeline's downloads, where a
+    missing image is fetched (that one file only) when downloads are allowed."""
+    roots = [r for r in (coco.get("root"), coco.get("download_root", COCO_DOWNLOADS)) if r]
+    for root in roots:
+        for path, _, _ in image_candidates(root, file_name, image_id):
+            if path.is_file():
+                return str(path)
+    path, split, name = image_candidates(roots[-1], file_name, image_id)[0]
     if not (coco.get("download") and coco.get("image_url")):
-        raise PipelineError(f"image {file_name} (id {image_id}) not found under {coco['root']}: download it to "
-                            f"{path} (or put the COCO 2017 image folders there), or set data.coco.download: true")
+        user_root = coco.get("root")
+        put = (f"put it at {image_candidates(user_root, file_name, image_id)[0][0]} (or the COCO 2017 image "
+               "folders there)" if user_root else "set data.coco.root to your COCO copy")
+        raise PipelineError(f"image {file_name} (id {image_id}) not found under {' or '.join(roots)}: {put}, or "
+                            f"set data.coco.download: true to fetch it into {path}")
     http_get(coco["image_url"].format(split=split, file_name=name), path)
     return str(path)
 
@@ -174,9 +181,11 @@ def write_sample(table: pd.DataFrame, parquet: str | Path, id_list: str | Path, 
 
 def main(snakemake) -> None:
     cfg = params_config(snakemake)
-    coco, seed = {"root": cfg["data.coco.root"], **network_settings(snakemake)}, cfg["seed"]
+    coco, seed = {"root": cfg["data.coco.root"], **network_settings(snakemake.config)}, cfg["seed"]
     if snakemake.rule == "sample_pope":
         sampling = cfg["sampling.pope"]
+        # The pin is checked, not a param: it can stop a run but never changes a row.
+        check_pope_pin(snakemake.input.pope, snakemake.config["data"]["pope"].get("sha256"))
         pope = read_pope(snakemake.input.pope)
         sampled = sample_pope(pope, sampling["n"], sampling["balanced"], seed)
         table = attach_images(pope_sample_table(sampled), coco)
