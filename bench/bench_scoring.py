@@ -1,8 +1,10 @@
 """Scoring time for the paper's full matrix on one core, synthetic data:
-15,000 POPE rows (3 models x 5 settings x 1,000 questions) and 1,500 captions (3 settings x 500 images),
-with the config's 2,000 bootstrap resamples. Prints the figures; asserts nothing.
+15,000 POPE rows (3 models x 5 settings x 1,000 questions sampled from 500 images x 6 questions, so ~456 images
+with 1-6 questions each) and 1,500 captions (3 settings x 500 images), with the config's 2,000 bootstrap
+resamples, clustered by image; P(yes) metrics included. Prints the figures and whether the total stays within
+the 10 s budget; asserts nothing.
 
-Run: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_scoring.py
+Run: OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python bench/bench_scoring.py
 """
 
 import os
@@ -25,19 +27,24 @@ ANSWERS = ["Yes, there is a {o} in the image.", "No, there is no {o}.", "Yes.", 
 WORDS = ["a", "man", "dog", "sitting", "on", "the", "bench", "with", "two", "cats", "near", "hot", "dogs", "table",
          "while", "people", "walk", "by", "cars", "and", "a", "toilet", "seat", "baby", "elephant", "grass", "tree"]
 RESAMPLES = 2000
+BUDGET_S = 10.0
 
 
 def pope_rows(rng):
     n = 1000
+    question = np.sort(rng.choice(3000, n, replace=False))   # the paper: 1,000 of POPE's 500 images x 6 questions
+    image_id = question // 6
+    label_yes = question % 2 == 0
     frames = []
     for m in MODELS:
         for s in SETTINGS:
             picks = rng.integers(0, len(ANSWERS), n)
+            p_yes = 1 / (1 + np.exp(-(1.5 * (2 * label_yes - 1) + rng.normal(0, 1.5, n))))
             frames.append(pd.DataFrame({
-                "sample_id": [f"pope-{i}" for i in range(n)], "task": "pope", "model": m, "setting": s,
-                "image_id": rng.integers(1, 500, n), "question": "Is there a dog in the image?",
-                "label": np.where(np.arange(n) % 2 == 0, "yes", "no"),
-                "response": [ANSWERS[k].format(o="dog") for k in picks], "p_yes": rng.random(n)}))
+                "sample_id": [f"pope-{q}" for q in question], "task": "pope", "model": m, "setting": s,
+                "image_id": image_id, "question": "Is there a dog in the image?",
+                "label": np.where(label_yes, "yes", "no"),
+                "response": [ANSWERS[k].format(o="dog") for k in picks], "p_yes": p_yes}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -59,7 +66,8 @@ def main():
     t1 = time.perf_counter()
     metrics, _ = score.score_pope(pope, 0, RESAMPLES, 0.95)
     t2 = time.perf_counter()
-    print(f"POPE: {len(pope):,} rows, {len(metrics)} groups, {RESAMPLES} resamples")
+    print(f"POPE: {len(pope):,} rows, {len(metrics)} groups, {metrics['n_images'].iloc[0]} images per group, "
+          f"{RESAMPLES} resamples (clustered by image), P(yes) metrics included")
     print(f"  parse both answer rules : {t1 - t0:6.2f} s")
     print(f"  full score_pope         : {t2 - t1:6.2f} s  (parsing + metrics + intervals + paired tests)")
     print(f"  strict unknown share    : {(answers['answer_strict'] == 'unknown').mean():.3f}")
@@ -81,7 +89,9 @@ def main():
     print(f"  2,500 reference captions: {t4 - t3:6.2f} s")
     print(f"  parse generated captions: {t5 - t4:6.2f} s")
     print(f"  metrics + intervals     : {t6 - t5:6.2f} s")
-    print(f"total                     : {(t2 - t0) + (t6 - t3):6.2f} s")
+    total = (t2 - t0) + (t6 - t3)
+    print(f"total                     : {total:6.2f} s  ({'within' if total < BUDGET_S else 'OVER'} the "
+          f"{BUDGET_S:.0f} s budget)")
 
 
 if __name__ == "__main__":

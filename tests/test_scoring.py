@@ -11,6 +11,7 @@ import pandas as pd
 import pope_metrics as pm
 import pytest
 import score
+import stats as st
 import yaml
 from conftest import ROOT, run_snakemake
 from pipeline_io import read_table, write_table
@@ -111,43 +112,120 @@ def test_missing_group_is_reported_with_nan():
     assert metrics.loc[1, "n"] == 0 and math.isnan(metrics.loc[1, "accuracy"])
 
 
-# --- statistics ----------------------------------------------------------------------------------------------
+# --- clustered intervals and P(yes) metrics in the scorer -----------------------------------------------------
 
-def test_mcnemar_hand_case():
-    # baseline right / setting wrong: 2 pairs; baseline wrong / setting right: 8 pairs; 5 concordant
-    first = np.array([1, 1] + [0] * 8 + [1] * 5, dtype=bool)
-    second = np.array([0, 0] + [1] * 8 + [1] * 5, dtype=bool)
-    b, c, p = score.mcnemar_exact(first, second)
-    assert (b, c) == (2, 8)
-    # exact two-sided binomial: 2 * P(X <= 2 | n=10, 1/2) = 2 * 56 / 1024
-    assert p == pytest.approx(112 / 1024)
-    assert score.mcnemar_exact(first, first)[2] == 1.0
-
-
-def test_bootstrap_interval_coverage_on_bernoulli():
-    """A 95% percentile interval of a proportion (n=200, p=0.3) covers the truth in 90-99% of 200 simulations."""
-    rng = np.random.default_rng(12345)
-    hits = 0
-    for sim in range(200):
-        x = (rng.random(200) < 0.3).astype(float)
-        weights = score.resample_weights(score.group_rng(sim, "coverage"), len(x), 1000)
-        low, high = score.percentile_interval(weights @ x / len(x), 0.95)
-        hits += low <= 0.3 <= high
-    assert 0.90 <= hits / 200 <= 0.99
+def _image_frame(setting: str, correct_by_image: list[bool], per_image: int = 6, p_yes=None) -> pd.DataFrame:
+    """POPE rows where every question about an image is answered right or wrong together."""
+    n = len(correct_by_image) * per_image
+    image = np.repeat(np.arange(len(correct_by_image)), per_image)
+    labels = np.where(np.arange(n) % 2 == 0, "yes", "no")
+    right = np.asarray(correct_by_image)[image]
+    said_yes = (labels == "yes") == right
+    df = _pope_frame("m", setting, list(labels), ["Yes." if y else "No." for y in said_yes])
+    df["image_id"] = image
+    if p_yes is not None:
+        df["p_yes"] = p_yes
+    return df
 
 
-def test_bootstrap_is_seeded_and_group_specific():
-    a = score.resample_weights(score.group_rng(0, "pope", "m", "s"), 50, 20)
-    b = score.resample_weights(score.group_rng(0, "pope", "m", "s"), 50, 20)
-    c = score.resample_weights(score.group_rng(0, "pope", "m", "t"), 50, 20)
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
-    assert np.all(a.sum(axis=1) == 50)
+def test_pope_intervals_resample_images_not_rows():
+    rng = np.random.default_rng(1)
+    df = _image_frame("baseline", list(rng.random(40) < 0.6))
+    clustered, _ = score.score_pope(df, 0, 500, 0.95)
+    by_row, _ = score.score_pope(df.assign(image_id=np.arange(len(df))), 0, 500, 0.95)
+    assert clustered.loc[0, "n_images"] == 40 and by_row.loc[0, "n_images"] == 240
+    assert clustered.loc[0, "accuracy"] == by_row.loc[0, "accuracy"]
+    width = {k: f.loc[0, "accuracy_ci_high"] - f.loc[0, "accuracy_ci_low"] for k, f in
+             (("images", clustered), ("rows", by_row))}
+    assert width["images"] > 1.8 * width["rows"]        # sqrt(6) in theory for perfectly correlated images
+    # the interval is exactly the clustered bootstrap of stats: images drawn, all their rows along
+    codes, k = st.clusters_of(df["image_id"])
+    weights = st.cluster_weights(st.group_rng(0, "ci", "pope", "m", "baseline"), k, 500)
+    correct = (score.parse_answers(df)["correct_official"]).to_numpy(dtype=float)
+    boot = weights @ st.cluster_sums(codes, k, np.column_stack([correct, np.ones_like(correct)]))
+    low, high = st.percentile_interval(boot[:, 0] / boot[:, 1], 0.95)
+    assert (clustered.loc[0, "accuracy_ci_low"], clustered.loc[0, "accuracy_ci_high"]) == pytest.approx((low, high))
 
 
-def test_paired_bootstrap_p_value():
-    assert score.bootstrap_p(np.full(999, 0.1)) == pytest.approx(2 / 1000)
-    assert score.bootstrap_p(np.linspace(-1, 1, 1001)) == pytest.approx(1.0)
-    assert math.isnan(score.bootstrap_p(np.full(10, np.nan)))
+def test_paired_deltas_resample_images_and_mcnemar_stays_per_question():
+    rng = np.random.default_rng(2)
+    base_right = rng.random(50) < 0.5
+    flip = rng.random(50) < 0.3
+    df = pd.concat([_image_frame("baseline", list(base_right)), _image_frame("pii", list(base_right ^ flip))])
+    clustered, _ = score.score_pope(df, 0, 500, 0.95)
+    by_row, _ = score.score_pope(df.assign(image_id=np.arange(len(df)) % 300), 0, 500, 0.95)
+    c, r = clustered.set_index("setting").loc["pii"], by_row.set_index("setting").loc["pii"]
+    assert c["accuracy_delta"] == r["accuracy_delta"]
+    assert (c["accuracy_delta_ci_high"] - c["accuracy_delta_ci_low"]
+            > 1.8 * (r["accuracy_delta_ci_high"] - r["accuracy_delta_ci_low"]))
+    assert c["accuracy_p_value"] == r["accuracy_p_value"]    # exact McNemar: per question, clusters ignored
+    assert c["f1_p_value"] > r["f1_p_value"]                   # paired bootstrap: clustered, less certain
+
+
+def test_paired_rows_showing_different_images_are_an_error():
+    df = pd.concat([_pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]),
+                    _pope_frame("m", "pii", ["yes", "no"], ["Yes", "No"]).assign(image_id=[5, 6])])
+    with pytest.raises(score.PipelineError, match=r"sample_id 'pope-0' is image 0 in the baseline setting and image 5"):
+        score.score_pope(df, 0, 10, 0.95)
+
+
+def _auroc_pairs(p, y) -> float:
+    pos, neg = p[y], p[~y]
+    return float(((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean())
+
+
+def test_pope_pyes_columns():
+    rng = np.random.default_rng(3)
+    base = _image_frame("baseline", list(rng.random(30) < 0.7), per_image=4)
+    label_yes = (base["label"] == "yes").to_numpy()
+    p_base = np.clip(np.round(0.5 + (label_yes - 0.5) * rng.random(120), 2), 0, 1)
+    p_base[[3, 17]] = np.nan                                   # a backend could not give these two
+    p_pii = np.clip(np.nan_to_num(p_base, nan=0.5) + rng.normal(0, 0.2, 120), 0, 1)
+    p_pii[5] = np.nan
+    df = pd.concat([base.assign(p_yes=p_base), base.assign(setting="pii", p_yes=p_pii)])
+    metrics, _ = score.score_pope(df, 0, 300, 0.95)
+    m = metrics.set_index("setting")
+    has = np.isfinite(p_base)
+    p, y = p_base[has], label_yes[has]
+    said_yes = (base["response"] == "Yes.").to_numpy()[has]
+    b = m.loc["baseline"]
+    assert b["n_p_yes"] == 118 and m.loc["pii", "n_p_yes"] == 119 and m.loc["pii", "n_paired_p_yes"] == 117
+    assert b["p_yes_auroc"] == pytest.approx(_auroc_pairs(p, y))
+    assert b["p_yes_brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert b["p_yes_disagreement"] == pytest.approx(np.mean(said_yes != (p > 0.5)))
+    bins = np.minimum((p * 10).astype(int), 9)
+    ece = sum(abs(np.sum(y[bins == k] - p[bins == k])) for k in range(10)) / len(p)
+    assert b["p_yes_ece"] == pytest.approx(ece)
+    for metric in score.PYES_METRICS:
+        if metric != "p_yes_ece":   # ECE's resamples are biased upwards: its interval may lie above the value
+            assert b[f"{metric}_ci_low"] <= b[metric] <= b[f"{metric}_ci_high"], metric
+        assert math.isnan(b[f"{metric}_delta"]) and math.isnan(b[f"{metric}_p_value"])
+        assert 0 < m.loc["pii", f"{metric}_p_value"] <= 1
+    both = has & np.isfinite(p_pii)
+    assert m.loc["pii", "p_yes_brier_delta"] == pytest.approx(
+        np.mean((p_pii[both] - label_yes[both]) ** 2) - np.mean((p_base[both] - label_yes[both]) ** 2))
+
+
+def test_no_p_yes_anywhere_gives_nan_metrics(tmp_path: Path):
+    labels = ["yes", "no"] * 5
+    df = pd.concat([_pope_frame("m", s, labels, ["Yes."] * 10) for s in ("baseline", "pii")])
+    metrics, _ = score.score_pope(df, 0, 100, 0.95, groups=[("pope", "m", "baseline"), ("pope", "m", "pii"),
+                                                             ("pope", "m", "empty")])
+    assert metrics["n_p_yes"].tolist() == [0, 0, 0] and metrics["n_paired_p_yes"].tolist() == [0, 0, 0]
+    for metric in score.PYES_METRICS:
+        for suffix in ("", "_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high", "_p_value"):
+            assert metrics[f"{metric}{suffix}"].isna().all(), metric + suffix
+    write_table(metrics, tmp_path / "pope_metrics.parquet", "pope_metrics")      # the schema takes it
+
+
+def test_p_yes_outside_zero_one_is_one_clear_error(tmp_path: Path):
+    df = _pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]).assign(
+        p_yes=[0.2, 1.5], text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
+        finish_reason="stop", seed=0)
+    path = tmp_path / "results/inference/pope/m/baseline.parquet"
+    write_table(df, path, "inference")
+    with pytest.raises(score.PipelineError, match=r"baseline.parquet: row 1 has p_yes = 1.5"):
+        score.read_inference([str(path)], "pope")
 
 
 # --- tables ---------------------------------------------------------------------------------------------------
@@ -213,6 +291,35 @@ def test_table2_layout():
     assert frame.loc[0, "qwen2_5_vl:chair_s_paper"] == 32.3
 
 
+def test_pope_pyes_table_layout():
+    rng = np.random.default_rng(4)
+    frames = []
+    for model in ("qwen2_5_vl", "instructblip"):
+        for setting in ("baseline", "hybrid"):
+            f = _image_frame(setting, list(rng.random(20) < 0.7), per_image=3).assign(model=model)
+            f["p_yes"] = rng.random(len(f)) if model == "qwen2_5_vl" else np.nan   # instructblip: no P(yes)
+            frames.append(f)
+    metrics, _ = score.score_pope(pd.concat(frames), 0, 200, 0.95)
+    models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"},
+              "instructblip": {"family": "instructblip", "path": "Salesforce/instructblip-vicuna-7b"}}
+    frame, md = score.build_pyes_table(metrics, _paper(), models, ["baseline", "control", "hybrid"], 0.95)
+    assert list(zip(frame["model"], frame["setting"], strict=True)) == [
+        ("qwen2_5_vl", "baseline"), ("qwen2_5_vl", "hybrid"), ("instructblip", "baseline"), ("instructblip", "hybrid")]
+    assert "p_yes_auroc_ci_low" in frame and "p_yes_disagreement_p_value" in frame
+    q = metrics.set_index(["model", "setting"]).loc[("qwen2_5_vl", "hybrid")]
+    assert frame.loc[1, "p_yes_ece"] == q["p_yes_ece"] and frame.loc[1, "n_p_yes"] == 60
+    lines = md.splitlines()
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+        "Model", "Setting", "with P(yes) / n", "AUROC", "Brier", "ECE", "Disagree (%)"]
+    hybrid = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert hybrid[:3] == ["", "hybrid", "60 / 60"]
+    assert hybrid[3].startswith(f"{q['p_yes_auroc']:.3f} [") and "· Δ " in hybrid[3] and ", p" in hybrid[3]
+    assert hybrid[6].startswith(f"{q['p_yes_disagreement'] * 100:.1f} [")
+    blip = [c.strip() for c in lines[4].strip("|").split("|")]
+    assert blip == ["InstructBLIP", "baseline", "0 / 60", "—", "—", "—", "—"]
+    assert "images resampled" in md
+
+
 # --- the rules, through Snakemake -------------------------------------------------------------------------------
 
 def test_scoring_rules_end_to_end(tmp_path: Path):
@@ -233,6 +340,9 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
         for setting in settings:
             pope = _pope_frame(model, setting, ["yes", "no"] * 15,
                                list(rng.choice(["Yes, there is.", "No.", "Maybe"], 30)))
+            pope["image_id"] = np.arange(30) // 3           # three questions per image
+            if model == models[0]:                          # one backend gives P(yes), the others cannot
+                pope["p_yes"] = rng.random(30)
             cap = pd.DataFrame({"sample_id": ["caption-1", "caption-2", "caption-3"], "task": "caption",
                                 "model": model, "setting": setting, "image_id": [1, 2, 3], "question": "Describe.",
                                 "label": [None] * 3, "p_yes": [None] * 3, "response": ["A dog.", "A dog and a cat.", "A bench."]})
@@ -241,12 +351,20 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
                                n_response_tokens=1, finish_reason="stop", seed=0)
                 write_table(df, tmp_path / f"results/inference/{task}/{model}/{setting}.parquet", "inference")
     targets = ["results/tables/table1_pope.md", "results/tables/table2_chair.md", "results/tables/table1_pope.csv",
-               "results/tables/table2_chair.csv"]
+               "results/tables/table2_chair.csv", "results/tables/pope_pyes.md", "results/tables/pope_pyes.csv"]
     # options first: conftest puts --configfile (which takes several values) right before these arguments
-    only_scoring = ("--allowed-rules", "score_pope", "score_chair", "table1_pope", "table2_chair", "--")
+    only_scoring = ("--allowed-rules", "score_pope", "score_chair", "table1_pope", "table2_chair", "table_pope_pyes",
+                    "--")
     run_snakemake(tmp_path, *only_scoring, *targets, timeout=600)
     pope = read_table(tmp_path / "results/scores/pope_metrics.parquet", "pope_metrics")
     assert len(pope) == len(models) * len(settings)
+    assert set(pope["n_images"]) == {10}
+    assert (pope["n_p_yes"] > 0).tolist() == [m == models[0] for m in pope["model"]]
+    assert pope.loc[pope["model"] != models[0], "p_yes_auroc"].isna().all()
+    assert pope.loc[pope["model"] == models[0], "p_yes_auroc"].notna().all()
+    pyes = pd.read_csv(tmp_path / "results/tables/pope_pyes.csv")
+    assert len(pyes) == len(models) * len(settings) and list(pyes["model"].unique()) == models
+    assert "images resampled" in (tmp_path / "results/tables/table1_pope.md").read_text()
     chair_m = read_table(tmp_path / "results/scores/chair_metrics.parquet", "chair_metrics")
     assert set(chair_m["chair_s"]) == {1 / 3} and set(chair_m["chair_i"]) == {1 / 4}
     caps = read_table(tmp_path / "results/scores/chair_captions.parquet", "chair_captions")

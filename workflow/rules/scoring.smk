@@ -1,5 +1,6 @@
-# Stage: scoring. POPE (official answer rule + strict parser) and CHAIR, with bootstrap intervals and paired
-# tests against the baseline setting, then the paper's Table 1 (POPE) and Table 2 (CHAIR).
+# Stage: scoring. POPE (official answer rule + strict parser, P(yes) metrics) and CHAIR, with clustered bootstrap
+# intervals (images resampled) and paired tests against the baseline setting, then the paper's Table 1 (POPE),
+# Table 2 (CHAIR) and the P(yes) table.
 
 
 rule score_pope:
@@ -64,6 +65,24 @@ rule table2_chair:
         md="results/tables/table2_chair.md",
     log:
         "logs/scoring/table2_chair.log",
+    localrule: True
+    conda:
+        "../../envs/scoring.yaml"
+    params:
+        cfg=table_params(),
+    script:
+        "../scripts/score.py"
+
+
+rule table_pope_pyes:
+    input:
+        metrics="results/scores/pope_metrics.parquet",
+        paper=scoring_data("paper_numbers.yaml"),
+    output:
+        csv="results/tables/pope_pyes.csv",
+        md="results/tables/pope_pyes.md",
+    log:
+        "logs/scoring/table_pope_pyes.log",
     localrule: True
     conda:
         "../../envs/scoring.yaml"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from stats import ratio as _div
 
 YES, NO, UNKNOWN = "yes", "no", "unknown"
 PRED_CODE = {NO: 0, YES: 1, UNKNOWN: 2}
@@ -88,7 +89,12 @@ def cell_codes(labels, predictions) -> np.ndarray:
     bad = set(labels.tolist()) - {YES, NO}
     if bad:
         raise ValueError(f"labels must be 'yes' or 'no', got {sorted(map(str, bad))}")
-    preds = np.array([PRED_CODE[p] for p in predictions], dtype=np.int8)
+    predictions = np.asarray(predictions, dtype=object)
+    is_yes, is_unknown = predictions == YES, predictions == UNKNOWN
+    known = is_yes | is_unknown | (predictions == NO)
+    if not known.all():
+        raise ValueError(f"predictions must be {sorted(PRED_CODE)}, got {str(predictions[~known][0])!r}")
+    preds = is_yes.astype(np.int8) * PRED_CODE[YES] + is_unknown.astype(np.int8) * PRED_CODE[UNKNOWN]
     return ((labels == YES).astype(np.int8) * 3 + preds).astype(np.int8)
 
 
@@ -96,11 +102,6 @@ def counts_of(codes: np.ndarray) -> np.ndarray:
     return np.bincount(np.asarray(codes, dtype=np.int64), minlength=N_CELLS)[:N_CELLS]
 
 
-def _div(num, den):
-    num = np.asarray(num, dtype=float)
-    den = np.asarray(den, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def metrics_from_counts(counts: np.ndarray) -> dict[str, np.ndarray]:

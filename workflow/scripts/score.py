@@ -1,84 +1,47 @@
 """Stage: scoring. POPE and CHAIR metrics with bootstrap intervals and paired tests, and the paper's tables.
 
 Rules served (one script, dispatched on the rule name): ``score_pope``, ``score_chair``, ``table1_pope``,
-``table2_chair``.
+``table2_chair``, ``table_pope_pyes``.
 
-Uncertainty: every metric gets a percentile bootstrap interval (samples resampled with replacement,
-``scoring.bootstrap_resamples`` times, generator seeded from ``seed`` and the task/model/setting names so a
-group's interval does not depend on which other groups exist). Each setting is compared with the ``baseline``
+Uncertainty: every metric gets a percentile bootstrap interval from a *clustered* bootstrap over images
+(``stats``): POPE asks up to six questions about one image and those answers are correlated, so a resample
+draws images with replacement and takes all of a drawn image's questions with it; CHAIR has one caption per
+image, so drawing images is drawing captions (the same clustering code, one row per cluster).
+``scoring.bootstrap_resamples`` resamples, generator seeded from ``seed`` and the task/model/setting names so a
+group's interval does not depend on which other groups exist. Each setting is compared with the ``baseline``
 setting of the same model on the samples both answered (matched by ``sample_id``): the delta's interval comes
-from a paired bootstrap (the same resampled samples for both settings); the p-value is an exact McNemar test
-(two-sided binomial test on the discordant pairs) for POPE accuracy and yes-ratio, and a paired-bootstrap
-p-value (twice the smaller tail of the resampled deltas around 0, add-one corrected) for the other metrics.
+from a paired bootstrap that also resamples images (the same resampled images for both settings). p-values:
+an exact McNemar test (two-sided binomial test on the discordant pairs; per question, i.e. it treats the
+questions as independent) for POPE accuracy and yes-ratio, and the paired image-level bootstrap p-value (twice
+the smaller tail of the resampled deltas around 0, add-one corrected) for every other metric.
+
+P(yes) metrics (POPE; from the inference tables' ``p_yes``, rows without it left out): AUROC of p_yes against
+the label (Mann-Whitney, ties half), Brier score, expected calibration error (10 equal-width bins), and the
+share of answers whose official parsed answer disagrees with ``p_yes > 0.5``; intervals and deltas as above
+(deltas on the pairs where both settings have a p_yes). No p_yes at all gives NaN, not an error.
 """
 
 import math
-import zlib
 from pathlib import Path
 
 import chair
 import numpy as np
 import pandas as pd
 import pope_metrics as pm
+import stats as st
 import yaml
 from pipeline_io import PipelineError, atomic_output, log, params_config, read_table, run_main, write_table
-from scipy.stats import binomtest
+from stats import bootstrap_p, group_rng, mcnemar_exact, percentile_interval
 
 BASELINE = "baseline"
 POPE_METRICS = pm.METRICS
+PYES_METRICS = tuple(f"p_yes_{m}" for m in st.PYES_METRICS)
 CHAIR_METRICS = ("chair_s", "chair_i", "recall", "mean_length")
 MCNEMAR_METRICS = ("accuracy", "yes_ratio")
-
-
-# --- statistics --------------------------------------------------------------------------------------------
-
-def group_rng(seed: int, *names: str) -> np.random.Generator:
-    """A generator seeded by the global seed and the group's names (stable across runs and group orders)."""
-    return np.random.default_rng([int(seed), zlib.crc32("/".join(names).encode())])
-
-
-def resample_weights(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
-    """(resamples, n) multiplicities of each sample in each bootstrap resample (rows sum to n)."""
-    if n == 0:
-        return np.zeros((resamples, 0), dtype=np.float64)
-    idx = rng.integers(0, n, size=(resamples, n))
-    idx += np.arange(resamples)[:, None] * n
-    return np.bincount(idx.ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float64)
-
-
-def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Percentile interval of bootstrap values, NaN resamples ignored; (NaN, NaN) if every resample is NaN."""
-    values = np.asarray(values, dtype=float)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return math.nan, math.nan
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(finite, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
-def bootstrap_p(deltas: np.ndarray) -> float:
-    """Two-sided paired-bootstrap p-value for "no difference": twice the smaller share of resampled deltas on
-    either side of 0 (add-one corrected so it is never 0)."""
-    deltas = np.asarray(deltas, dtype=float)
-    deltas = deltas[np.isfinite(deltas)]
-    if deltas.size == 0:
-        return math.nan
-    lower = (np.sum(deltas <= 0) + 1) / (deltas.size + 1)
-    upper = (np.sum(deltas >= 0) + 1) / (deltas.size + 1)
-    return float(min(1.0, 2.0 * min(lower, upper)))
-
-
-def mcnemar_exact(first: np.ndarray, second: np.ndarray) -> tuple[int, int, float]:
-    """Exact McNemar test of paired binary outcomes: (first-only count, second-only count, two-sided p).
-    With no discordant pair there is no evidence of a difference: p = 1."""
-    first = np.asarray(first, dtype=bool)
-    second = np.asarray(second, dtype=bool)
-    b = int(np.sum(first & ~second))
-    c = int(np.sum(~first & second))
-    if b + c == 0:
-        return b, c, 1.0
-    return b, c, float(binomtest(b, b + c, 0.5).pvalue)
+POPE_INTERVAL = ("percentile bootstrap over images (clustered: all questions about an image resampled together); "
+                 "paired bootstrap for deltas resamples images too")
+CHAIR_INTERVAL = ("percentile bootstrap over images (clustered by image_id; one caption per image, so captions are "
+                  "resampled); paired bootstrap for deltas resamples images too")
 
 
 # --- POPE ---------------------------------------------------------------------------------------------------
@@ -98,16 +61,35 @@ def _onehot(codes: np.ndarray) -> np.ndarray:
     return np.eye(pm.N_CELLS)[np.asarray(codes, dtype=np.int64)].reshape(-1, pm.N_CELLS)
 
 
+def _cells(answers: pd.DataFrame, column: str, suffix: str = "") -> np.ndarray:
+    if not len(answers):
+        return np.zeros(0, dtype=np.int8)
+    return pm.cell_codes(answers[f"label{suffix}"], answers[f"{column}{suffix}"])
+
+
+def _pyes_inputs(answers: pd.DataFrame, rows: np.ndarray, suffix: str = ""):
+    """(p_yes, label is yes, official answer is yes) of the chosen rows (a boolean mask)."""
+    p = answers[f"p_yes{suffix}"].to_numpy(dtype=float)
+    return (p[rows], answers[f"label{suffix}"].to_numpy()[rows] == pm.YES,
+            answers[f"answer_official{suffix}"].to_numpy()[rows] == pm.YES)
+
+
+def _pyes_values(inputs, weights: np.ndarray, clusters: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    return {f"p_yes_{k}": v for k, v in st.pyes_metrics(*inputs, weights, clusters).items()}
+
+
 def pope_group_metrics(answers: pd.DataFrame, seed: int, resamples: int, confidence: float,
                        names: tuple[str, str, str]) -> dict:
-    """Point estimates, counts and bootstrap intervals of one task/model/setting, for both parsers."""
-    row: dict = {}
-    weights = resample_weights(group_rng(seed, "ci", *names), len(answers), resamples)
+    """Point estimates, counts and clustered-bootstrap intervals of one task/model/setting: the answer metrics
+    for both parsers and the P(yes) metrics. Resampling unit: the image."""
+    clusters, n_images = st.clusters_of(answers["image_id"])
+    row: dict = {"n_images": n_images}
+    weights = st.cluster_weights(group_rng(seed, "ci", *names), n_images, resamples)
     for prefix, column in (("", "answer_official"), ("strict_", "answer_strict")):
-        codes = pm.cell_codes(answers["label"], answers[column]) if len(answers) else np.zeros(0, dtype=np.int8)
+        codes = _cells(answers, column)
         counts = pm.counts_of(codes)
         point = pm.metrics_from_counts(counts)
-        boot = pm.metrics_from_counts(weights @ _onehot(codes))
+        boot = pm.metrics_from_counts(weights @ st.cluster_sums(clusters, n_images, _onehot(codes)))
         for key, value in pm.confusion(counts).items():
             if key == "n_unknown":  # only the strict parser can say "unknown"; one column, unprefixed
                 if prefix:
@@ -118,27 +100,52 @@ def pope_group_metrics(answers: pd.DataFrame, seed: int, resamples: int, confide
             row[f"{prefix}{metric}"] = float(point[metric])
             row[f"{prefix}{metric}_ci_low"], row[f"{prefix}{metric}_ci_high"] = percentile_interval(
                 boot[metric], confidence)
+    has = np.isfinite(answers["p_yes"].to_numpy(dtype=float))
+    row["n_p_yes"] = int(has.sum())
+    inputs = _pyes_inputs(answers, has)
+    point = _pyes_values(inputs, np.ones((1, row["n_p_yes"])))
+    boot = _pyes_values(inputs, weights, clusters[has])
+    for metric in PYES_METRICS:
+        row[metric] = float(point[metric][0])
+        row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(boot[metric], confidence)
     return row
+
+
+def paired_clusters(paired: pd.DataFrame, names: tuple[str, ...]) -> tuple[np.ndarray, int]:
+    """Image clusters of rows paired by sample_id (columns image_id_b, image_id_s); both sides must show the
+    same image, or the two inference files came from different samples."""
+    differ = paired.index[paired["image_id_b"].to_numpy() != paired["image_id_s"].to_numpy()]
+    if len(differ):
+        r = paired.loc[differ[0]]
+        raise PipelineError(f"{'/'.join(names)}: sample_id '{r['sample_id']}' is image {r['image_id_b']} in the "
+                            f"{BASELINE} setting and image {r['image_id_s']} here; rerun inference for both "
+                            "settings from the same sample")
+    return st.clusters_of(paired["image_id_b"])
+
+
+def _delta_columns(row: dict, key: str, point_delta: float, deltas: np.ndarray, confidence: float) -> None:
+    row[f"{key}_delta"] = float(point_delta)
+    row[f"{key}_delta_ci_low"], row[f"{key}_delta_ci_high"] = percentile_interval(deltas, confidence)
 
 
 def pope_paired(base: pd.DataFrame, other: pd.DataFrame, seed: int, resamples: int, confidence: float,
                 names: tuple[str, str, str]) -> dict:
-    """Deltas (setting - baseline) on the shared samples, their paired-bootstrap intervals and p-values."""
+    """Deltas (setting - baseline) on the shared samples, their paired clustered-bootstrap intervals (images
+    resampled, the same images for both settings) and p-values (exact McNemar per question for accuracy and
+    yes-ratio, the paired bootstrap otherwise). P(yes) deltas use the pairs where both sides have a p_yes."""
     paired = base.merge(other, on="sample_id", suffixes=("_b", "_s"))
     row: dict = {"n_paired": len(paired)}
-    weights = resample_weights(group_rng(seed, "paired", *names), len(paired), resamples)
+    clusters, n_images = paired_clusters(paired, names)
+    weights = st.cluster_weights(group_rng(seed, "paired", *names), n_images, resamples)
     for prefix, column in (("", "answer_official"), ("strict_", "answer_strict")):
-        codes = {}
-        for side in ("b", "s"):
-            codes[side] = (pm.cell_codes(paired[f"label_{side}"], paired[f"{column}_{side}"])
-                           if len(paired) else np.zeros(0, dtype=np.int8))
+        codes = {side: _cells(paired, column, f"_{side}") for side in ("b", "s")}
         point = {s: pm.metrics_from_counts(pm.counts_of(c)) for s, c in codes.items()}
-        boot = {s: pm.metrics_from_counts(weights @ _onehot(c)) for s, c in codes.items()}
+        boot = {s: pm.metrics_from_counts(weights @ st.cluster_sums(clusters, n_images, _onehot(c)))
+                for s, c in codes.items()}
         for metric in POPE_METRICS:
             key = f"{prefix}{metric}"
             deltas = boot["s"][metric] - boot["b"][metric]
-            row[f"{key}_delta"] = float(point["s"][metric] - point["b"][metric])
-            row[f"{key}_delta_ci_low"], row[f"{key}_delta_ci_high"] = percentile_interval(deltas, confidence)
+            _delta_columns(row, key, point["s"][metric] - point["b"][metric], deltas, confidence)
             if metric == "accuracy":
                 _, _, row[f"{key}_p_value"] = mcnemar_exact(paired[f"{column}_b"] == paired["label_b"],
                                                             paired[f"{column}_s"] == paired["label_s"])
@@ -147,15 +154,27 @@ def pope_paired(base: pd.DataFrame, other: pd.DataFrame, seed: int, resamples: i
                                                             paired[f"{column}_s"] == pm.YES)
             else:
                 row[f"{key}_p_value"] = bootstrap_p(deltas)
+    both = np.isfinite(paired["p_yes_b"].to_numpy(dtype=float)) & np.isfinite(paired["p_yes_s"].to_numpy(dtype=float))
+    row["n_paired_p_yes"] = int(both.sum())
+    point, boot = {}, {}
+    for side in ("b", "s"):
+        inputs = _pyes_inputs(paired, both, f"_{side}")
+        point[side] = _pyes_values(inputs, np.ones((1, row["n_paired_p_yes"])))
+        boot[side] = _pyes_values(inputs, weights, clusters[both])
+    for metric in PYES_METRICS:
+        deltas = boot["s"][metric] - boot["b"][metric]
+        _delta_columns(row, metric, point["s"][metric][0] - point["b"][metric][0], deltas, confidence)
+        row[f"{metric}_p_value"] = bootstrap_p(deltas)
     return row
 
 
-def _empty_paired(prefixes=("", "strict_"), metrics=POPE_METRICS) -> dict:
-    row: dict = {"n_paired": 0}
-    for prefix in prefixes:
-        for metric in metrics:
-            for suffix in ("delta", "delta_ci_low", "delta_ci_high", "p_value"):
-                row[f"{prefix}{metric}_{suffix}"] = math.nan
+def _empty_paired(prefixes=("", "strict_"), metrics=POPE_METRICS, extra_metrics=PYES_METRICS,
+                  counts=("n_paired", "n_paired_p_yes")) -> dict:
+    row: dict = dict.fromkeys(counts, 0)
+    keys = [f"{prefix}{metric}" for prefix in prefixes for metric in metrics] + list(extra_metrics)
+    for key in keys:
+        for suffix in ("delta", "delta_ci_low", "delta_ci_high", "p_value"):
+            row[f"{key}_{suffix}"] = math.nan
     return row
 
 
@@ -201,10 +220,10 @@ def chair_from_sums(sums: np.ndarray, n: np.ndarray | float) -> dict[str, np.nda
     """CHAIR metrics from per-caption sums in the order of ``_CHAIR_SUMS`` (shape (..., 6)), n captions."""
     s = np.asarray(sums, dtype=float)
     return {
-        "chair_s": pm._div(s[..., 0], n),
-        "chair_i": pm._div(s[..., 1], s[..., 2]),
-        "recall": pm._div(s[..., 3], s[..., 4]),
-        "mean_length": pm._div(s[..., 5], n),
+        "chair_s": st.ratio(s[..., 0], n),
+        "chair_i": st.ratio(s[..., 1], s[..., 2]),
+        "recall": st.ratio(s[..., 3], s[..., 4]),
+        "mean_length": st.ratio(s[..., 5], n),
     }
 
 
@@ -228,12 +247,22 @@ def score_captions(df: pd.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[
     return pd.DataFrame.from_records(records, columns=columns)
 
 
-def _sums_matrix(captions: pd.DataFrame) -> np.ndarray:
-    return captions[list(_CHAIR_SUMS)].to_numpy(dtype=float).reshape(-1, len(_CHAIR_SUMS))
+def _sums_matrix(captions: pd.DataFrame, suffix: str = "") -> np.ndarray:
+    """Per-caption sums in the order of ``_CHAIR_SUMS``, then a column of ones (the caption count)."""
+    x = captions[[f"{c}{suffix}" for c in _CHAIR_SUMS]].to_numpy(dtype=float).reshape(-1, len(_CHAIR_SUMS))
+    return np.hstack([x, np.ones((len(x), 1))])
+
+
+def _chair_point_and_boot(x: np.ndarray, clusters: np.ndarray, n_images: int, weights: np.ndarray):
+    boot = weights @ st.cluster_sums(clusters, n_images, x)
+    total = x.sum(axis=0)
+    return chair_from_sums(total[:-1], total[-1]), chair_from_sums(boot[:, :-1], boot[:, -1])
 
 
 def chair_metrics(captions: pd.DataFrame, seed: int, resamples: int, confidence: float,
                   groups: list[tuple[str, str, str]] | None = None) -> pd.DataFrame:
+    """CHAIR metrics per task/model/setting with clustered-bootstrap intervals (the image is the unit; with one
+    caption per image that is the caption) and paired-bootstrap deltas and p-values against the baseline."""
     groups, by_group, empty = split_groups(captions, groups)
     rows = []
     for names in groups:
@@ -241,11 +270,11 @@ def chair_metrics(captions: pd.DataFrame, seed: int, resamples: int, confidence:
         current = by_group.get(names, empty)
         x = _sums_matrix(current)
         n = len(current)
-        point = chair_from_sums(x.sum(axis=0), n)
-        weights = resample_weights(group_rng(seed, "ci", *names), n, resamples)
-        boot = chair_from_sums(weights @ x, n)
+        clusters, n_images = st.clusters_of(current["image_id"])
+        weights = st.cluster_weights(group_rng(seed, "ci", *names), n_images, resamples)
+        point, boot = _chair_point_and_boot(x, clusters, n_images, weights)
         row = {"task": task, "model": model, "setting": setting, "baseline": BASELINE, "n": n,
-               "n_mentions": int(x[:, 2].sum()), "n_hallucinated_mentions": int(x[:, 1].sum()),
+               "n_images": n_images, "n_mentions": int(x[:, 2].sum()), "n_hallucinated_mentions": int(x[:, 1].sum()),
                "n_hallucinated_captions": int(x[:, 0].sum())}
         for metric in CHAIR_METRICS:
             row[metric] = float(point[metric])
@@ -254,18 +283,16 @@ def chair_metrics(captions: pd.DataFrame, seed: int, resamples: int, confidence:
         if setting != BASELINE and base is not None:
             paired = base.merge(current, on="sample_id", suffixes=("_b", "_s"))
             row["n_paired"] = len(paired)
-            weights = resample_weights(group_rng(seed, "paired", *names), len(paired), resamples)
-            sides = {}
-            for side in ("b", "s"):
-                xs = paired[[f"{c}_{side}" for c in _CHAIR_SUMS]].to_numpy(dtype=float).reshape(-1, len(_CHAIR_SUMS))
-                sides[side] = (chair_from_sums(xs.sum(axis=0), len(paired)), chair_from_sums(weights @ xs, len(paired)))
+            clusters, n_images = paired_clusters(paired, names)
+            weights = st.cluster_weights(group_rng(seed, "paired", *names), n_images, resamples)
+            sides = {side: _chair_point_and_boot(_sums_matrix(paired, f"_{side}"), clusters, n_images, weights)
+                     for side in ("b", "s")}
             for metric in CHAIR_METRICS:
                 deltas = sides["s"][1][metric] - sides["b"][1][metric]
-                row[f"{metric}_delta"] = float(sides["s"][0][metric] - sides["b"][0][metric])
-                row[f"{metric}_delta_ci_low"], row[f"{metric}_delta_ci_high"] = percentile_interval(deltas, confidence)
+                _delta_columns(row, metric, sides["s"][0][metric] - sides["b"][0][metric], deltas, confidence)
                 row[f"{metric}_p_value"] = bootstrap_p(deltas)
         else:
-            row.update(_empty_paired(("",), CHAIR_METRICS))
+            row.update(_empty_paired(("",), CHAIR_METRICS, (), ("n_paired",)))
         rows.append(row)
         log.info("chair %s/%s: n=%d CHAIRs=%.3f CHAIRi=%.3f", model, setting, n, row["chair_s"], row["chair_i"])
     return pd.DataFrame(rows)
@@ -299,6 +326,11 @@ def read_inference(paths: list[str], task: str) -> tuple[pd.DataFrame, list[tupl
             if len(bad):
                 raise PipelineError(f"{path}: row {int(bad[0])} has no POPE label ('yes'/'no'); "
                                     "inference must carry the sample's label column")
+            p_yes = df["p_yes"].to_numpy(dtype=float) if "p_yes" in df else np.zeros(0)
+            bad = np.flatnonzero(np.isfinite(p_yes) & ((p_yes < 0) | (p_yes > 1)))
+            if len(bad):
+                raise PipelineError(f"{path}: row {int(bad[0])} has p_yes = {p_yes[bad[0]]}, not a probability in "
+                                    "[0, 1]; fix the backend's P(yes) and rerun inference for this file")
         if len(df) == 0:
             log.warning("%s: no rows; its metrics are NaN", path)
         frames.append(df)
@@ -310,9 +342,9 @@ def read_inference(paths: list[str], task: str) -> tuple[pd.DataFrame, list[tupl
     return data, groups
 
 
-def _metadata(cfg: dict, extra: dict | None = None) -> dict:
+def _metadata(cfg: dict, interval: str, extra: dict | None = None) -> dict:
     meta = {"seed": cfg["seed"], "scoring": cfg["scoring"], "baseline_setting": BASELINE,
-            "interval": "percentile bootstrap over samples", "numpy": np.__version__}
+            "interval": interval, "numpy": np.__version__}
     meta.update(extra or {})
     return meta
 
@@ -363,11 +395,32 @@ def _fmt_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
+PYES_TABLE = [("p_yes_auroc", "AUROC", 1.0, 3), ("p_yes_brier", "Brier", 1.0, 3), ("p_yes_ece", "ECE", 1.0, 3),
+              ("p_yes_disagreement", "Disagree (%)", 100.0, 1)]
+PYES_SUFFIXES = ("", "_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high", "_p_value")
+
+
+def _cell(r, metric: str, scale: float, decimals: int) -> str:
+    """'value [low, high] · Δ delta, p' for one metric of one metrics row (— when there is no value)."""
+    value = float(getattr(r, metric)) * scale
+    if not np.isfinite(value):
+        return "—"
+    low, high = float(getattr(r, f"{metric}_ci_low")) * scale, float(getattr(r, f"{metric}_ci_high")) * scale
+    cell = f"{_fmt(value, decimals)} [{_fmt(low, decimals)}, {_fmt(high, decimals)}]"
+    delta, p = float(getattr(r, f"{metric}_delta")) * scale, float(getattr(r, f"{metric}_p_value"))
+    if np.isfinite(delta):
+        cell += f" · Δ {_fmt(delta, decimals, sign=True)}"
+        if _fmt_p(p):
+            cell += f", {_fmt_p(p)}"
+    return cell
+
+
 def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models: dict[str, dict],
                 settings: list[str], confidence: float, notes: tuple[str, ...] = (),
-                strict: bool = False) -> tuple[pd.DataFrame, str]:
+                strict: bool = False, unit: str = "images resampled") -> tuple[pd.DataFrame, str]:
     """(CSV frame, markdown text): settings as rows, one column group per model (config order), for each
-    metric our value with its interval, the delta vs baseline with its p-value, and the paper's number."""
+    metric our value with its interval, the delta vs baseline with its p-value, and the paper's number.
+    ``unit`` names what the bootstrap resamples, for the table's caption."""
     present_models = [m for m in models if m in set(metrics["model"])]
     present_settings = [s for s in settings if s in set(metrics["setting"])]
     matched = match_paper_models({m: models[m] for m in present_models}, paper.get("models", {}))
@@ -398,13 +451,7 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
                 csv_row.update({prefix: value, f"{prefix}_ci_low": low, f"{prefix}_ci_high": high,
                                 f"{prefix}_delta": delta, f"{prefix}_p_value": p,
                                 f"{prefix}_paper": math.nan if theirs is None else float(theirs)})
-                cell = f"{_fmt(value, decimals)} [{_fmt(low, decimals)}, {_fmt(high, decimals)}]"
-                if not np.isfinite(value):
-                    cell = "—"
-                if np.isfinite(delta):
-                    cell += f" · Δ {_fmt(delta, decimals, sign=True)}"
-                    if _fmt_p(p):
-                        cell += f", {_fmt_p(p)}"
+                cell = "—" if r is None else _cell(r, metric, scale, decimals)
                 md_cells += [cell, "—" if theirs is None else f"{theirs:.{decimals}f}"]
             if strict and r is not None:
                 csv_row[f"{model}:strict_accuracy"] = r.strict_accuracy * 100
@@ -424,8 +471,9 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in md_rows]
     pct = round(confidence * 100)
-    lines += ["", f"Ours: value [{pct}% percentile bootstrap interval]; Δ: difference to the baseline setting of the "
-              "same model on the same samples, with its p-value; paper: the published number (— not reported)."]
+    lines += ["", f"Ours: value [{pct}% percentile bootstrap interval, {unit}]; Δ: difference to the baseline "
+              "setting of the same model on the same samples, with its p-value; paper: the published number "
+              "(— not reported)."]
     lines += list(notes)
     if strict:
         header = ["Setting"] + [h for m in present_models for h in (f"{labels[m]} strict Acc (%)", "unknown / n")]
@@ -433,6 +481,42 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
                   "| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in strict_rows]
     return pd.DataFrame(csv_rows), "\n".join(lines) + "\n"
+
+
+def build_pyes_table(metrics: pd.DataFrame, paper: dict, models: dict[str, dict], settings: list[str],
+                     confidence: float) -> tuple[pd.DataFrame, str]:
+    """(CSV frame, markdown text) of the P(yes) metrics: one row per model x setting (config order). The CSV
+    holds the metrics table's own columns (fractions); the markdown shows disagreement in percent."""
+    present_models = [m for m in models if m in set(metrics["model"])]
+    present_settings = [s for s in settings if s in set(metrics["setting"])]
+    matched = match_paper_models({m: models[m] for m in present_models}, paper.get("models", {}))
+    labels = {m: paper["models"][matched[m]]["label"] if m in matched else m for m in present_models}
+    by_key = {(r.model, r.setting): r for r in metrics.itertuples(index=False)}
+    columns = ["model", "setting", "n", "n_p_yes"] + [f"{m}{s}" for m, *_ in PYES_TABLE for s in PYES_SUFFIXES]
+    csv_rows, md_rows = [], []
+    for model in present_models:
+        first = True
+        for setting in present_settings:
+            r = by_key.get((model, setting))
+            if r is None:
+                continue
+            csv_rows.append({c: getattr(r, c) for c in columns})
+            md_rows.append([labels[model] if first else "", setting, f"{int(r.n_p_yes)} / {int(r.n)}"]
+                           + [_cell(r, metric, scale, decimals) for metric, _, scale, decimals in PYES_TABLE])
+            first = False
+    header = ["Model", "Setting", "with P(yes) / n"] + [label for _, label, _, _ in PYES_TABLE]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", ":---"] + ["---:"] * (len(header) - 2)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in md_rows]
+    pct = round(confidence * 100)
+    lines += ["", "P(yes) = P(Yes) / (P(Yes) + P(No)) at the first generated step, where the backend gives it (rows "
+              "without it are left out; — no P(yes) at all). AUROC: of P(yes) against the label (Mann–Whitney, ties "
+              "count half); Brier: mean (P(yes) − label)²; ECE: expected calibration error over 10 equal-width bins; "
+              "Disagree: answers whose parsed answer (POPE's official rule) differs from P(yes) > 0.5. ECE is biased "
+              "upwards in small samples and more so in a resample, so its interval can lie above the value.",
+              f"Value [{pct}% percentile bootstrap interval, images resampled with all their questions]; Δ: "
+              "difference to the baseline setting of the same model on the questions both answered with a P(yes), "
+              "with its paired image-level bootstrap p-value."]
+    return pd.DataFrame(csv_rows, columns=columns), "\n".join(lines) + "\n"
 
 
 def write_table_files(frame: pd.DataFrame, markdown: str, csv_path: str, md_path: str, title: str) -> None:
@@ -450,8 +534,11 @@ def main_score_pope(smk) -> None:
     data, groups = read_inference(list(smk.input.inference), "pope")
     log.info("scoring %d POPE rows in %d files", len(data), len(groups))
     metrics, answers = score_pope(data, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups)
-    meta = _metadata(cfg, {"answer_rule": "POPE evaluate.py (official); strict parser beside (strict_*)",
-                           "tests": "accuracy, yes_ratio: exact McNemar; others: paired bootstrap"})
+    meta = _metadata(cfg, POPE_INTERVAL, {
+        "answer_rule": "POPE evaluate.py (official); strict parser beside (strict_*)",
+        "tests": "accuracy, yes_ratio: exact McNemar per question; others: paired bootstrap over images",
+        "p_yes": "p_yes_* over rows with a p_yes; AUROC Mann-Whitney (ties half), Brier, ECE with "
+                 f"{st.ECE_BINS} equal-width bins, disagreement of the official answer with p_yes > 0.5"})
     write_table(answers, smk.output.answers, "pope_answers", meta)
     write_table(metrics, smk.output.metrics, "pope_metrics", meta)
 
@@ -470,30 +557,48 @@ def main_score_chair(smk) -> None:
     log.info("CHAIR ground truth for %d images; scoring %d captions", len(gt), len(data))
     captions = score_captions(data, vocab, gt) if len(data) else score_captions(data.iloc[0:0], vocab, gt)
     metrics = chair_metrics(captions, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups)
-    meta = _metadata(cfg, {"chair": "Rohrbach et al. 2018; every mention counts (repeats included)",
-                           "tests": "paired bootstrap"})
+    meta = _metadata(cfg, CHAIR_INTERVAL, {"chair": "Rohrbach et al. 2018; every mention counts (repeats included)",
+                                           "tests": "paired bootstrap over images"})
     write_table(captions, smk.output.captions, "chair_captions", meta)
     write_table(metrics, smk.output.metrics, "chair_metrics", meta)
 
 
 TABLE1_NOTES = ("Answers read with POPE's official rule (text before the first '.', a word 'No'/'not'/'no' -> no). "
-                "p: exact McNemar test for accuracy and yes-ratio, paired bootstrap for F1.",)
+                "Intervals (and Δ intervals) come from a clustered bootstrap that resamples images, each with all its "
+                "questions, because answers about one image are correlated. p: exact McNemar test for accuracy and "
+                "yes-ratio (per question, treating questions as independent), paired image-level bootstrap for F1.",)
 TABLE2_NOTES = ("CHAIRs: captions with at least one hallucinated COCO object; CHAIRi: hallucinated object mentions / "
-                "object mentions (repeats count). p: paired bootstrap.",)
+                "object mentions (repeats count). One caption per image, so resampling captions is resampling "
+                "images. p: paired bootstrap over images.",)
+TABLE1_UNIT = "images resampled with all their questions"
+TABLE2_UNIT = "captions resampled (one per image)"
 
 
-def _main_table(smk, table_key: str, spec, title: str, schema: str, notes, strict: bool) -> None:
+def _read_paper(path) -> dict:
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"{path}: cannot read the paper's numbers ({err})") from err
+
+
+def _main_table(smk, table_key: str, spec, title: str, schema: str, notes, strict: bool, unit: str) -> None:
     cfg = params_config(smk)
     metrics = read_table(smk.input.metrics, schema)
-    try:
-        with open(smk.input.paper) as f:
-            paper = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as err:
-        raise PipelineError(f"{smk.input.paper}: cannot read the paper's numbers ({err})") from err
+    paper = _read_paper(smk.input.paper)
     models = {m["key"]: m for m in cfg["models"]}  # a list in params, to keep the config's order
     frame, markdown = build_table(metrics, paper, table_key, spec, models, cfg["settings"],
-                                  cfg["scoring"]["confidence"], notes, strict)
+                                  cfg["scoring"]["confidence"], notes, strict, unit)
     write_table_files(frame, markdown, smk.output.csv, smk.output.md, title)
+
+
+def main_pyes_table(smk) -> None:
+    cfg = params_config(smk)
+    metrics = read_table(smk.input.metrics, "pope_metrics")
+    models = {m["key"]: m for m in cfg["models"]}
+    frame, markdown = build_pyes_table(metrics, _read_paper(smk.input.paper), models, cfg["settings"],
+                                       cfg["scoring"]["confidence"])
+    write_table_files(frame, markdown, smk.output.csv, smk.output.md, "POPE: P(yes) discrimination and calibration")
 
 
 def main(smk) -> None:
@@ -501,9 +606,10 @@ def main(smk) -> None:
         "score_pope": main_score_pope,
         "score_chair": main_score_chair,
         "table1_pope": lambda s: _main_table(s, "table1_pope", TABLE1, "Table 1: POPE adversarial", "pope_metrics",
-                                             TABLE1_NOTES, strict=True),
+                                             TABLE1_NOTES, strict=True, unit=TABLE1_UNIT),
         "table2_chair": lambda s: _main_table(s, "table2_chair", TABLE2, "Table 2: CHAIR on COCO captions",
-                                              "chair_metrics", TABLE2_NOTES, strict=False),
+                                              "chair_metrics", TABLE2_NOTES, strict=False, unit=TABLE2_UNIT),
+        "table_pope_pyes": main_pyes_table,
     }
     if smk.rule not in entry:
         raise PipelineError(f"score.py: no entry for rule '{smk.rule}'")
