@@ -38,12 +38,13 @@ def run_snakemake(workdir: Path, *args: str, configfile: str | None = "config.de
 
 
 def copy_project(dest: Path) -> Path:
-    """A copy of the workflow (Snakefile, configs, workflow/), e.g. to make its scripts newer than a run's outputs
+    """A copy of the workflow (Snakefile, configs, workflow/, envs/), e.g. to make its scripts newer than a run's outputs
     without touching the checkout that other tests run."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "config.yaml", "config.demo.yaml"):
         shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("workflow", "envs"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
@@ -110,6 +111,8 @@ def root() -> Path:
 def demo_run(tmp_path_factory) -> Path:
     """The whole offline demo DAG, run once per test session (about 6 minutes on 2 cores); tests that only read
     its outputs share it instead of rebuilding parts of it. Do not modify files in it: copy first."""
+    if os.environ.get("PII_DEMO_RUN"):  # a developer's finished demo run, reused as it is (never modified)
+        return Path(os.environ["PII_DEMO_RUN"])
     workdir = tmp_path_factory.mktemp("demo_run")
     run_snakemake(workdir, timeout=2400)
     return workdir

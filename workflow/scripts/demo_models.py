@@ -197,8 +197,8 @@ def build_qwen2_5_vl(out: Path) -> None:
     # assembles the processor from them when torchvision is missing (see DESIGN.md).
     tok.save_pretrained(out)
     image_processor.save_pretrained(out)
-    (out / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE)
-    (out / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}, indent=2) + "\n")
+    (out / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE, encoding="utf-8")
+    (out / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}, indent=2) + "\n", encoding="utf-8")
 
 
 def build_llava(out: Path) -> None:
@@ -292,7 +292,7 @@ def build(family: str, out: str | Path, seed: int = 0) -> Path:
     with atomic_dir(out) as tmp:
         torch.manual_seed(seed + FAMILIES.index(family))  # distinct weights per family, same seed
         BUILDERS[family](Path(tmp))
-        (Path(tmp) / "demo_model.json").write_text(json.dumps({"family": family, "seed": seed}) + "\n")
+        (Path(tmp) / "demo_model.json").write_text(json.dumps({"family": family, "seed": seed}) + "\n", encoding="utf-8")
     log.info("built tiny %s checkpoint in %s", family, out)
     return out
 

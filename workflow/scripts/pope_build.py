@@ -30,7 +30,7 @@ def question_text(category: str) -> str:
 def load_instances(path: str | Path) -> tuple[dict[int, str], dict[int, set[str]], list[str]]:
     """(file name by image id, category names by image id, all category names) from a COCO instances file."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             coco = json.load(f)
         names = {c["id"]: c["name"] for c in coco["categories"]}
         files = {img["id"]: img["file_name"] for img in coco["images"]}

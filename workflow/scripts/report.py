@@ -47,7 +47,7 @@ def caption_html(name: str, context: dict | None = None) -> str:
     path = REPORT_DIR / name
     if not path.exists():
         return ""
-    text = resolve_branches(path.read_text(), context or {})
+    text = resolve_branches(path.read_text(encoding="utf-8"), context or {})
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
     return "".join(f"<p>{inline_markup(p)}</p>" for p in paragraphs)
 
@@ -397,7 +397,7 @@ def main(smk) -> None:
     cfg = params_config(smk)
     tasks = list(smk.params.tasks)
     digest = pipeline_io.config_hash(cfg)  # the experiment's settings shown on the page, not how files are fetched
-    tables = {Path(p).stem: Path(p).read_text() for p in smk.input.tables}
+    tables = {Path(p).stem: Path(p).read_text(encoding="utf-8") for p in smk.input.tables}
     contact_sheets = {Path(p).stem.removeprefix("contact_sheet_"): p for p in smk.input.contact_sheets}
     figures = list(smk.input.figures)
     facts = run_facts(list(smk.input.inference))
