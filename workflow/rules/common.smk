@@ -174,6 +174,8 @@ def scoring_targets():
         "results/scores/pope_metrics.parquet",
         "results/tables/table1_pope.md",
         "results/tables/table1_pope.csv",
+        "results/tables/pope_pyes.md",
+        "results/tables/pope_pyes.csv",
         "results/scores/chair_metrics.parquet",
         "results/tables/table2_chair.md",
         "results/tables/table2_chair.csv",
@@ -228,11 +230,11 @@ def analysis_targets():
 # --- report ----------------------------------------------------------------------------------------------
 
 
-REPORT_TABLES = {"pope": "table1_pope", "caption": "table2_chair"}
+REPORT_TABLES = {"pope": ["table1_pope", "pope_pyes"], "caption": ["table2_chair"]}
 
 
 def report_table_names():
-    return [REPORT_TABLES[t] for t in TASKS if t in REPORT_TABLES]
+    return [name for t in TASKS for name in REPORT_TABLES.get(t, [])]
 
 
 def report_inputs(wildcards):

@@ -26,7 +26,7 @@ rule report_table:
     log:
         "logs/report/{table}.log",
     wildcard_constraints:
-        table="|".join(REPORT_TABLES.values()),
+        table="|".join(report_table_names()),
     conda:
         "../../envs/report.yaml"
     shell:

@@ -10,8 +10,10 @@ import base64
 import html
 import json
 import re
+import types
 from pathlib import Path
 
+import jinja2
 import pipeline_io
 from pipeline_io import PipelineError, atomic_output, log, params_config, read_metadata, run_main
 
@@ -25,7 +27,8 @@ FIGURES = {
     "gap.png": ("Modality gap in Qwen2.5-VL", "modality_gap.rst"),
     "pca.png": ("Image and caption tokens, first two principal components", "modality_gap_pca.rst"),
 }
-TABLE_TITLES = {"table1_pope": "Table 1 · POPE adversarial", "table2_chair": "Table 2 · CHAIR on detailed captions"}
+TABLE_TITLES = {"table1_pope": "Table 1 · POPE adversarial", "pope_pyes": "POPE · P(yes) at the first token",
+                "table2_chair": "Table 2 · CHAIR on detailed captions"}
 TASK_TITLES = {"pope": "POPE (yes/no questions)", "caption": "Captions (CHAIR)"}
 
 
@@ -42,24 +45,16 @@ def inline_markup(text: str) -> str:
 
 
 def caption_html(name: str, context: dict | None = None) -> str:
-    """A caption file of workflow/report as HTML paragraphs; Jinja ``{% if %}`` branches resolved for ``context``
-    (only the simple ``snakemake.wildcards.X == "v"`` form the shipped captions use). Missing file: empty."""
+    """A caption file of workflow/report as HTML paragraphs, rendered with Jinja2 as `snakemake --report` renders
+    it (``snakemake.wildcards`` holds ``context``). Missing file: empty."""
     path = REPORT_DIR / name
     if not path.exists():
         return ""
-    text = resolve_branches(path.read_text(encoding="utf-8"), context or {})
+    wildcards = types.SimpleNamespace(**(context or {}))
+    text = jinja2.Template(path.read_text(encoding="utf-8")).render(
+        snakemake=types.SimpleNamespace(wildcards=wildcards))
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
     return "".join(f"<p>{inline_markup(p)}</p>" for p in paragraphs)
-
-
-def resolve_branches(text: str, context: dict) -> str:
-    pattern = re.compile(r"{%\s*if\s+snakemake\.wildcards\.(\w+)\s*==\s*\"([^\"]*)\"\s*%}(.*?)"
-                         r"(?:{%\s*else\s*%}(.*?))?{%\s*endif\s*%}", re.S)
-
-    def pick(m: re.Match) -> str:
-        return m.group(3) if context.get(m.group(1)) == m.group(2) else (m.group(4) or "")
-
-    return pattern.sub(pick, text)
 
 
 def markdown_to_html(md: str) -> str:
