@@ -61,6 +61,8 @@ GOOD_POPE = [{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text"
      r"pope\.jsonl:2: label 'maybe' is not 'yes' or 'no'; fix the line"),
     ('{"question_id": 3, "image": "COCO_val2014_000000000002.jpg", "text": "q"}',
      r"pope\.jsonl:2: a POPE line needs the keys"),
+    ('{"question_id": 3, "image": "COCO_val2014_000000000002.jpg", "text": "  ", "label": "no"}',
+     r"pope\.jsonl:2: the question text is empty; fix or delete the line"),
 ])
 def test_bad_pope_line_names_file_and_line(tmp_path, bad_line, expected):
     path = tmp_path / "pope.jsonl"
@@ -68,6 +70,13 @@ def test_bad_pope_line_names_file_and_line(tmp_path, bad_line, expected):
     with pytest.raises(PipelineError, match=expected) as err:
         sample.read_pope(path)
     one_line(err.value)
+
+
+def test_pope_file_with_byte_order_mark_reads(tmp_path):
+    """Some editors save UTF-8 with a byte order mark; it is not part of the first line's JSON."""
+    path = tmp_path / "pope.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in GOOD_POPE).encode())
+    assert list(sample.read_pope(path)["question_id"]) == [1, 2]
 
 
 def test_missing_image_names_it_and_says_what_to_do(tmp_path):

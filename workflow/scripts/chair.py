@@ -81,7 +81,7 @@ class Vocabulary:
     def load(cls, path: str | Path = SYNONYMS_FILE) -> Vocabulary:
         path = Path(path)
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f)
         except OSError as err:
             raise ChairError(f"{path}: cannot read the CHAIR synonym table ({err})") from err
@@ -193,7 +193,7 @@ def ground_truth(vocab: Vocabulary, instances: dict, captions: dict, image_ids,
 
 def load_json(path: str | Path) -> dict:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as err:
         raise ChairError(f"{path}: cannot read COCO annotations ({err}); re-download or rebuild the file") from err

@@ -576,7 +576,7 @@ TABLE2_UNIT = "captions resampled (one per image)"
 
 def _read_paper(path) -> dict:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as err:
         raise PipelineError(f"{path}: cannot read the paper's numbers ({err})") from err

@@ -1,0 +1,38 @@
+"""Every text file the workflow opens names its encoding: under an ASCII locale (LANG=C without UTF-8 mode on
+some clusters) Python's default would turn a question with 'é' into a UnicodeDecodeError traceback."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+from conftest import ROOT
+
+SCRIPTS = sorted((ROOT / "workflow" / "scripts").rglob("*.py"))
+
+
+def text_opens_without_encoding(tree: ast.AST):
+    """(line, call) of open()/Path.open()/read_text()/write_text() calls in text mode with no encoding."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+        keywords = {k.arg for k in node.keywords}
+        if "encoding" in keywords:
+            continue
+        if name in ("read_text", "write_text"):
+            yield node.lineno, name
+        elif name == "open" and not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                                     and func.value.id in ("Image", "os", "zipfile", "archive", "tarfile")):
+            mode = node.args[1] if len(node.args) > 1 else next(
+                (k.value for k in node.keywords if k.arg == "mode"), None)
+            binary = isinstance(mode, ast.Constant) and isinstance(mode.value, str) and "b" in mode.value
+            if not binary and not isinstance(mode, ast.Name):  # a mode passed through is checked where it is set
+                yield node.lineno, name
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
+def test_text_files_are_opened_with_an_encoding(script):
+    found = list(text_opens_without_encoding(ast.parse(script.read_text(encoding="utf-8"))))
+    assert found == [], f"{script.name}: text I/O without encoding= at lines {[line for line, _ in found]}"
