@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -249,29 +250,70 @@ def test_paper_model_matching_by_hf_id_key_and_family():
 def test_table1_layout_puts_paper_numbers_next_to_ours():
     labels = ["yes", "no"] * 10
     df = pd.concat([_pope_frame(m, s, labels, resp) for m in ("qwen2_5_vl", "instructblip")
-                    for s, resp in (("baseline", ["Yes"] * 20), ("prompt_in_image", ["Yes", "No"] * 10))])
+                    for s, resp in (("baseline", ["Yes"] * 20), ("prompt_in_image", ["Yes", "No"] * 10),
+                                    ("prompt_in_image_instructed", ["Yes"] * 20))])
     metrics, _ = score.score_pope(df, 0, 200, 0.95)
     models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"},
               "instructblip": {"family": "instructblip", "path": "Salesforce/instructblip-vicuna-7b"}}
     frame, md = score.build_table(metrics, _paper(), "table1_pope", score.TABLE1, models,
-                                  ["baseline", "control", "prompt_in_image"], 0.95, strict=True)
-    assert list(frame["setting"]) == ["baseline", "prompt_in_image"]      # config order, absent ones dropped
+                                  ["baseline", "control", "prompt_in_image", "prompt_in_image_instructed"], 0.95,
+                                  strict=True)
+    assert list(frame["setting"]) == ["baseline", "prompt_in_image", "prompt_in_image_instructed"]  # config order
     row = frame.set_index("setting").loc["prompt_in_image"]
     assert row["qwen2_5_vl:accuracy"] == pytest.approx(100.0) and row["qwen2_5_vl:accuracy_paper"] == 84.3
     assert row["qwen2_5_vl:accuracy_delta"] == pytest.approx(50.0)
-    assert row["instructblip:accuracy_paper"] == 54.0 and math.isnan(row["instructblip:f1_paper"])
+    # The paper reports Prompt-in-Image without an instruction for Qwen only; InstructBLIP's 54.0 belongs to
+    # Prompt-in-Image† (the instructed setting).
+    assert math.isnan(row["instructblip:accuracy_paper"]) and math.isnan(row["instructblip:f1_paper"])
+    dagger = frame.set_index("setting").loc["prompt_in_image_instructed"]
+    assert dagger["instructblip:accuracy_paper"] == 54.0 and dagger["instructblip:yes_ratio_paper"] == 0.99
+    assert dagger["qwen2_5_vl:accuracy_paper"] == 82.1
     lines = md.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:3] == ["Setting", "Qwen2.5-VL Acc (%)", "paper"]
     assert header[7] == "InstructBLIP Acc (%)"
     pii = [c.strip() for c in lines[3].strip("|").split("|")]
-    assert pii[0] == "prompt_in_image (PiI)"
+    assert pii[0] == "prompt_in_image (Prompt-in-Image)"
     assert pii[1].startswith("100.0 [100.0, 100.0] · Δ +50.0, p") and pii[2] == "84.3"
     assert pii[3].startswith("1.00 [") and pii[4] == "0.82"
-    assert pii[7].startswith("100.0") and pii[8] == "54.0" and pii[10] == "—"   # dagger row: accuracy only
+    assert pii[7].startswith("100.0") and pii[8] == "—" and pii[10] == "—"
+    dagger_cells = [c.strip() for c in lines[4].strip("|").split("|")]
+    assert dagger_cells[0] == "prompt_in_image_instructed (Prompt-in-Image†)"
+    assert dagger_cells[8] == "54.0" and dagger_cells[10] == "0.70" and dagger_cells[12] == "0.99"
     base = [c.strip() for c in lines[2].strip("|").split("|")]
     assert base[1].startswith("50.0 [") and "Δ" not in base[1] and base[2] == "80.2"   # no delta on baseline
     assert "Strict parser" in md
+
+
+PAPER_TEXT = ROOT.parent / "shared" / "paper" / "000_e57ad71598414c59.txt"
+
+
+@pytest.mark.skipif(not PAPER_TEXT.exists(), reason="the paper's text is not in the shared folder")
+def test_paper_numbers_are_the_papers_table1_and_table2():
+    """Every number of the paper's Table 1 (columns: Qwen2.5-VL, InstructBLIP, LLaVA-1.5; deltas in brackets
+    dropped, '–' where none) and Table 2, read from the paper's own text, sits at the right model and setting."""
+    text = PAPER_TEXT.read_text(encoding="utf-8")
+    paper = _paper()
+    row_of = paper["settings"]
+    number = r"(–|\d+\.\d+)(?:\([^)]*\))?"
+    columns = [(m, metric) for m in ("qwen2_5_vl", "instructblip", "llava_1_5")
+               for metric in ("accuracy", "f1", "yes_ratio")]
+    seen = set()
+    for name in row_of:
+        match = re.search(rf"^{re.escape(name)} " + " ".join([number] * 9) + r"\s*$", text, re.M)
+        if match is None:  # Prompt-in-Image prints dashes for the two CLIP models: 3 numbers then 6 dashes
+            match = re.search(rf"^{re.escape(name)} " + " ".join([number] * 3) + r"(?: –){6}\s*$", text, re.M)
+        assert match, f"row {name!r} of Table 1 not found in the paper text"
+        for (model, metric), value in zip(columns, match.groups(), strict=False):
+            ours = paper["table1_pope"][model].get(name, {}).get(metric)
+            assert ours == (None if value in ("–", None) else float(value)), (name, model, metric)
+            if value not in ("–", None):
+                seen.add((model, name))
+    assert seen == {(m, r) for m, rows in paper["table1_pope"].items() for r in rows}  # nothing extra
+    table2 = text[text.index("Baseline 32.3"):]
+    for name, values in paper["table2_chair"]["qwen2_5_vl"].items():
+        match = re.search(rf"^{re.escape(name)} {number} {number}\s*$", table2, re.M)
+        assert match and [float(v) for v in match.groups()] == [values["chair_s"], values["chair_i"]], name
 
 
 def test_table2_layout():
