@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
 #   bash run.sh demo   install, then run the whole DAG on the built-in offline demo (CPU, no network)
-#   bash run.sh test   install, then run the test suite
+#   bash run.sh test   install, lint (ruff, snakefmt --check, snakemake --lint), then run the test suite
+#   bash run.sh lint   install and lint only
 #   bash run.sh install   only install (.venv), e.g. before running snakemake with a profile
 # Extra arguments go to snakemake (demo) or pytest (test).
 set -euo pipefail
@@ -25,6 +26,13 @@ install() {
   fi
 }
 
+# Style and workflow checks; any finding fails the run before the tests start.
+lint() {
+  "$VENV/bin/ruff" check workflow tests bench
+  "$VENV/bin/snakefmt" --check Snakefile workflow/rules
+  "$VENV/bin/snakemake" --lint --snakefile Snakefile --directory "$(mktemp -d)" --configfile config.demo.yaml
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -37,10 +45,15 @@ case "$cmd" in
     ;;
   test)
     install
+    lint
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
+  lint)
+    install
+    lint
+    ;;
   *)
-    echo "usage: bash run.sh demo|test|install [args]" >&2
+    echo "usage: bash run.sh demo|test|lint|install [args]" >&2
     exit 2
     ;;
 esac
