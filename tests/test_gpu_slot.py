@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import uuid
+from pathlib import Path
 
 import gpu_slot
 import pytest
+from conftest import SCRIPTS
 from pipeline_io import PipelineError
 
 
@@ -65,3 +69,49 @@ def test_lock_released_when_holder_process_dies(tmp_path):
     env = {}
     gpu_slot.claim_gpu(env=env, n_gpus=2, lock_dir=tmp_path, wait_s=0)
     assert env["CUDA_VISIBLE_DEVICES"] == "0"  # freed by the kill, no stale lock
+
+
+HOLDER = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import gpu_slot
+    env = {"CUDA_VISIBLE_DEVICES": sys.argv[2]}  # no PII_GPU_LOCK_DIR: the default, machine-wide folder
+    slot = gpu_slot.claim_gpu(env=env, wait_s=0)
+    print(env["CUDA_VISIBLE_DEVICES"], slot.lock_path, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_two_checkouts_get_different_gpus(tmp_path):
+    """Two jobs started from two project folders (two checkouts on one workstation) must not share a GPU: the
+    locks live in one folder per machine and user, not under each project's .snakemake/."""
+    # device names unique to this test, so that nothing else using the real lock folder is disturbed
+    tag = f"test{os.getpid()}x{uuid.uuid4().hex[:8]}"
+    devices = f"{tag}a,{tag}b"
+    procs, claimed, lock_files = [], [], []
+    try:
+        for checkout in ("checkout1", "checkout2"):
+            cwd = tmp_path / checkout
+            cwd.mkdir()
+            procs.append(subprocess.Popen([sys.executable, "-c", HOLDER, str(SCRIPTS), devices], cwd=cwd,
+                                          stdout=subprocess.PIPE, text=True))
+            device, lock = procs[-1].stdout.readline().split()
+            claimed.append(device)
+            lock_files.append(Path(lock))
+        assert claimed == [f"{tag}a", f"{tag}b"]
+        assert lock_files[0].parent == lock_files[1].parent == gpu_slot.default_lock_dir({})
+        assert not (tmp_path / "checkout1" / ".snakemake").exists()
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        for lock in lock_files:
+            lock.unlink(missing_ok=True)
+
+
+def test_lock_dir_override(tmp_path):
+    env = {"PII_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    slot = gpu_slot.claim_gpu(env=env, n_gpus=1, wait_s=0)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0" and slot.lock_path == tmp_path / "locks" / "gpu0.lock"
+    slot.release()
+    assert gpu_slot.default_lock_dir({}) == Path("/tmp") / f"pii-gpu-locks-{os.getuid()}"

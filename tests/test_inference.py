@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,3 +265,100 @@ def test_demo_tokenizers_identical_across_processes():
     outs = [subprocess.run([sys.executable, "-c", code, str(SCRIPTS)], capture_output=True, text=True, timeout=120,
                            check=True).stdout for _ in range(3)]
     assert outs[0] and outs[0] == outs[1] == outs[2]
+
+
+def test_operational_settings_keep_checkpoints(tmp_path):
+    """Retries, timeout, concurrency and the key's variable cannot change a row: editing them (in the job's config
+    or in the run's config, where the Snakemake entry reads them) keeps a resumed job's checkpoints."""
+    job, reqs, _, _ = _requests(tmp_path, n=8)
+    partial = tmp_path / "partial"
+    infer.run_requests(job, reqs, FakeBackend(), partial)  # leaves 2 checkpoints
+    ops = {"max_retries": 9, "timeout_s": 1.5, "concurrency": 32, "api_key_env": "OTHER_KEY"}
+    in_cfg = {**job.cfg, "inference": {**job.inference, "openai": {**job.inference["openai"], **ops}}}
+    for edited in (infer.Job("pope", "m", "hybrid", in_cfg), infer.Job("pope", "m", "hybrid", job.cfg, settings=ops)):
+        assert infer.fingerprint(edited, reqs) == infer.fingerprint(job, reqs)
+        backend = FakeBackend()
+        _, facts = infer.run_requests(edited, reqs, backend, partial)
+        assert facts["resumed_batches"] == 2 and backend.calls == []
+    # what decides the rows still does
+    assert infer.fingerprint(infer.Job("pope", "m", "hybrid", {**job.cfg, "seed": 5}), reqs) != \
+        infer.fingerprint(job, reqs)
+
+
+def test_openai_fingerprint_keeps_server_drops_credentials():
+    def fp(url):
+        cfg = job_config("m", "llava", "demo/llava", backend="openai", openai={
+            "base_url": url, "api_key_env": "K", "concurrency": 1, "max_retries": 0, "timeout_s": 1})
+        return infer.fingerprint(infer.Job("pope", "m", "hybrid", cfg), [])
+
+    assert fp("https://alice:key-1@llm.example/v1") == fp("https://bob:key-2@llm.example/v1")
+    assert fp("https://alice:key-1@llm.example/v1") != fp("https://alice:key-1@other.example/v1")
+
+
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+def test_image_deleted_or_replaced_after_rendering(tmp_path, models_dir, fault):
+    """Each image is checked against the manifest's sha256 before the model loads; one line names the file and
+    the command that renders it again (checked through the CLI in test_reliability_inference.py)."""
+    sample, manifest = make_inputs(tmp_path / "in", "pope", n=3)
+    victim = tmp_path / "in" / "img001.png"
+    if fault == "deleted":
+        victim.unlink()
+    else:  # a valid PNG, just not the one rendered
+        shutil.copyfile(tmp_path / "in" / "img002.png", victim)
+    job = infer.Job("pope", "llava_1_5", "hybrid", job_config("llava_1_5", "llava", str(models_dir / "llava")))
+    out = tmp_path / "out.parquet"
+    with pytest.raises(PipelineError) as err:
+        infer.run_job(job, sample, manifest, out, tmp_path / ".partial")
+    msg = str(err.value)
+    assert msg.startswith(f"{victim} (sample pope-1, {manifest}): ") and "\n" not in msg
+    assert ("No such file" if fault == "deleted" else "changed after rendering") in msg
+    assert f"snakemake {manifest} --forcerun render_variants" in msg
+    assert not out.exists()
+
+
+def test_disk_full_keeps_checkpoints_and_resumes(tmp_path, models_dir, monkeypatch):
+    """An OSError (disk full) while writing the second checkpoint: the first stays, no output; the rerun resumes
+    from it and gives every row. (The disk is the one stand-in: a real full file system cannot be made here.)"""
+    import errno
+
+    sample, manifest = make_inputs(tmp_path / "in", "pope", n=4)
+    job = infer.Job("pope", "llava_1_5", "hybrid",
+                    job_config("llava_1_5", "llava", str(models_dir / "llava"), batch_size=2, max_new_tokens=2))
+    out, partial = tmp_path / "out.parquet", tmp_path / ".partial"
+    real_write, calls = infer.write_table, []
+
+    def write_then_fill_disk(df, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(df, path, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "write_table", write_then_fill_disk)
+    with pytest.raises(OSError, match="No space left"):
+        infer.run_job(job, sample, manifest, out, partial)
+    assert [p.name for p in partial.glob("batch-*.parquet")] == ["batch-00000.parquet"] and not out.exists()
+    monkeypatch.setattr(infer, "write_table", real_write)
+    infer.run_job(job, sample, manifest, out, partial)
+    meta = read_metadata(out)
+    assert meta["resumed_batches"] == 1 and len(read_table(out)) == 4 and not partial.exists()
+
+
+def test_cli_reads_utf8_config_under_ascii_locale(tmp_path, models_dir):
+    """A hand-written UTF-8 job config (non-ASCII prompt) works under an ASCII locale; the log is UTF-8 too."""
+    sample, manifest = make_inputs(tmp_path / "in", "pope", n=2)
+    prompt = "Réponds à la question : {question}"
+    cfg = job_config("llava_1_5", "llava", str(models_dir / "llava"), text_prompt=prompt, batch_size=2,
+                     max_new_tokens=2)
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg, ensure_ascii=False), encoding="utf-8")
+    out, log = tmp_path / "out.parquet", tmp_path / "infer.log"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
+           "PYTHONIOENCODING": "ascii:backslashreplace", "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    proc = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "infer.py"), "--config", str(cfg_path),
+                           "--task", "pope", "--model", "llava_1_5", "--setting", "hybrid", "--sample", str(sample),
+                           "--manifest", str(manifest), "--out", str(out), "--partial", str(tmp_path / ".p"),
+                           "--log", str(log), "--threads", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    df = read_table(out, "inference")
+    assert df["text_prompt"][0] == prompt.replace("{question}", df["question"][0])
+    assert "wrote" in log.read_text(encoding="utf-8")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -16,7 +18,7 @@ import openai_backend
 import pytest
 from conftest import free_port, stop_process, wait_for_port
 from inference_fixtures import job_config, make_inputs
-from pipeline_io import PipelineError, read_table
+from pipeline_io import PipelineError, log, read_metadata, read_table, setup_logging
 
 
 def _job(base_url, retries=3, setting_text="{question}", model_path="demo/llava"):
@@ -132,3 +134,113 @@ def test_live_transformers_serve(tmp_path):
     assert df["p_yes"].isna().all()
     assert json.loads(df["prompt"][0])[0]["content"][1]["text"] == df["text_prompt"][0]
     assert not (tmp_path / ".partial").exists()
+
+
+class EchoAuth(BaseHTTPRequestHandler):
+    """Answers from a script of status codes; every error body echoes the credentials the request carried (as
+    careless servers do), so anything that logs a body verbatim leaks them."""
+
+    script: list = []
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        auth = self.headers.get("Authorization", "")
+        type(self).seen.append(auth)
+        status = type(self).script.pop(0) if type(self).script else 200
+        if status == 200:
+            payload = {"choices": [{"message": {"role": "assistant", "content": "Yes"}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 11, "completion_tokens": 1}}
+        else:
+            decoded = base64.b64decode(auth[6:]).decode() if auth.startswith("Basic ") else ""
+            payload = {"error": f"Incorrect API key provided: {auth} {decoded}\nSee the docs."}
+        raw = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def echo_auth():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoAuth)
+    EchoAuth.script, EchoAuth.seen = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def rule_log(tmp_path):
+    """The rule log as run_main sets it up; the pii logger is restored afterwards (caplog needs propagation)."""
+    saved = list(log.handlers), log.propagate, log.level
+    path = tmp_path / "rule.log"
+    setup_logging(path)
+    yield path
+    for handler in log.handlers:
+        handler.close()
+    log.handlers[:], log.propagate = saved[0], saved[1]
+    log.setLevel(saved[2])
+
+
+KEY = "sk-test-" + secrets.token_hex(12)
+PASSWORD = "pw-" + secrets.token_hex(12)
+
+
+def _secret_job(base_url, retries=0):
+    cfg = job_config("llava_1_5", "llava", "demo/llava", backend="openai", batch_size=2,
+                     openai={"base_url": base_url, "api_key_env": "PII_TEST_SECRET_KEY", "concurrency": 1,
+                             "max_retries": retries, "timeout_s": 20})
+    return infer.Job("pope", "llava_1_5", "hybrid", cfg)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("with_url_credentials", [False, True])
+def test_auth_failure_names_key_variable_and_redacts(tmp_path, echo_auth, rule_log, monkeypatch, status,
+                                                     with_url_credentials):
+    monkeypatch.setenv("PII_TEST_SECRET_KEY", KEY)
+    creds = f"alice:{PASSWORD}@" if with_url_credentials else ""
+    job = _secret_job(f"http://{creds}127.0.0.1:{echo_auth}/v1")
+    sample, manifest = make_inputs(tmp_path, "pope", n=1)
+    EchoAuth.script = [status]
+    with pytest.raises(PipelineError) as err:
+        infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
+    log.error("%s", err.value)  # as run_main ends the rule log
+    msg = str(err.value)
+    assert EchoAuth.seen[0] and (KEY in EchoAuth.seen[0] or with_url_credentials)  # credentials were sent
+    assert f"rejected (HTTP {status}: " in msg and "\n" not in msg and "***" in msg
+    assert "check the API key in $PII_TEST_SECRET_KEY (the variable named by inference.openai.api_key_env)" in msg
+    for text in (msg, rule_log.read_text(encoding="utf-8")):
+        assert KEY not in text and PASSWORD not in text
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_credentials_never_reach_metadata_or_log(tmp_path, echo_auth, rule_log, monkeypatch):
+    """A retried 503 (its body echoing the credentials) then success: the retry warning, the file's metadata and
+    the checkpoints hold neither the key nor the URL's password, and the server still received them."""
+    monkeypatch.setenv("PII_TEST_SECRET_KEY", KEY)
+    job = _secret_job(f"http://alice:{PASSWORD}@127.0.0.1:{echo_auth}/v1", retries=1)
+    sample, manifest = make_inputs(tmp_path, "pope", n=2)
+    EchoAuth.script = [503]
+    out = tmp_path / "out.parquet"
+    backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
+    infer.run_job(job, sample, manifest, out, tmp_path / ".partial", backend=backend)
+    text = rule_log.read_text(encoding="utf-8")
+    assert "retry 1/1" in text and f"http://***@127.0.0.1:{echo_auth}/v1/chat/completions" in text
+    assert base64.b64decode(EchoAuth.seen[0][6:]).decode() == f"alice:{PASSWORD}"
+    meta = read_metadata(out)
+    assert meta["base_url"] == f"http://***@127.0.0.1:{echo_auth}/v1"
+    stored = out.read_bytes() + json.dumps(meta).encode() + text.encode()
+    assert KEY.encode() not in stored and PASSWORD.encode() not in stored
+
+
+def test_redact_url():
+    assert openai_backend.redact_url("see https://u:p%40ss@h.example:8/v1 and http://h/v1") == \
+        "see https://***@h.example:8/v1 and http://h/v1"
+    assert openai_backend.redact_url(None) is None

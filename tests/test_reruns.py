@@ -16,12 +16,13 @@ import yaml
 from conftest import ROOT, run_snakemake
 
 # Aggregations downstream of every inference job (those present in the DAG).
-AGGREGATES = {"score_pope", "score_chair", "table1_pope", "table2_chair", "report", "report_table", "modality_gap"}
+AGGREGATES = {"score_pope", "score_chair", "table1_pope", "table_pope_pyes", "table2_chair", "report", "report_table",
+              "modality_gap"}
 
 
-def all_outputs(workdir: Path) -> list[tuple[str, str]]:
+def all_outputs(workdir: Path, *extra: str) -> list[tuple[str, str]]:
     """(path, rule) of every output the default target needs, from `snakemake --summary` (nothing runs)."""
-    proc = run_snakemake(workdir, "--summary", timeout=300)
+    proc = run_snakemake(workdir, "--summary", *extra, timeout=300)
     rows = []
     for line in proc.stdout.splitlines()[1:]:
         parts = line.split("\t")
@@ -30,8 +31,8 @@ def all_outputs(workdir: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def fake_completed_run(workdir: Path) -> None:
-    for path, _ in all_outputs(workdir):
+def fake_completed_run(workdir: Path, *extra: str) -> None:
+    for path, _ in all_outputs(workdir, *extra):
         p = workdir / path
         if p.suffix == "" and not p.name.startswith("."):  # directory() outputs (the demo's checkpoint folders)
             p.mkdir(parents=True, exist_ok=True)
@@ -40,8 +41,8 @@ def fake_completed_run(workdir: Path) -> None:
             p.touch()
     # --forceall: every job is "run" (touched) so each records its params; without it only jobs whose outputs
     # happen to look older than their inputs would get metadata, and edits to the others would go unnoticed
-    run_snakemake(workdir, "--touch", "--forceall", timeout=300)
-    assert planned_jobs(workdir) == Counter(), "a touched run should be complete"
+    run_snakemake(workdir, "--touch", "--forceall", *extra, timeout=300)
+    assert planned_jobs(workdir, *extra) == Counter(), "a touched run should be complete"
 
 
 def dry_run(workdir: Path, *extra: str):
@@ -68,11 +69,11 @@ def _outputs_of(dry_run: str, rule: str) -> str:
                      if b.startswith(f"rule {rule}:") and "output:" in b)
 
 
-def write_config(workdir: Path, overrides: dict) -> str:
-    base = yaml.safe_load((ROOT / "config.demo.yaml").read_text())
+def write_config(workdir: Path, overrides: dict, name: str = "edited.yaml") -> str:
+    base = yaml.safe_load((ROOT / "config.demo.yaml").read_text(encoding="utf-8"))
     _merge(base, overrides)
-    path = workdir / "edited.yaml"
-    path.write_text(yaml.safe_dump(base, sort_keys=False))
+    path = workdir / name
+    path.write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
     return str(path)
 
 
@@ -92,7 +93,7 @@ def completed(tmp_path_factory) -> Path:
 
 
 def test_editing_one_model_reruns_only_its_jobs(completed):
-    demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text())
+    demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text(encoding="utf-8"))
     tasks, settings = ["pope", "caption"], 5
     edited = write_config(completed, {"models": {"llava_1_5": {"batch_size": 2}}})
     jobs = planned_jobs(completed, "--configfile", edited)
@@ -123,3 +124,39 @@ def test_adding_a_model_runs_only_new_jobs_and_aggregations(completed):
     assert {m for _, m, _ in infer} == {"llava_copy"} and len(infer) == 10
     assert set(jobs) - {"infer"} <= AGGREGATES, jobs
     assert "build_demo_model" not in jobs and "render_variants" not in jobs
+
+
+# Settings that decide how requests are sent, never what a row says (inference.openai minus base_url).
+OPERATIONAL = {"max_retries": 9, "timeout_s": 3.5, "concurrency": 64, "api_key_env": "SOME_OTHER_KEY"}
+
+
+def test_operational_settings_rerun_nothing(completed):
+    for key, value in OPERATIONAL.items():
+        edited = write_config(completed, {"inference": {"openai": {key: value}}})
+        assert planned_jobs(completed, "--configfile", edited) == Counter(), key
+    # on the transformers backend the server's URL cannot change a row either
+    edited = write_config(completed, {"inference": {"openai": {"base_url": "http://127.0.0.1:9/v1"}}})
+    assert planned_jobs(completed, "--configfile", edited) == Counter()
+
+
+@pytest.fixture(scope="module")
+def completed_openai(tmp_path_factory) -> tuple[Path, dict]:
+    """A faked completed run on the openai backend, its server's URL carrying credentials."""
+    workdir = tmp_path_factory.mktemp("reruns_openai")
+    settings = {"backend": "openai", "openai": {"base_url": "https://alice:key-1@llm.example/v1"}}
+    fake_completed_run(workdir, "--configfile", write_config(workdir, {"inference": settings}, name="openai.yaml"))
+    return workdir, settings
+
+
+def test_openai_reruns_only_for_another_server(completed_openai):
+    workdir, settings = completed_openai
+
+    def planned(**openai):
+        edited = write_config(workdir, {"inference": {**settings, "openai": {**settings["openai"], **openai}}})
+        return planned_infer(workdir, "--configfile", edited)
+
+    assert planned(**OPERATIONAL) == set()
+    # new credentials reach the same server; they never enter params (nor Snakemake's metadata)
+    assert planned(base_url="https://bob:key-2@llm.example/v1") == set()
+    assert not any(b"key-1" in p.read_bytes() for p in (workdir / ".snakemake" / "metadata").iterdir())
+    assert len(planned(base_url="https://alice:key-1@other.example/v1")) == 30  # another server answers

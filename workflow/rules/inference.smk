@@ -1,4 +1,5 @@
 # Stage: inference. One job per task x model x setting; the demo's tiny checkpoints are built here too.
+from openai_backend import row_settings
 
 
 rule build_demo_model:
@@ -35,13 +36,15 @@ rule infer:
         mem_mb=32000,
         runtime=720,
     params:
+        # Only what can change a row: retries, timeouts, concurrency, the key's variable and the base_url's
+        # credentials are read by the script from the run's config, so editing them reruns nothing.
         cfg=lambda wc: canonical_text(
             ("models", wc.model),
             ("tasks", wc.task),
             ("settings", wc.setting),
             "decoding",
-            "inference",
             "seed",
+            inference=row_settings(config["inference"]),
         ),
         partial=lambda wc: f"results/inference/.partial/{wc.task}/{wc.model}/{wc.setting}",
     script:

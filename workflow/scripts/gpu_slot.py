@@ -2,17 +2,20 @@
 
 Snakemake counts the ``gpu`` resource (``--resources gpu=N`` in profiles/workstation) so that at most N GPU jobs
 run at once, but it never tells a job *which* device to use: every job would land on device 0. A GPU stage script
-therefore calls ``claim_gpu()`` once at the start of its Snakemake entry, before anything touches CUDA
-(``import torch`` alone is fine; ``torch.cuda.*`` calls are not)::
+therefore calls ``claim_gpu()`` once at the start of its Snakemake entry (or first thing in its ``main``), before
+anything touches CUDA (``import torch`` alone is fine; ``torch.cuda.*`` calls are not)::
 
     if "snakemake" in globals():
         from gpu_slot import claim_gpu
         claim_gpu()
         run_main(main, snakemake)
 
-``claim_gpu`` takes an exclusive ``flock`` on ``.snakemake/gpu_locks/gpu<index>.lock`` for the first free device
-among the visible ones and sets ``CUDA_VISIBLE_DEVICES`` to it. The lock belongs to the process: it is released
-when the job exits, crashes or is killed, so no stale lock survives a failed run. Nothing happens when
+``claim_gpu`` takes an exclusive ``flock`` on ``gpu<index>.lock`` for the first free device among the visible ones
+and sets ``CUDA_VISIBLE_DEVICES`` to it. The lock folder is one per machine and user, not per project folder, so
+that two checkouts (or two working directories) running at once on one workstation do not both take GPU 0:
+``$PII_GPU_LOCK_DIR`` when set, otherwise ``/tmp/pii-gpu-locks-<uid>`` (a fixed path: ``$TMPDIR`` or
+``$XDG_RUNTIME_DIR`` may differ between two shells of the same user). The lock belongs to the process: it is
+released when the job exits, crashes or is killed, so no stale lock survives a failed run. Nothing happens when
 
 - the job runs under SLURM (``SLURM_JOB_ID`` set): SLURM already confines the job to the GPUs it granted;
 - ``PII_GPU_SLOT=off`` is set (manage devices yourself);
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from pipeline_io import PipelineError, log
 
-LOCK_DIR = Path(".snakemake") / "gpu_locks"
+LOCK_DIR_ENV = "PII_GPU_LOCK_DIR"
 
 # Locks held by this process (the open files keep the flocks alive until the process exits).
 _HELD: list[GpuSlot] = []
@@ -77,7 +80,18 @@ def _lock_name(device: str) -> str:
     return "gpu" + "".join(c if c.isalnum() or c in "-_" else "_" for c in device) + ".lock"
 
 
-def try_lock(device: str, lock_dir: Path = LOCK_DIR) -> GpuSlot | None:
+def default_lock_dir(env: dict | os._Environ = os.environ) -> Path:
+    """The machine-wide lock folder of this user (see the module docstring)."""
+    if env.get(LOCK_DIR_ENV):
+        return Path(env[LOCK_DIR_ENV])
+    path = Path("/tmp") / f"pii-gpu-locks-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    if path.lstat().st_uid != os.getuid():  # someone else made it (or a link): their locks are not ours to trust
+        raise PipelineError(f"gpu_slot: {path} belongs to another user; set {LOCK_DIR_ENV} to a folder of yours")
+    return path
+
+
+def try_lock(device: str, lock_dir: Path) -> GpuSlot | None:
     """Take the device's lock without waiting; ``None`` when another process holds it."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     path = lock_dir / _lock_name(device)
@@ -92,7 +106,7 @@ def try_lock(device: str, lock_dir: Path = LOCK_DIR) -> GpuSlot | None:
     return GpuSlot(device, path, fd)
 
 
-def claim_gpu(env: dict | os._Environ = os.environ, n_gpus: int | None = None, lock_dir: Path = LOCK_DIR,
+def claim_gpu(env: dict | os._Environ = os.environ, n_gpus: int | None = None, lock_dir: Path | None = None,
               wait_s: float = 3600.0, poll_s: float = 2.0) -> GpuSlot | None:
     """Lock a free visible device and set ``CUDA_VISIBLE_DEVICES`` to it in ``env``; see the module docstring.
 
@@ -113,10 +127,11 @@ def claim_gpu(env: dict | os._Environ = os.environ, n_gpus: int | None = None, l
     if not devices:
         log.info("gpu_slot: no GPU visible, running on the CPU")
         return None
+    folder = Path(lock_dir) if lock_dir is not None else default_lock_dir(env)
     deadline = time.monotonic() + wait_s
     while True:
         for device in devices:
-            slot = try_lock(device, lock_dir)
+            slot = try_lock(device, folder)
             if slot is not None:
                 env["CUDA_VISIBLE_DEVICES"] = device
                 _HELD.append(slot)

@@ -2,9 +2,12 @@
 
 Requests are sorted by prompt length and cut into batches (``models.<m>.batch_size`` or ``inference.batch_size``).
 Each finished batch is checkpointed outside the declared output, in ``results/inference/.partial/...``, stamped with
-a fingerprint of the job's config and inputs; a rerun after a crash or SIGKILL reuses matching checkpoints and
-redoes only the rest. A CUDA out-of-memory error halves the batch and retries. Batch ``i`` is generated with the
-torch seed ``seed + (position of its first request in the sorted order)``, so a resumed run gives the same rows.
+a fingerprint of what can change the job's rows (its config less retries, timeouts and the like) and its inputs; a
+rerun after a crash or SIGKILL reuses matching checkpoints and redoes only the rest. A CUDA out-of-memory error
+halves the batch and retries. Batch ``i`` is generated with the torch seed ``seed + (position of its first request
+in the sorted order)``, so a resumed run gives the same rows.
+Before anything runs, every image is checked against the sha256 its manifest recorded, so a PNG deleted or replaced
+after rendering fails the job with the command that renders it again.
 
 Backends: ``transformers`` (local weights, see vlm.py) and ``openai`` (an OpenAI-compatible server, see
 openai_backend.py). Runnable without Snakemake too: ``python infer.py --help``.
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from openai_backend import row_settings
 from pipeline_io import (
     PipelineError,
     config_hash,
@@ -29,7 +33,9 @@ from pipeline_io import (
     read_metadata,
     read_table,
     run_main,
+    run_stage,
     setup_logging,
+    sha256_file,
     write_table,
 )
 
@@ -57,6 +63,9 @@ class Job:
     model: str
     setting: str
     cfg: dict
+    # The run's own ``inference.openai`` block (retries, timeout, concurrency, the key's variable, the full
+    # base_url), read at run time: none of it enters params or fingerprints. None: taken from ``cfg``.
+    settings: dict | None = None
 
     @property
     def entry(self) -> dict:
@@ -77,6 +86,10 @@ class Job:
     @property
     def inference(self) -> dict:
         return self.cfg["inference"]
+
+    @property
+    def openai(self) -> dict:
+        return {**(self.inference.get("openai") or {}), **(self.settings or {})}
 
     @property
     def seed(self) -> int:
@@ -101,13 +114,21 @@ def format_text_prompt(template: str | None, question: str) -> str | None:
     return template.replace("{question}", question)
 
 
+def rerender_hint(manifest_name: str) -> str:
+    """The command that renders a manifest's images again. A plain ``snakemake`` sees nothing to do: the PNGs are
+    not declared outputs, only the manifest is. The new manifest is newer than the jobs that read it, so the next
+    plain run redoes those."""
+    return (f"render it again with: snakemake {manifest_name} --forcerun render_variants (plus your run's options), "
+            "then run snakemake again")
+
+
 def build_requests(sample: pd.DataFrame, manifest: pd.DataFrame, job: Job, manifest_name: str = "manifest"):
     """One request per sample row, with the image of the setting's variant from the manifest."""
     by_id = manifest.drop_duplicates("sample_id").set_index("sample_id")
     missing = [s for s in sample["sample_id"] if s not in by_id.index]
     if missing:
         raise PipelineError(f"{manifest_name}: no image for sample '{missing[0]}' ({len(missing)} missing); "
-                            "rerun the render stage for this task")
+                            + rerender_hint(manifest_name))
     template = job.setting_cfg["text_prompt"]
     requests = []
     for row in sample.itertuples(index=False):
@@ -122,10 +143,33 @@ def build_requests(sample: pd.DataFrame, manifest: pd.DataFrame, job: Job, manif
     return requests
 
 
+def check_images(requests: list[Request], manifest_name: str) -> None:
+    """Every image exists and is the one rendered (sha256 as in the manifest); each file is hashed once."""
+    seen: set[str] = set()
+    for r in requests:
+        if r.image_path in seen:
+            continue
+        seen.add(r.image_path)
+        where = f"{r.image_path} (sample {r.sample_id}, {manifest_name})"
+        try:
+            digest = sha256_file(r.image_path)
+        except OSError as err:
+            raise PipelineError(f"{where}: cannot read image ({err.strerror or err}); "
+                                + rerender_hint(manifest_name)) from None
+        if r.image_sha256 and digest != r.image_sha256:
+            raise PipelineError(f"{where}: the file changed after rendering (sha256 {digest[:12]}..., manifest "
+                                f"{r.image_sha256[:12]}...); " + rerender_hint(manifest_name))
+
+
+def row_config(cfg: dict) -> dict:
+    """The job's config less what cannot change a row (see openai_backend.row_settings)."""
+    return {**cfg, "inference": row_settings(cfg["inference"])}
+
+
 def fingerprint(job: Job, requests: list[Request]) -> str:
-    """What a checkpoint must match to be reused: the job's config and its exact inputs."""
+    """What a checkpoint must match to be reused: what can change the job's rows, and its exact inputs."""
     inputs = [(r.sample_id, r.image_sha256 or r.image_path, r.text_prompt) for r in requests]
-    return config_hash({"cfg": job.cfg, "task": job.task, "model": job.model, "setting": job.setting,
+    return config_hash({"cfg": row_config(job.cfg), "task": job.task, "model": job.model, "setting": job.setting,
                         "inputs": inputs})
 
 
@@ -338,6 +382,7 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
     sample = sample[sample["task"] == job.task] if "task" in sample else sample
     manifest = read_table(manifest_path, "manifest")
     requests = build_requests(sample, manifest, job, manifest_name=str(manifest_path))
+    check_images(requests, str(manifest_path))
     log.info("%s / %s / %s: %d requests, backend %s, batch size %d", job.task, job.model, job.setting,
              len(requests), job.backend_name, job.batch_size)
     backend = backend or make_backend(job, device=device)
@@ -347,7 +392,8 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
         "task": job.task, "model": job.model, "setting": job.setting, "backend": backend.name,
         "model_id": job.entry["path"], "revision": job.entry.get("revision"),
         "decoding": job.decoding, "max_new_tokens": job.task_cfg["max_new_tokens"], "seed": job.seed,
-        "batch_size": job.batch_size, "config_hash": config_hash(job.cfg), "python": platform.python_version(),
+        "batch_size": job.batch_size, "config_hash": config_hash(row_config(job.cfg)),
+        "python": platform.python_version(),
         "wall_s_this_run": round(time.monotonic() - t0, 3), **facts, **backend.metadata(),
     }
     write_table(df, out, "inference", metadata=metadata)
@@ -357,8 +403,11 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
 
 
 def main(snakemake) -> None:
+    from gpu_slot import claim_gpu
+
+    claim_gpu()  # before torch touches CUDA: one device per job on a multi-GPU workstation
     job = Job(task=snakemake.wildcards.task, model=snakemake.wildcards.model, setting=snakemake.wildcards.setting,
-              cfg=params_config(snakemake))
+              cfg=params_config(snakemake), settings=dict(snakemake.config["inference"]["openai"]))
     run_job(job, snakemake.input.sample, snakemake.input.manifest, snakemake.output[0], snakemake.params.partial,
             threads=snakemake.threads)
 
@@ -378,18 +427,16 @@ def cli(argv=None) -> None:
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     setup_logging(args.log)
-    job = Job(task=args.task, model=args.model, setting=args.setting, cfg=json.loads(Path(args.config).read_text()))
-    try:
-        run_job(job, args.sample, args.manifest, args.out, args.partial, threads=args.threads, device=args.device)
-    except PipelineError as err:
-        log.error("%s", err)
-        raise SystemExit(1) from None
+
+    def job():
+        cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        run_job(Job(task=args.task, model=args.model, setting=args.setting, cfg=cfg), args.sample, args.manifest,
+                args.out, args.partial, threads=args.threads, device=args.device)
+
+    run_stage(job, f"infer ({args.task}/{args.model}/{args.setting})")
 
 
 if "snakemake" in globals():
-    from gpu_slot import claim_gpu
-
-    claim_gpu()  # before torch touches CUDA: one device per job on a multi-GPU workstation
     run_main(main, snakemake)
 elif __name__ == "__main__":
     cli()

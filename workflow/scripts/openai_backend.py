@@ -5,6 +5,12 @@ One user message per request: the image as a base64 data URL, then the setting's
 ``text_prompt`` is null). Requests of a batch run concurrently (``inference.openai.concurrency``); 429, 5xx,
 timeouts and dropped connections are retried with exponential backoff (``max_retries``), then the job fails with
 one line. Empty answers are kept with ``finish_reason: error`` and counted in the log.
+
+Secrets never reach a log, an error or a file: credentials in ``base_url`` (``https://user:key@host/v1``) and the
+API key's value are replaced by ``***`` wherever the backend reports a URL or a server's answer.
+
+Only ``base_url`` (without credentials) can change what answers, so only it enters the infer jobs' params and
+checkpoint fingerprints (``row_settings``); retries, timeouts, concurrency and the key's variable are operational.
 """
 
 from __future__ import annotations
@@ -14,13 +20,33 @@ import hashlib
 import json
 import mimetypes
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from pipeline_io import PipelineError, log
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+AUTH_STATUS = {401, 403}
+_USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
+
+
+def redact_url(text: str | None) -> str | None:
+    """``text`` with the credentials of every URL in it replaced: ``https://user:key@host`` -> ``https://***@host``."""
+    return None if text is None else _USERINFO.sub("***@", text)
+
+
+def row_settings(inference: dict) -> dict:
+    """The part of the ``inference`` config block that can change a row: the backend, the batch size and, for the
+    openai backend, which server answers (its URL without credentials). The infer rule's params and the checkpoint
+    fingerprint use only this, so editing how requests are sent (``api_key_env``, ``concurrency``, ``max_retries``,
+    ``timeout_s``) reruns and discards nothing."""
+    kept = {"backend": inference["backend"], "batch_size": inference["batch_size"]}
+    if inference["backend"] == "openai":
+        kept["openai"] = {"base_url": redact_url((inference.get("openai") or {}).get("base_url"))}
+    return kept
 
 
 def data_url(path: str) -> tuple[str, str]:
@@ -57,16 +83,26 @@ class OpenAIBackend:
         import httpx
 
         self.job = job
-        self.cfg = job.inference["openai"]
+        self.cfg = job.openai
         self.base_url = resolve_base_url(self.cfg)
         self.served_name = job.entry.get("served_name") or job.entry["path"]
-        key = os.environ.get(self.cfg["api_key_env"])
+        self.key_env = self.cfg["api_key_env"]
+        key = os.environ.get(self.key_env)
         if not key:
-            log.info("no API key in $%s; sending requests without one (fine for local servers)", self.cfg["api_key_env"])
+            log.info("no API key in $%s; sending requests without one (fine for local servers)", self.key_env)
+        password = urlsplit(self.base_url).password
+        self.secrets = [s for s in (key, password, unquote(password or "")) if s]
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = client or httpx.Client(headers=headers, timeout=float(self.cfg["timeout_s"]))
         self.backoff_s = backoff_s
         self.n_empty = 0
+
+    def redact(self, text: str) -> str:
+        """``text`` safe to log: URL credentials and the key's value (a server may echo it) replaced."""
+        text = redact_url(text)
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
 
     # the same interface as TransformersBackend
     def prompt(self, req) -> str:
@@ -93,25 +129,29 @@ class OpenAIBackend:
         import httpx
 
         url = f"{self.base_url}/chat/completions"
+        shown = redact_url(url)
         retries = int(self.cfg["max_retries"])
         last = ""
         for attempt in range(retries + 1):
             try:
                 resp = self.client.post(url, json=body)
             except (httpx.TimeoutException, httpx.TransportError) as err:
-                last = f"{type(err).__name__}: {err}"
+                last = self.redact(f"{type(err).__name__}: {err}")
             else:
                 if resp.status_code == 200:
                     return resp.json()
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                last = self.redact(f"HTTP {resp.status_code}: {' '.join(resp.text.split())}")[:200]
+                if resp.status_code in AUTH_STATUS:
+                    raise PipelineError(f"{shown}: request for {sample_id} rejected ({last}); check the API key in "
+                                        f"${self.key_env} (the variable named by inference.openai.api_key_env)")
                 if resp.status_code not in RETRY_STATUS:
-                    raise PipelineError(f"{url}: request for {sample_id} rejected ({last}); check "
+                    raise PipelineError(f"{shown}: request for {sample_id} rejected ({last}); check "
                                         f"models.{self.job.model}.served_name and the server")
             if attempt < retries:
                 wait = self.backoff_s * 2 ** attempt
-                log.warning("%s: %s for %s; retry %d/%d in %.1fs", url, last, sample_id, attempt + 1, retries, wait)
+                log.warning("%s: %s for %s; retry %d/%d in %.1fs", shown, last, sample_id, attempt + 1, retries, wait)
                 time.sleep(wait)
-        raise PipelineError(f"{url}: request for {sample_id} failed after {retries} retries ({last}); check the "
+        raise PipelineError(f"{shown}: request for {sample_id} failed after {retries} retries ({last}); check the "
                             "server or raise inference.openai.max_retries / timeout_s")
 
     def one(self, req, seed: int) -> dict:
@@ -138,5 +178,5 @@ class OpenAIBackend:
     def metadata(self) -> dict:
         import httpx
 
-        return {"base_url": self.base_url, "served_name": self.served_name, "n_empty_responses": self.n_empty,
-                "device": "remote", "versions": {"httpx": httpx.__version__}}
+        return {"base_url": redact_url(self.base_url), "served_name": self.served_name,
+                "n_empty_responses": self.n_empty, "device": "remote", "versions": {"httpx": httpx.__version__}}

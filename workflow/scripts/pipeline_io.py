@@ -13,7 +13,8 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def setup_logging(log_path: str | os.PathLike | None = None, level: int = loggin
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="w"))
+        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))  # whatever the locale
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     log.handlers.clear()
     for h in handlers:
@@ -50,12 +51,30 @@ def setup_logging(log_path: str | os.PathLike | None = None, level: int = loggin
 
 
 def run_main(main, snakemake) -> None:
-    """Run a stage's ``main(snakemake)`` with logging to ``log[0]``; a PipelineError ends in one clear line."""
+    """Run a stage's ``main(snakemake)`` with logging to ``log[0]``; any failure ends in one clear line."""
     setup_logging(snakemake.log[0] if len(snakemake.log) else None)
+    wildcards = getattr(snakemake, "wildcards", None)
+    named = ", ".join(f"{k}={v}" for k, v in wildcards.items()) if wildcards else ""
+    stage = f"rule {getattr(snakemake, 'rule', None) or 'stage'}" + (f" ({named})" if named else "")
+    run_stage(lambda: main(snakemake), stage)
+
+
+def run_stage(fn: Callable[[], Any], stage: str) -> None:
+    """Call ``fn``; exit 1 on failure, the log's last line saying why. A PipelineError is that line as it is. Any
+    other exception (a full disk, a library bug) is named with its type and the stage, after its traceback on
+    stderr only, so the rule log never stops silently at the last progress line. Nothing is cleaned up here:
+    outputs are atomic, and inference checkpoints stay for the rerun."""
     try:
-        main(snakemake)
+        fn()
     except PipelineError as err:
         log.error("%s", err)
+        sys.exit(1)
+    except Exception as err:
+        traceback.print_exc(file=sys.stderr)
+        lines = str(err).strip().splitlines()
+        more = " ..." if len(lines) > 1 else ""
+        log.error("%s failed: %s: %s%s (traceback on stderr)", stage, type(err).__name__, lines[0] if lines else "",
+                  more)
         sys.exit(1)
 
 
@@ -131,7 +150,7 @@ _JSON_TO_ARROW = {
 
 def load_table_schema(name: str) -> dict:
     path = SCHEMA_DIR / f"{name}.schema.yaml"
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
 
