@@ -113,7 +113,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         if mode is None:  # caller writes the file itself, by name
             yield tmp
         else:
-            with open(tmp, mode) as f:
+            with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:  # text: UTF-8, whatever the locale
                 yield f
         os.replace(tmp, path)
     except BaseException:
