@@ -179,6 +179,8 @@ def scoring_targets():
         "results/scores/chair_metrics.parquet",
         "results/tables/table2_chair.md",
         "results/tables/table2_chair.csv",
+        "results/figures/table1_pope.png",
+        "results/figures/table2_chair.png",
     ]
 
 
@@ -250,6 +252,12 @@ def report_inputs(wildcards):
         "samples": [sample_path(t) for t in TASKS],
         "inference": inference_targets(),
         "figures": [p for p in analysis_targets() if p.endswith(".png")],
+        # Table 1 / Table 2 drawn (plot_table1_pope, plot_table2_chair), shown after the table they draw
+        "result_figures": [
+            f"results/figures/{name}.png"
+            for name in report_table_names()
+            if name in ("table1_pope", "table2_chair")
+        ],
     }
     return inputs
 

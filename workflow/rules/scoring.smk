@@ -90,3 +90,48 @@ rule table_pope_pyes:
         cfg=table_params(),
     script:
         "../scripts/score.py"
+
+
+# Table 1 and Table 2 as figures: per setting, each model's value with its interval and the paper's number.
+
+
+rule plot_table1_pope:
+    input:
+        metrics="results/scores/pope_metrics.parquet",
+        paper=scoring_data("paper_numbers.yaml"),
+    output:
+        png=report(
+            "results/figures/table1_pope.png",
+            caption="../report/table1_pope_figure.rst",
+            category="Result figures",
+        ),
+    log:
+        "logs/scoring/plot_table1_pope.log",
+    localrule: True
+    conda:
+        "../../envs/scoring.yaml"
+    params:
+        cfg=table_params(),
+    script:
+        "../scripts/plot_results.py"
+
+
+rule plot_table2_chair:
+    input:
+        metrics="results/scores/chair_metrics.parquet",
+        paper=scoring_data("paper_numbers.yaml"),
+    output:
+        png=report(
+            "results/figures/table2_chair.png",
+            caption="../report/table2_chair_figure.rst",
+            category="Result figures",
+        ),
+    log:
+        "logs/scoring/plot_table2_chair.log",
+    localrule: True
+    conda:
+        "../../envs/scoring.yaml"
+    params:
+        cfg=table_params(),
+    script:
+        "../scripts/plot_results.py"

@@ -1,14 +1,16 @@
 """Stage: report. One self-contained page (results/report/index.html, images embedded) and a Markdown summary.
 
 The page shows what was run (config hash, models with their revisions, sample sizes, library versions read from
-the inference files' metadata), Table 1 and Table 2 next to the paper's numbers, the contact sheets of the
-rendered variants and the analysis figures, each with the caption the workflow ships in workflow/report/*.rst.
+the inference files' metadata), Table 1 and Table 2 next to the paper's numbers, each followed by its figure
+(plot_results.py), the contact sheets of the rendered variants and the analysis figures, each with the caption the
+workflow ships in workflow/report/*.rst.
 """
 
 
 import base64
 import html
 import json
+import os
 import re
 import types
 from pathlib import Path
@@ -26,6 +28,11 @@ FIGURES = {
     "layer_similarity.png": ("Layer-wise similarity, question vs control", "layer_similarity.rst"),
     "gap.png": ("Modality gap in Qwen2.5-VL", "modality_gap.rst"),
     "pca.png": ("Image and caption tokens, first two principal components", "modality_gap_pca.rst"),
+}
+# Result figures (plot_results.py), each shown right after the table it draws: table name -> (title, caption file).
+RESULT_FIGURES = {
+    "table1_pope": ("Table 1 as a figure · accuracy and yes-ratio per setting", "table1_pope_figure.rst"),
+    "table2_chair": ("Table 2 as a figure · CHAIRs and CHAIRi per setting", "table2_chair_figure.rst"),
 }
 TABLE_TITLES = {"table1_pope": "Table 1 · POPE adversarial", "pope_pyes": "POPE · P(yes) at the first token",
                 "table2_chair": "Table 2 · CHAIR on detailed captions"}
@@ -316,11 +323,19 @@ def figure_html(path: str, title: str, caption: str) -> str:
             f"<figcaption><strong class='title'>{html.escape(title)}</strong>{caption}</figcaption></figure>")
 
 
+def result_figure_html(name: str, path: str) -> str:
+    title, caption_file = RESULT_FIGURES.get(name, (name.replace("_", " ").capitalize(), ""))
+    return figure_html(path, title, caption_html(caption_file) if caption_file else "")
+
+
 def build_page(cfg: dict, facts: dict, sizes: dict, config_digest: str, tables: dict[str, str],
-               contact_sheets: dict[str, str], figures: list[str]) -> str:
+               contact_sheets: dict[str, str], figures: list[str],
+               result_figures: dict[str, str] | None = None) -> str:
+    """The page; ``result_figures`` (table name -> PNG) are shown right after the table they draw."""
+    result_figures = dict(result_figures or {})
     nav = ["<a href='#run'>What was run</a>"]
     sections = [f"<section id='run'><h2>What was run</h2>{facts_html(cfg, facts, sizes, config_digest)}</section>"]
-    if tables:
+    if tables or result_figures:
         nav.append("<a href='#tables'>Tables</a>")
         parts = ["<section id='tables'><h2>Results next to the paper</h2>",
                  "<p class='legend'><i></i>shaded columns: the paper's published numbers (— where it gives none)</p>"]
@@ -328,6 +343,9 @@ def build_page(cfg: dict, facts: dict, sizes: dict, config_digest: str, tables: 
             parts.append(f"<h3>{html.escape(TABLE_TITLES.get(name, name))}</h3>")
             parts.append(caption_html("tables.rst", {"table": name}))
             parts.append(markdown_to_html(md))
+            if name in result_figures:
+                parts.append(result_figure_html(name, result_figures.pop(name)))
+        parts += [result_figure_html(name, path) for name, path in result_figures.items()]  # without their table
         parts.append("</section>")
         sections.append("\n".join(parts))
     if contact_sheets:
@@ -366,7 +384,16 @@ written by the workflow's <code>report</code> rule</footer>
 
 
 def build_markdown(cfg: dict, facts: dict, sizes: dict, config_digest: str, tables: dict[str, str],
-                   figures: list[str], contact_sheets: dict[str, str]) -> str:
+                   figures: list[str], contact_sheets: dict[str, str], result_figures: dict[str, str] | None = None,
+                   md_dir: str | Path = ".") -> str:
+    """The summary; ``result_figures`` (table name -> PNG) are linked as images after their table, relative to
+    ``md_dir`` (the summary's folder)."""
+    result_figures = dict(result_figures or {})
+
+    def image(name: str, path: str) -> list[str]:
+        title = RESULT_FIGURES.get(name, (name,))[0]
+        return ["", f"![{title}]({Path(os.path.relpath(path, md_dir)).as_posix()})"]
+
     lines = ["# Prompt-in-Image hallucination study: summary", "", "## What was run", "",
              f"- Config hash: `{config_digest}`; seed {cfg.get('seed')}",
              "- Samples: " + ", ".join(f"{TASK_TITLES.get(t, t)} {n}" for t, n in sizes.items()),
@@ -382,6 +409,10 @@ def build_markdown(cfg: dict, facts: dict, sizes: dict, config_digest: str, tabl
     for name, md in tables.items():
         body = "\n".join(ln for ln in md.splitlines() if not ln.startswith("# "))
         lines += ["", f"## {TABLE_TITLES.get(name, name)}", "", body.strip()]
+        if name in result_figures:
+            lines += image(name, result_figures.pop(name))
+    for name, path in result_figures.items():
+        lines += ["", f"## {RESULT_FIGURES.get(name, (name,))[0]}"] + image(name, path)
     if contact_sheets or figures:
         lines += ["", "## Figures", ""]
         lines += [f"- {p}" for p in list(contact_sheets.values()) + list(figures)]
@@ -395,15 +426,17 @@ def main(smk) -> None:
     tables = {Path(p).stem: Path(p).read_text(encoding="utf-8") for p in smk.input.tables}
     contact_sheets = {Path(p).stem.removeprefix("contact_sheet_"): p for p in smk.input.contact_sheets}
     figures = list(smk.input.figures)
+    result_figures = {Path(p).stem: p for p in getattr(smk.input, "result_figures", [])}
     facts = run_facts(list(smk.input.inference))
     sizes = sample_sizes(list(smk.input.samples), tasks)
-    page = build_page(cfg, facts, sizes, digest, tables, contact_sheets, figures)
+    page = build_page(cfg, facts, sizes, digest, tables, contact_sheets, figures, result_figures)
     with atomic_output(smk.output.html, "w") as f:
         f.write(page)
     with atomic_output(smk.output.md, "w") as f:
-        f.write(build_markdown(cfg, facts, sizes, digest, tables, figures, contact_sheets))
+        f.write(build_markdown(cfg, facts, sizes, digest, tables, figures, contact_sheets, result_figures,
+                               Path(smk.output.md).parent))
     log.info("wrote %s (%.1f MB, %d tables, %d figures) and %s", smk.output.html, len(page) / 1e6, len(tables),
-             len(figures) + len(contact_sheets), smk.output.md)
+             len(figures) + len(contact_sheets) + len(result_figures), smk.output.md)
     log.debug("facts: %s", json.dumps(facts, default=str))
 
 
