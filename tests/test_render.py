@@ -156,6 +156,71 @@ def test_bad_source_image(tmp_path, damage):
         assert leftovers == [], "images from a failed job must be removed"
 
 
+def _bad_text_samples(tmp_path, question):
+    samples = _samples(tmp_path, [(200, 150, SHORT), (200, 150, SHORT), (200, 150, SHORT)])
+    samples["question"] = samples["question"].astype(object)
+    samples.at[2, "question"] = question
+    return samples
+
+
+def test_characters_the_font_lacks_fail_before_any_output(tmp_path):
+    """Arimo has no CJK or emoji glyphs: they would be drawn as .notdef boxes while the manifest says '猫'."""
+    samples = _bad_text_samples(tmp_path, "Is there a 猫 in the image? 🐱")
+    for variant in ("control", "question"):  # the control strip is sized from the same layout
+        manifest = tmp_path / "out" / f"{variant}.parquet"
+        with pytest.raises(PipelineError) as err:
+            render.render_variant(samples, variant, manifest, CFG)
+        msg = str(err.value)
+        assert "\n" not in msg and "pope-2" in msg
+        assert "'猫' (U+732B)" in msg and "'🐱' (U+1F431)" in msg and "render.font" in msg and "question" in msg
+        assert not manifest.exists() and not (tmp_path / "out" / variant).exists(), "no output may be written"
+
+
+def test_characters_the_font_has_pass():
+    """No false alarms: accented Latin letters and all printable ASCII are in Arimo."""
+    font = render.font_info("arimo", 26)
+    text = "".join(chr(c) for c in range(0x20, 0x7F)) + "café naïve Zoë façade Øresund"
+    assert not [ch for ch in text if ord(ch) not in font.codepoints]
+    assert ord("猫") not in font.codepoints
+
+
+@pytest.mark.parametrize("question", ["", "   ", None, float("nan")], ids=["empty", "blank", "none", "nan"])
+def test_empty_question_fails_with_sample_id(tmp_path, question):
+    samples = _bad_text_samples(tmp_path, question)
+    for variant in render.VARIANTS:
+        manifest = tmp_path / "out" / f"{variant}.parquet"
+        with pytest.raises(PipelineError, match=r"sample pope-2: empty question") as err:
+            render.render_variant(samples, variant, manifest, CFG)
+        assert "\n" not in str(err.value)
+        assert not manifest.exists() and not (tmp_path / "out" / variant).exists()
+
+
+def test_tiny_image_question_fails_with_usable_advice_control_renders(tmp_path):
+    """A 1x1 image cannot carry text at any font size: advise dropping or replacing it. The control variant has
+    no text, so it still renders (a one-line strip, the least any question gets)."""
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (10, 200, 30)).save(path)
+    samples = pd.DataFrame([{"sample_id": "pope-9", "image_id": 9, "image_path": str(path), "question": SHORT}])
+    with pytest.raises(PipelineError) as err:
+        render.render_variant(samples, "question", tmp_path / "question.parquet", CFG)
+    msg = str(err.value)
+    assert "pope-9" in msg and "1x1" in msg and "drop" in msg and "replace" in msg
+    assert "lower render.font_size" not in msg, "advice that cannot work for a 1 px wide image"
+    control = render.render_variant(samples, "control", tmp_path / "control.parquet", CFG).iloc[0]
+    font = render.load_font(render.resolve_font("arimo"), 26)
+    ascent, descent = font.getmetrics()
+    assert (control.width, control.orig_height) == (1, 1)
+    assert control.height - 1 == ascent + descent + 2 * CFG["padding"]
+    px = _px(control.image_path)
+    assert tuple(px[0, 0]) == (10, 200, 30) and (px[1:] == 255).all()
+
+
+def test_narrow_image_that_smaller_text_fits_keeps_the_font_advice():
+    font = render.load_font(render.resolve_font("arimo"), 26)
+    with pytest.raises(PipelineError, match="lower render.font_size or render.padding"):
+        render.plan_strip(30, 200, SHORT, font, CFG)
+
+
 def test_font_path_and_bad_font(tmp_path):
     path = render.resolve_font("arimo")
     assert render.resolve_font(str(path)) == path
@@ -177,7 +242,7 @@ def test_contact_sheet(rendered, tmp_path):
 
 
 def _data_rules_exist(root) -> bool:
-    text = (root / "workflow" / "rules" / "data.smk").read_text()
+    text = (root / "workflow" / "rules" / "data.smk").read_text(encoding="utf-8")
     return re.search(r"^rule sample_pope\b", text, flags=re.M) is not None
 
 

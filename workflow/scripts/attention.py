@@ -28,8 +28,8 @@ from encoders import (  # noqa: E402
     row_of,
     text_patch_mask,
 )
+from images import load_rgb  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from PIL import Image  # noqa: E402
 from pipeline_io import PipelineError, log, params_config, run_main, save_figure, write_table  # noqa: E402
 
 VARIANTS = ("question", "control")
@@ -73,7 +73,7 @@ def analyse(pairs: pd.DataFrame, tower, image_processor, layers: list[int]):
         example = {"sample_id": pair.sample_id}
         for variant in VARIANTS:
             meta = row_of(pair, "q_" if variant == "question" else "c_")
-            image = Image.open(meta["image_path"]).convert("RGB")
+            image = load_rgb(meta["image_path"])  # the loader inference uses
             pv = image_processor(images=image, return_tensors="pt")["pixel_values"]
             affine = clip_affine(image_processor, int(meta["width"]), int(meta["height"]))
             if (affine.out_h, affine.out_w) != tuple(pv.shape[-2:]) or affine.out_w != grid * patch:

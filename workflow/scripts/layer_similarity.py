@@ -32,6 +32,7 @@ from encoders import (  # noqa: E402
     row_of,
     text_patch_mask,
 )
+from images import load_rgb  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
 from pipeline_io import PipelineError, log, params_config, run_main, save_figure, write_table  # noqa: E402
@@ -41,7 +42,7 @@ ENCODER_LABEL = {"qwen2_5_vl": "Qwen2.5-VL ViT", "llava": "CLIP ViT (LLaVA)"}
 
 
 def _open(meta: dict) -> Image.Image:
-    return Image.open(meta["image_path"]).convert("RGB")
+    return load_rgb(meta["image_path"])  # the loader inference uses
 
 
 def qwen_pair_states(visual, image_processor, meta: dict) -> tuple[list[torch.Tensor], np.ndarray]:

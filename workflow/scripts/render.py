@@ -18,6 +18,14 @@ vertically in the strip. Line pitch is ``round(line_spacing * font_size)``; a bl
 Pillow's BASIC layout engine is used (no libraqm), so the output does not depend on optional system libraries:
 the same input gives byte-identical PNGs.
 
+Source pixels come from ``images.load_rgb`` (EXIF orientation applied, transparency onto white, 16-bit scaled
+to 8 bit), the loader inference uses too, so the ``original`` variant shows a model the same upright picture as
+the upper part of ``control`` and ``question``; ``orig_width`` / ``orig_height`` are the upright size.
+
+Questions are checked before any output is written: an empty question, or one with characters the font has no
+glyph for (they would be drawn as empty boxes while the manifest records the real text), fails the job. An image
+too narrow for any text fails the ``question`` variant; its ``control`` still renders, with a one-line strip.
+
 Every PNG is encoded in memory, hashed, written to a temporary name and renamed into place; the manifest is
 written last, atomically, so a killed job never leaves a manifest that points at a truncated file.
 """
@@ -31,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from fontTools.ttLib import TTFont, TTLibError
+from images import load_rgb
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from pipeline_io import (
     PipelineError,
@@ -48,6 +58,7 @@ WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
 SHEET_BACKGROUND = (225, 225, 225)
 SHEET_FRAME = (150, 150, 150)
+MIN_FONT_SIZE = 8  # px: below this no text is legible, so an image too narrow for it cannot carry a question
 
 
 # --- fonts ------------------------------------------------------------------------------------------------
@@ -94,6 +105,15 @@ def load_font(path: str | os.PathLike, size: int) -> ImageFont.FreeTypeFont:
     return font
 
 
+def font_codepoints(path: str | os.PathLike) -> frozenset[int]:
+    """The characters the font has glyphs for (its cmap); FreeType draws any other one as the .notdef box."""
+    try:
+        with TTFont(str(path), lazy=True, fontNumber=0) as ttf:  # face 0 of a collection, as Pillow loads it
+            return frozenset(ttf.getBestCmap() or ())
+    except (TTLibError, OSError, KeyError) as err:
+        raise PipelineError(f"render.font: cannot read the character map of '{path}' ({err}); give a valid .ttf") from err
+
+
 @dataclass(frozen=True)
 class FontInfo:
     path: Path
@@ -101,11 +121,13 @@ class FontInfo:
     sha256: str
     size: int
     font: ImageFont.FreeTypeFont
+    codepoints: frozenset[int]
 
 
 def font_info(spec: str, size: int) -> FontInfo:
     path = resolve_font(spec)
-    return FontInfo(path=path, file_name=path.name, sha256=sha256_file(path), size=size, font=load_font(path, size))
+    return FontInfo(path=path, file_name=path.name, sha256=sha256_file(path), size=size, font=load_font(path, size),
+                    codepoints=font_codepoints(path))
 
 
 # --- layout -----------------------------------------------------------------------------------------------
@@ -167,20 +189,34 @@ def fraction_height(orig_height: int, fraction: float) -> int:
     return round(fraction * orig_height / (1.0 - fraction))
 
 
-def plan_strip(width: int, height: int, text: str, font: ImageFont.FreeTypeFont, cfg: dict) -> StripPlan:
-    """Lay out ``text`` in a strip below a ``width`` x ``height`` image (see the module docstring)."""
+def _widest_glyph(font: ImageFont.FreeTypeFont) -> float:
+    return max(_ink_width(font, ch) for ch in "MW@")
+
+
+def _too_narrow(width: int, height: int, max_width: int, font: ImageFont.FreeTypeFont, cfg: dict) -> str:
+    """Why the text does not fit, with advice that can work for this image."""
+    if width - 2 < _widest_glyph(font.font_variant(size=MIN_FONT_SIZE)):  # not even 8 px text with 1 px padding
+        return (f"image is {width}x{height} px, too narrow for any legible text below it; drop this image from the "
+                "input (e.g. its POPE lines) or replace it with a larger one (font size or padding cannot help)")
+    return (f"image width {width} px leaves {max_width} px for text at {cfg['font_size']} px with padding "
+            f"{cfg['padding']}; lower render.font_size or render.padding")
+
+
+def plan_strip(width: int, height: int, text: str, font: ImageFont.FreeTypeFont, cfg: dict,
+               with_text: bool = True) -> StripPlan:
+    """Lay out ``text`` in a strip below a ``width`` x ``height`` image (see the module docstring). An image too
+    narrow for the text is an error when the text is to be drawn; a blank strip (``with_text=False``) then gets
+    the height of one line, the least any question would need."""
     padding = int(cfg["padding"])
     max_width = width - 2 * padding
-    widest_glyph = max(_ink_width(font, ch) for ch in "MW@")
-    if max_width < widest_glyph:
-        raise PipelineError(
-            f"image width {width} px leaves {max_width} px for text at {cfg['font_size']} px with padding {padding}; "
-            "lower render.font_size or render.padding"
-        )
-    lines = tuple(wrap_text(text, font, max_width))
+    fits = max_width >= _widest_glyph(font)
+    if not fits and with_text:
+        raise PipelineError(_too_narrow(width, height, max_width, font, cfg))
+    lines = tuple(wrap_text(text, font, max_width)) if fits else ()
     ascent, descent = font.getmetrics()
     pitch = round(float(cfg["line_spacing"]) * int(cfg["font_size"]))
-    block = (len(lines) - 1) * pitch + ascent + descent if lines else 0
+    n_lines = len(lines) if fits else 1  # a blank strip with no room for text: one line high
+    block = (n_lines - 1) * pitch + ascent + descent if n_lines else 0
     strip_height = max(fraction_height(height, float(cfg["strip_fraction"])), block + 2 * padding)
     text_top = height + (strip_height - block) // 2
     return StripPlan(width=width, orig_height=height, strip_height=strip_height, lines=lines, text_top=text_top,
@@ -203,7 +239,8 @@ def compose(image: Image.Image, plan: StripPlan, font: ImageFont.FreeTypeFont, w
 
 
 def open_source(path: str, sample_id: str) -> tuple[Image.Image, bytes]:
-    """Decode a source image fully (so a truncated file fails here) and return it as RGB with its bytes."""
+    """Decode a source image fully (so a truncated file fails here) and return it as upright RGB
+    (``images.load_rgb``) with its bytes."""
     fix = "restore the file or rerun the data stage that lists it (results/data/*_sample.parquet)"
     try:
         data = Path(path).read_bytes()
@@ -212,9 +249,7 @@ def open_source(path: str, sample_id: str) -> tuple[Image.Image, bytes]:
     except OSError as err:
         raise PipelineError(f"sample {sample_id}: cannot read source image '{path}' ({err}); {fix}") from err
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            rgb = img.convert("RGB")
+        rgb = load_rgb(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise PipelineError(f"sample {sample_id}: source image '{path}' is corrupt or not an image ({err}); {fix}") from err
     return rgb, data
@@ -237,10 +272,28 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def _question_text(row, sample_id: str) -> str:
-    text = " ".join(str(row.question if row.question is not None else "").split())
+    question = row.question
+    text = "" if question is None or pd.isna(question) else " ".join(str(question).split())  # NaN is no question
     if not text:
         raise PipelineError(f"sample {sample_id}: empty question in the sample table; fix the data stage's output")
     return text
+
+
+def check_questions(samples: pd.DataFrame, font: FontInfo | None) -> None:
+    """Fail on the first sample whose question is empty or has characters the font lacks, before any output
+    is written (the control strip is sized from the question's layout, so both text variants check)."""
+    for row in samples.itertuples(index=False):
+        sample_id = str(row.sample_id)
+        text = _question_text(row, sample_id)
+        if font is None:
+            continue
+        missing = sorted({ch for ch in text if ord(ch) not in font.codepoints})
+        if missing:
+            chars = ", ".join(f"'{ch}' (U+{ord(ch):04X})" for ch in missing)
+            raise PipelineError(
+                f"sample {sample_id}: the question has characters the font {font.file_name} has no glyph for: "
+                f"{chars}; they would be drawn as empty boxes. Set render.font to a .ttf that has them, or fix the "
+                "question")
 
 
 def render_one(row, variant: str, out_dir: Path, cfg: dict, font: FontInfo | None) -> dict:
@@ -262,11 +315,11 @@ def render_one(row, variant: str, out_dir: Path, cfg: dict, font: FontInfo | Non
                       font_size=None, image_sha256=hashlib.sha256(data).hexdigest())
         return record
     text = _question_text(row, sample_id)
+    with_text = variant == "question"
     try:
-        plan = plan_strip(width, height, text, font.font, cfg)
+        plan = plan_strip(width, height, text, font.font, cfg, with_text=with_text)
     except PipelineError as err:
         raise PipelineError(f"sample {sample_id} ('{row.image_path}'): {err}") from None
-    with_text = variant == "question"
     png = encode_png(compose(image, plan, font.font, with_text))
     target = out_dir / f"{sample_id}.png"
     write_bytes_atomic(target, png)
@@ -296,6 +349,7 @@ def render_variant(samples: pd.DataFrame, variant: str, manifest_path: str | os.
     if dupes:
         raise PipelineError(f"sample table: sample_id {dupes[0]!r} occurs more than once; fix the data stage")
     font = None if variant == "original" else font_info(cfg["font"], int(cfg["font_size"]))
+    check_questions(samples, font)
     written: list[Path] = []
     rows = []
     try:

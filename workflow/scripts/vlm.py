@@ -124,7 +124,7 @@ def _qwen_processor_without_video(path: str, **kwargs):
     template = tokenizer.chat_template
     local = Path(path) / "chat_template.jinja"
     if local.is_file():
-        template = local.read_text()
+        template = local.read_text(encoding="utf-8")
     return Qwen2_5_VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                                         chat_template=template)
 
@@ -204,12 +204,14 @@ def answer_token_ids(tokenizer) -> dict[str, list[int]]:
 
 
 def open_image(path: str):
+    """The image as RGB through the render stage's loader (EXIF orientation, alpha onto white, 16-bit scaled), so
+    the 'original' variant, which is the source file itself, shows the pixels rendered into the other variants."""
+    from images import load_rgb
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as err:
+        return load_rgb(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise PipelineError(f"{path}: cannot read image ({err}); rerun the render stage") from err
 
 
