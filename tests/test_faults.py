@@ -363,8 +363,8 @@ def test_ctrl_c_during_infer_then_rerun_completes(demo_run, tmp_path):
     manifests = [f"results/images/pope/{v}.parquet" for v in ("original", "control", "question")]
     for path in [infer_target, *manifests]:
         (work / path).unlink()
-    task, model, setting = Path(infer_target).with_suffix("").parts[-3:]
-    partial = work / "results/inference/.partial" / task / model / setting
+    task, model, setting, repeat = Path(infer_target).with_suffix("").parts[-4:]
+    partial = work / "results/inference/.partial" / task / model / setting / repeat
 
     interrupt_when(snakemake_cmd(work, infer_target, *manifests),
                    lambda: len(list(partial.glob("batch-*.parquet"))) >= 2, signal.SIGINT)
@@ -373,7 +373,7 @@ def test_ctrl_c_during_infer_then_rerun_completes(demo_run, tmp_path):
     assert n_done >= 2
 
     run_snakemake(work, infer_target, *manifests, ON_COPY, "--rerun-incomplete", timeout=600)
-    log = (work / "logs/inference" / task / model / f"{setting}.log").read_text()
+    log = (work / "logs/inference" / task / model / setting / f"{repeat}.log").read_text()
     assert "resuming:" in log
     df = read_table(work / infer_target, "inference")
     expected = read_table(work / "results/data/pope_sample.parquet")["sample_id"]

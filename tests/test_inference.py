@@ -362,3 +362,67 @@ def test_cli_reads_utf8_config_under_ascii_locale(tmp_path, models_dir):
     df = read_table(out, "inference")
     assert df["text_prompt"][0] == prompt.replace("{question}", df["question"][0])
     assert "wrote" in log.read_text(encoding="utf-8")
+
+
+# --- decoding repeats ----------------------------------------------------------------------------------------------
+
+
+def test_repeat_seeds():
+    assert infer.repeat_seed(0, 0) == 0 and infer.repeat_seed(123, 0) == 123     # repeat 0: the config seed itself
+    seeds = [infer.repeat_seed(0, r) for r in range(1, 100)] + [infer.repeat_seed(1, r) for r in range(1, 100)]
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**31 for s in seeds)
+    assert infer.repeat_seed(0, 1) == 1896983678                                 # pinned: a changed rule shows here
+    with pytest.raises(PipelineError):
+        infer.repeat_seed(0, -1)
+
+
+def test_repeat_zero_is_the_single_run_and_repeat_one_samples_anew(tmp_path, models_dir, loaded):
+    """Sampling on: repeat 0 gives exactly the rows of a run without repeats (each request generated alone with seed
+    config seed + its sorted position, as the infer stage has always done); repeat 1 uses its derived seed, gives
+    other text, and is itself reproducible. Greedy: every repeat gives the same text."""
+    sample, manifest = make_inputs(tmp_path / "in", "caption", n=4)
+    cfg = job_config("llava_1_5", "llava", str(models_dir / "llava"), task="caption", setting="baseline",
+                     batch_size=1, max_new_tokens=12, do_sample=True)
+
+    def run(repeat, config=cfg, name=""):
+        job = infer.Job("caption", "llava_1_5", "baseline", config, repeat=repeat)
+        return infer.run_job(job, sample, manifest, tmp_path / f"r{repeat}{name}.parquet", tmp_path / f".p{repeat}{name}")
+
+    r0, r1, r1_again = run(0), run(1), run(1, name="again")
+    assert (r0["repeat"] == 0).all() and (r1["repeat"] == 1).all()
+    lm = loaded["llava"]
+    order = sorted(range(4), key=lambda i: (vlm.prompt_length(lm, r0["prompt"][i]), r0["sample_id"][i]))
+    for position, i in enumerate(order):     # the single run's rule, computed here without the infer stage
+        alone = vlm.generate(lm, [r0["prompt"][i]], [vlm.open_image(r0["image_path"][i])], 12, cfg["decoding"],
+                             seed=position)[0]
+        assert r0["seed"][i] == position and r0["response"][i] == alone["response"]
+    assert sorted(r1["seed"]) == [infer.repeat_seed(0, 1) + k for k in range(4)]
+    assert (r0["response"] != r1["response"]).any()
+    pd.testing.assert_frame_equal(r1, r1_again)
+    meta = read_metadata(tmp_path / "r1.parquet")
+    assert meta["repeat"] == 1 and meta["repeat_seed"] == infer.repeat_seed(0, 1) and meta["seed"] == 0
+    greedy = {**cfg, "decoding": GREEDY}
+    g0, g1 = run(0, greedy, "greedy"), run(1, greedy, "greedy")
+    assert list(g0["response"]) == list(g1["response"])
+
+
+def test_checkpoints_are_per_repeat(tmp_path, caplog):
+    """Each repeat has its own fingerprint: its checkpoints resume only the same repeat, and another repeat's
+    checkpoints in the folder are discarded as stale."""
+    job, reqs, _, _ = _requests(tmp_path, n=8)
+    rep1 = infer.Job("pope", "m", "hybrid", job.cfg, repeat=1)
+    assert infer.fingerprint(rep1, reqs) != infer.fingerprint(job, reqs)
+    partial = tmp_path / "partial_r1"
+    first, _ = infer.run_requests(rep1, reqs, FakeBackend(), partial)   # leaves 2 checkpoints
+    backend = FakeBackend()
+    resumed, facts = infer.run_requests(rep1, reqs, backend, partial)
+    assert facts["resumed_batches"] == 2 and backend.calls == []
+    pd.testing.assert_frame_equal(first, resumed, check_dtype=False)  # fresh rows vs rows read back
+    base = infer.repeat_seed(0, 1)
+    assert set(resumed["seed"]) == {base, base + 4} and (resumed["repeat"] == 1).all()
+    assert set(resumed["response"].str.split("@").str[1].astype(int)) == {base, base + 4}
+    backend = FakeBackend()
+    with caplog.at_level(logging.INFO, logger="pii"):
+        rows, facts = infer.run_requests(job, reqs, backend, partial)    # repeat 0 in repeat 1's folder
+    assert "discarded 2 stale checkpoint" in caplog.text and facts["resumed_batches"] == 0
+    assert backend.calls == [4, 4] and set(rows["seed"]) == {0, 4} and (rows["repeat"] == 0).all()

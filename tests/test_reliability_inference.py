@@ -67,10 +67,10 @@ def test_deleted_png_error_gives_a_command_that_rerenders(demo_run, tmp_path):
     png = work / row["image_path"]
     png.unlink()
     # on a copy only file times decide what reruns (edits to the code since the demo run must not)
-    target, mtime = "results/inference/pope/llava_1_5/hybrid.parquet", "--rerun-triggers=mtime"
+    target, mtime = "results/inference/pope/llava_1_5/hybrid/r0.parquet", "--rerun-triggers=mtime"
     failed = run_snakemake(work, target, f"--forcerun={target}", mtime, check=False)
     assert failed.returncode != 0
-    last = (work / "logs/inference/pope/llava_1_5/hybrid.log").read_text(encoding="utf-8").splitlines()[-1]
+    last = (work / "logs/inference/pope/llava_1_5/hybrid/r0.log").read_text(encoding="utf-8").splitlines()[-1]
     assert f"ERROR {row['image_path']} (sample {row['sample_id']}, results/images/pope/question.parquet)" in last
     command = re.search(r"render it again with: snakemake (.+?) \(plus your run's options\)", last).group(1)
     assert command == "results/images/pope/question.parquet --forcerun render_variants"
@@ -78,4 +78,4 @@ def test_deleted_png_error_gives_a_command_that_rerenders(demo_run, tmp_path):
     assert hashlib.sha256(png.read_bytes()).hexdigest() == row["image_sha256"]
     run_snakemake(work, target, mtime)
     assert len(pd.read_parquet(work / target)) == len(manifest)
-    assert not Path(work / "results/inference/.partial/pope/llava_1_5/hybrid").exists()
+    assert not Path(work / "results/inference/.partial/pope/llava_1_5/hybrid/r0").exists()

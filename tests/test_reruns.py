@@ -16,8 +16,8 @@ import yaml
 from conftest import ROOT, run_snakemake
 
 # Aggregations downstream of every inference job (those present in the DAG).
-AGGREGATES = {"score_pope", "score_chair", "table1_pope", "table_pope_pyes", "table2_chair", "report", "report_table",
-              "modality_gap"}
+AGGREGATES = {"score_pope", "score_chair", "table1_pope", "table_pope_pyes", "table2_chair", "plot_table1_pope",
+              "plot_table2_chair", "report", "report_table", "modality_gap"}
 
 
 def all_outputs(workdir: Path, *extra: str) -> list[tuple[str, str]]:
@@ -58,9 +58,10 @@ def planned_jobs(workdir: Path, *extra: str) -> Counter:
     return counts
 
 
-def planned_infer(workdir: Path, *extra: str) -> set[tuple[str, str, str]]:
+def planned_infer(workdir: Path, *extra: str) -> set[tuple[str, str, str, str]]:
+    """(task, model, setting, repeat) of every infer job a dry run plans."""
     proc = dry_run(workdir, *extra)
-    return set(re.findall(r"results/inference/(\w+)/(\w+)/(\w+)\.parquet", _outputs_of(proc.stdout, "infer")))
+    return set(re.findall(r"results/inference/(\w+)/(\w+)/(\w+)/r(\d+)\.parquet", _outputs_of(proc.stdout, "infer")))
 
 
 def _outputs_of(dry_run: str, rule: str) -> str:
@@ -92,14 +93,18 @@ def completed(tmp_path_factory) -> Path:
     return workdir
 
 
+DEMO = yaml.safe_load((ROOT / "config.demo.yaml").read_text(encoding="utf-8"))
+REPEATS = DEMO["inference"]["repeats"]  # every request runs this many times in the demo: one infer job per repeat
+
+
 def test_editing_one_model_reruns_only_its_jobs(completed):
-    demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text(encoding="utf-8"))
+    demo = DEMO
     tasks, settings = ["pope", "caption"], 5
     edited = write_config(completed, {"models": {"llava_1_5": {"batch_size": 2}}})
     jobs = planned_jobs(completed, "--configfile", edited)
     infer = planned_infer(completed, "--configfile", edited)
-    assert infer and {m for _, m, _ in infer} == {"llava_1_5"}, infer
-    assert len(infer) == len(tasks) * settings
+    assert infer and {m for _, m, _, _ in infer} == {"llava_1_5"}, infer
+    assert len(infer) == len(tasks) * settings * REPEATS and {r for *_, r in infer} == {str(r) for r in range(REPEATS)}
     # nothing upstream and no other model reruns; the analyses that load llava's weights do not read batch_size
     assert not {"sample_pope", "sample_coco", "render_variants", "build_demo_model"} & set(jobs), jobs
     assert set(jobs) - {"infer"} <= AGGREGATES, jobs
@@ -110,7 +115,7 @@ def test_editing_one_model_reruns_only_its_jobs(completed):
 def test_editing_dtype_of_qwen_reruns_qwen_and_its_analyses(completed):
     edited = write_config(completed, {"models": {"qwen2_5_vl": {"dtype": "bfloat16"}}})
     infer = planned_infer(completed, "--configfile", edited)
-    assert {m for _, m, _ in infer} == {"qwen2_5_vl"}
+    assert {m for _, m, _, _ in infer} == {"qwen2_5_vl"}
     jobs = planned_jobs(completed, "--configfile", edited)
     assert "attention" not in jobs  # probes llava's CLIP tower, untouched
     assert "modality_gap" in jobs  # loads Qwen itself
@@ -121,7 +126,7 @@ def test_adding_a_model_runs_only_new_jobs_and_aggregations(completed):
         "family": "llava", "path": "resources/demo/models/llava", "revision": "main", "dtype": "float32"}}})
     jobs = planned_jobs(completed, "--configfile", edited)
     infer = planned_infer(completed, "--configfile", edited)
-    assert {m for _, m, _ in infer} == {"llava_copy"} and len(infer) == 10
+    assert {m for _, m, _, _ in infer} == {"llava_copy"} and len(infer) == 10 * REPEATS
     assert set(jobs) - {"infer"} <= AGGREGATES, jobs
     assert "build_demo_model" not in jobs and "render_variants" not in jobs
 
@@ -159,4 +164,21 @@ def test_openai_reruns_only_for_another_server(completed_openai):
     # new credentials reach the same server; they never enter params (nor Snakemake's metadata)
     assert planned(base_url="https://bob:key-2@llm.example/v1") == set()
     assert not any(b"key-1" in p.read_bytes() for p in (workdir / ".snakemake" / "metadata").iterdir())
-    assert len(planned(base_url="https://alice:key-1@other.example/v1")) == 30  # another server answers
+    assert len(planned(base_url="https://alice:key-1@other.example/v1")) == 30 * REPEATS  # another server answers
+
+
+def test_raising_repeats_runs_only_the_new_repeat(completed):
+    """repeats 2 -> 3 on a completed demo run: one infer job per task x model x setting, all of repeat 2, and the
+    aggregations that read every repeat; the analyses (modality_gap reads repeat 0 only) and everything upstream
+    stay. Lowering to 1 reruns no infer job, only the aggregations whose input list shrank."""
+    assert REPEATS == 2
+    raised = write_config(completed, {"inference": {"repeats": 3}}, name="repeats3.yaml")
+    infer = planned_infer(completed, "--configfile", raised)
+    assert {r for *_, r in infer} == {"2"} and len(infer) == 2 * 3 * 5, infer
+    jobs = planned_jobs(completed, "--configfile", raised)
+    assert jobs["infer"] == 30 and set(jobs) - {"infer"} <= AGGREGATES - {"modality_gap"}, jobs
+    assert {"score_pope", "score_chair", "table1_pope", "table2_chair", "report"} <= set(jobs)
+    lowered = write_config(completed, {"inference": {"repeats": 1}}, name="repeats1.yaml")
+    jobs = planned_jobs(completed, "--configfile", lowered)
+    assert "infer" not in jobs and {"score_pope", "score_chair"} <= set(jobs), jobs
+    assert set(jobs) <= AGGREGATES - {"modality_gap"}, jobs

@@ -222,10 +222,10 @@ def test_no_p_yes_anywhere_gives_nan_metrics(tmp_path: Path):
 def test_p_yes_outside_zero_one_is_one_clear_error(tmp_path: Path):
     df = _pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]).assign(
         p_yes=[0.2, 1.5], text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
-        finish_reason="stop", seed=0)
-    path = tmp_path / "results/inference/pope/m/baseline.parquet"
+        finish_reason="stop", seed=0, repeat=0)
+    path = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
     write_table(df, path, "inference")
-    with pytest.raises(score.PipelineError, match=r"baseline.parquet: row 1 has p_yes = 1.5"):
+    with pytest.raises(score.PipelineError, match=r"baseline/r0.parquet: row 1 has p_yes = 1.5"):
         score.read_inference([str(path)], "pope")
 
 
@@ -378,20 +378,24 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
     root.joinpath("captions_val2017.json").write_text(json.dumps({
         "images": images, "annotations": [{"image_id": 3, "caption": "A bench in a park."}]}))
     rng = np.random.default_rng(0)
+    repeats = demo["inference"]["repeats"]
     for model in models:
         for setting in settings:
-            pope = _pope_frame(model, setting, ["yes", "no"] * 15,
-                               list(rng.choice(["Yes, there is.", "No.", "Maybe"], 30)))
-            pope["image_id"] = np.arange(30) // 3           # three questions per image
-            if model == models[0]:                          # one backend gives P(yes), the others cannot
-                pope["p_yes"] = rng.random(30)
-            cap = pd.DataFrame({"sample_id": ["caption-1", "caption-2", "caption-3"], "task": "caption",
-                                "model": model, "setting": setting, "image_id": [1, 2, 3], "question": "Describe.",
-                                "label": [None] * 3, "p_yes": [None] * 3, "response": ["A dog.", "A dog and a cat.", "A bench."]})
-            for task, df in (("pope", pope), ("caption", cap)):
-                df = df.assign(text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1,
-                               n_response_tokens=1, finish_reason="stop", seed=0)
-                write_table(df, tmp_path / f"results/inference/{task}/{model}/{setting}.parquet", "inference")
+            for repeat in range(repeats):                   # the demo config's decoding repeats, one file each
+                pope = _pope_frame(model, setting, ["yes", "no"] * 15,
+                                   list(rng.choice(["Yes, there is.", "No.", "Maybe"], 30)))
+                pope["image_id"] = np.arange(30) // 3       # three questions per image
+                if model == models[0]:                      # one backend gives P(yes), the others cannot
+                    pope["p_yes"] = rng.random(30)
+                cap = pd.DataFrame({"sample_id": ["caption-1", "caption-2", "caption-3"], "task": "caption",
+                                    "model": model, "setting": setting, "image_id": [1, 2, 3],
+                                    "question": "Describe.", "label": [None] * 3, "p_yes": [None] * 3,
+                                    "response": ["A dog.", "A dog and a cat.", "A bench."]})
+                for task, df in (("pope", pope), ("caption", cap)):
+                    df = df.assign(text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1,
+                                   n_response_tokens=1, finish_reason="stop", seed=0, repeat=repeat)
+                    write_table(df, tmp_path / f"results/inference/{task}/{model}/{setting}/r{repeat}.parquet",
+                                "inference")
     targets = ["results/tables/table1_pope.md", "results/tables/table2_chair.md", "results/tables/table1_pope.csv",
                "results/tables/table2_chair.csv", "results/tables/pope_pyes.md", "results/tables/pope_pyes.csv"]
     # options first: conftest puts --configfile (which takes several values) right before these arguments
@@ -400,7 +404,7 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
     run_snakemake(tmp_path, *only_scoring, *targets, timeout=600)
     pope = read_table(tmp_path / "results/scores/pope_metrics.parquet", "pope_metrics")
     assert len(pope) == len(models) * len(settings)
-    assert set(pope["n_images"]) == {10}
+    assert set(pope["n_images"]) == {10} and set(pope["n_repeats"]) == {repeats} and set(pope["n"]) == {30 * repeats}
     assert (pope["n_p_yes"] > 0).tolist() == [m == models[0] for m in pope["model"]]
     assert pope.loc[pope["model"] != models[0], "p_yes_auroc"].isna().all()
     assert pope.loc[pope["model"] == models[0], "p_yes_auroc"].notna().all()
@@ -422,8 +426,147 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
 def test_inference_without_pope_label_is_one_clear_error(tmp_path: Path):
     df = _pope_frame("m", "baseline", ["yes", None], ["Yes", "No"]).assign(
         text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
-        finish_reason="stop", seed=0)
-    path = tmp_path / "results/inference/pope/m/baseline.parquet"
+        finish_reason="stop", seed=0, repeat=0)
+    path = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
     write_table(df, path, "inference")
-    with pytest.raises(score.PipelineError, match=r"baseline.parquet: row 1 has no POPE label"):
+    with pytest.raises(score.PipelineError, match=r"baseline/r0.parquet: row 1 has no POPE label"):
         score.read_inference([str(path)], "pope")
+
+
+# --- decoding repeats -----------------------------------------------------------------------------------------
+
+def _repeated(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate one frame per decoding repeat, numbering them 0, 1, ..."""
+    return pd.concat([f.assign(repeat=r) for r, f in enumerate(frames)], ignore_index=True)
+
+
+def test_pope_repeats_mean_sd_min_max_and_interval_by_hand():
+    labels = ["yes", "no"] * 4                                        # 4 images x 2 questions
+    r0 = ["Yes", "No", "Yes", "No", "Yes", "Yes", "No", "No"]         # right: 1,1,1,1,1,0,0,1 -> 6/8; says yes 4/8
+    r1 = ["Yes", "Yes", "Yes", "Yes", "No", "No", "No", "Yes"]        # right: 1,0,1,0,0,1,0,0 -> 3/8; says yes 5/8
+    frames = [_pope_frame("m", "baseline", labels, r).assign(image_id=np.arange(8) // 2) for r in (r0, r1)]
+    df = _repeated(frames)
+    metrics, answers = score.score_pope(df, 0, 400, 0.95)
+    m = metrics.iloc[0]
+    assert m["n_repeats"] == 2 and m["n"] == 16 and m["n_images"] == 4 and list(answers["repeat"]) == [0] * 8 + [1] * 8
+    assert (m["tp"], m["fn"], m["tn"], m["fp"]) == (3 + 2, 1 + 2, 3 + 1, 1 + 3)          # summed over repeats
+    acc = np.array([6 / 8, 3 / 8])
+    assert m["accuracy"] == pytest.approx(acc.mean())
+    assert m["accuracy_repeat_sd"] == pytest.approx(abs(acc[0] - acc[1]) / math.sqrt(2))
+    assert (m["accuracy_repeat_min"], m["accuracy_repeat_max"]) == pytest.approx((3 / 8, 6 / 8))
+    yes = np.array([4 / 8, 5 / 8])
+    assert m["yes_ratio"] == pytest.approx(yes.mean()) and m["yes_ratio_repeat_sd"] == pytest.approx(yes.std(ddof=1))
+    f1 = np.array([2 * 3 / (2 * 3 + 1 + 1), 2 * 2 / (2 * 2 + 3 + 2)])  # 2TP / (2TP + FP + FN) per repeat
+    assert m["f1"] == pytest.approx(f1.mean()) and m["f1_repeat_max"] == pytest.approx(f1.max())
+    # the interval: images drawn once per resample, the same multiplicities for both repeats, then the mean
+    weights = st.cluster_weights(st.group_rng(0, "ci", "pope", "m", "baseline"), 4, 400)
+    per_repeat = []
+    for frame in frames:
+        right = (score.parse_answers(frame)["correct_official"]).to_numpy(dtype=float)
+        sums = st.cluster_sums(np.arange(8) // 2, 4, np.column_stack([right, np.ones(8)]))
+        per_repeat.append(st.ratio(*(weights @ sums).T))
+    low, high = st.percentile_interval(np.mean(per_repeat, axis=0), 0.95)
+    assert (m["accuracy_ci_low"], m["accuracy_ci_high"]) == pytest.approx((low, high))
+    # one repeat: a repeat column of zeros changes no number, and the spread has no SD
+    single, _ = score.score_pope(frames[0], 0, 400, 0.95)
+    tagged, _ = score.score_pope(frames[0].assign(repeat=0), 0, 400, 0.95)
+    pd.testing.assert_frame_equal(single, tagged)
+    assert single.loc[0, "n_repeats"] == 1 and math.isnan(single.loc[0, "accuracy_repeat_sd"])
+    assert single.loc[0, "accuracy_repeat_min"] == single.loc[0, "accuracy"] == 6 / 8
+
+
+def test_paired_test_with_repeats_is_the_image_bootstrap():
+    """With two repeats McNemar has no single answer per question: the accuracy p-value is the paired image
+    bootstrap over both repeats, and the delta is the difference of the means over repeats."""
+    rng = np.random.default_rng(7)
+    base = [_image_frame("baseline", list(rng.random(30) < 0.5), per_image=2) for _ in range(2)]
+    other = [_image_frame("pii", list(rng.random(30) < 0.8), per_image=2) for _ in range(2)]
+    metrics, _ = score.score_pope(pd.concat([_repeated(base), _repeated(other)]), 0, 500, 0.95)
+    row = metrics.set_index("setting").loc["pii"]
+    acc = {k: [score.parse_answers(f)["correct_official"].mean() for f in frames]
+           for k, frames in (("b", base), ("s", other))}
+    assert row["accuracy_delta"] == pytest.approx(np.mean(acc["s"]) - np.mean(acc["b"]))
+    assert row["n_paired"] == 60 and row["n_repeats"] == 2
+    weights = st.cluster_weights(st.group_rng(0, "paired", "pope", "m", "pii"), 30, 500)
+    boot = {}
+    for k, frames in (("b", base), ("s", other)):
+        per = []
+        for f in frames:
+            right = score.parse_answers(f)["correct_official"].to_numpy(dtype=float)
+            per.append(st.ratio(*(weights @ st.cluster_sums(f["image_id"].to_numpy(), 30,
+                                                             np.column_stack([right, np.ones(60)]))).T))
+        boot[k] = np.mean(per, axis=0)
+    assert row["accuracy_p_value"] == pytest.approx(st.bootstrap_p(boot["s"] - boot["b"]))
+    low, high = st.percentile_interval(boot["s"] - boot["b"], 0.95)
+    assert (row["accuracy_delta_ci_low"], row["accuracy_delta_ci_high"]) == pytest.approx((low, high))
+    # repeat 0 alone: McNemar, as before
+    alone, _ = score.score_pope(pd.concat([base[0], other[0]]), 0, 500, 0.95)
+    b_right = score.parse_answers(base[0])["correct_official"].to_numpy()
+    s_right = score.parse_answers(other[0])["correct_official"].to_numpy()
+    assert alone.set_index("setting").loc["pii", "accuracy_p_value"] == pytest.approx(
+        st.mcnemar_exact(b_right, s_right)[2])
+
+
+def test_chair_repeats_mean_sd_min_max_by_hand():
+    def captions(setting, hallucinated, n_mentions):
+        n = len(hallucinated)
+        return pd.DataFrame({"sample_id": [f"caption-{i}" for i in range(n)], "task": "caption", "model": "m",
+                             "setting": setting, "image_id": np.arange(n), "n_hallucinated": hallucinated,
+                             "hallucinated": np.asarray(hallucinated) > 0, "n_mentions": n_mentions,
+                             "n_gt_mentioned": 1, "n_gt": 2, "n_words": 10})
+    r0 = captions("baseline", [1, 0, 0, 2], [2, 2, 1, 4])          # CHAIRs 2/4, CHAIRi 3/9
+    r1 = captions("baseline", [0, 0, 0, 1], [2, 3, 1, 2])          # CHAIRs 1/4, CHAIRi 1/8
+    metrics = score.chair_metrics(_repeated([r0, r1]), 0, 300, 0.95)
+    m = metrics.iloc[0]
+    chair_s, chair_i = np.array([2 / 4, 1 / 4]), np.array([3 / 9, 1 / 8])
+    assert m["n_repeats"] == 2 and m["n"] == 8 and m["n_images"] == 4 and m["n_hallucinated_mentions"] == 4
+    assert m["chair_s"] == pytest.approx(chair_s.mean()) and m["chair_i"] == pytest.approx(chair_i.mean())
+    assert m["chair_s_repeat_sd"] == pytest.approx(chair_s.std(ddof=1))
+    assert (m["chair_i_repeat_min"], m["chair_i_repeat_max"]) == pytest.approx((1 / 8, 3 / 9))
+    assert m["recall"] == 0.5 and m["recall_repeat_sd"] == 0
+    weights = st.cluster_weights(st.group_rng(0, "ci", "caption", "m", "baseline"), 4, 300)
+    boot = np.mean([weights @ f["hallucinated"].to_numpy(dtype=float) / 4 for f in (r0, r1)], axis=0)
+    assert (m["chair_s_ci_low"], m["chair_s_ci_high"]) == pytest.approx(st.percentile_interval(boot, 0.95))
+
+
+def test_tables_show_repeat_spread_only_with_repeats():
+    labels = ["yes", "no"] * 10
+    runs = {"baseline": (["Yes"] * 20, ["Yes", "No"] * 10), "hybrid": (["Yes", "No"] * 10, ["No"] * 20)}
+    frames = [_repeated([_pope_frame("qwen2_5_vl", s, labels, r) for r in rs]) for s, rs in runs.items()]
+    models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"}}
+    metrics, _ = score.score_pope(pd.concat(frames), 0, 200, 0.95)
+    frame, md = score.build_table(metrics, _paper(), "table1_pope", score.TABLE1, models, ["baseline", "hybrid"],
+                                  0.95, score.TABLE1_NOTES_REPEATS, strict=True)
+    row = frame.set_index("setting").loc["baseline"]
+    assert row["qwen2_5_vl:accuracy"] == pytest.approx(75.0)            # mean of 50 and 100
+    assert (row["qwen2_5_vl:accuracy_repeat_min"], row["qwen2_5_vl:accuracy_repeat_max"]) == (50.0, 100.0)
+    assert row["qwen2_5_vl:accuracy_repeat_sd"] == pytest.approx(50 / math.sqrt(2))
+    assert "Spread over the 2 decoding repeats" in md and "| baseline | 35.4 (50.0–100.0) |" in md
+    assert "run 2 times" in md and "p: paired image-level bootstrap for every metric" in md
+    single = metrics.assign(n_repeats=1)
+    frame1, md1 = score.build_table(single, _paper(), "table1_pope", score.TABLE1, models, ["baseline", "hybrid"],
+                                    0.95, score.TABLE1_NOTES, strict=True)
+    assert not [c for c in frame1.columns if "repeat" in c] and "decoding repeats" not in md1
+    pyes, pyes_md = score.build_pyes_table(metrics, _paper(), models, ["baseline", "hybrid"], 0.95)
+    assert "p_yes_auroc_repeat_sd" in pyes and "run 2 times" in pyes_md
+
+
+def test_inference_file_names_carry_the_repeat(tmp_path: Path):
+    df = _pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]).assign(
+        text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
+        finish_reason="stop", seed=0, repeat=1)
+    path = tmp_path / "results/inference/pope/m/baseline/r1.parquet"
+    write_table(df, path, "inference")
+    data, groups = score.read_inference([str(path)], "pope")
+    assert groups == [("pope", "m", "baseline")] and set(data["repeat"]) == {1}
+    assert score.key_of_path(path) == ("pope", "m", "baseline", 1)
+    wrong = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
+    write_table(df, wrong, "inference")
+    with pytest.raises(score.PipelineError, match=r"r0.parquet: column 'repeat' holds \[1\], the file name says '0'"):
+        score.read_inference([str(wrong)], "pope")
+    with pytest.raises(score.PipelineError, match="given twice"):
+        score.read_inference([str(path), str(path)], "pope")
+    old = tmp_path / "results/inference/pope/m/baseline.parquet"
+    write_table(df, old, "inference")
+    with pytest.raises(score.PipelineError, match=r"baseline.parquet: not an inference file \(results/inference/"):
+        score.read_inference([str(old)], "pope")

@@ -162,3 +162,22 @@ def test_brier_ece_and_disagreement_hand_computed():
 def test_pyes_metrics_with_no_rows_are_nan():
     empty = st.pyes_metrics(np.zeros(0), np.zeros(0, bool), np.zeros(0, bool), np.ones((5, 0)))
     assert all(v.shape == (5,) and np.all(np.isnan(v)) for v in empty.values())
+
+
+# --- decoding repeats ---------------------------------------------------------------------------------------------
+
+def test_repeat_masks_mean_and_spread():
+    masks = st.repeat_masks(np.array([1, 0, 1, 0, 2]), 5)
+    assert [m.tolist() for m in masks] == [[False, True, False, True, False], [True, False, True, False, False],
+                                           [False, False, False, False, True]]
+    assert [m.tolist() for m in st.repeat_masks(None, 3)] == [[True, True, True]]     # no repeat column: one
+    assert [m.size for m in st.repeat_masks(np.zeros(0), 0)] == [0]
+    one = np.array([0.1 + 0.2, np.nan, 7.0])
+    assert st.mean_over_repeats([one]) is not None and np.array_equal(st.mean_over_repeats([one]), one, equal_nan=True)
+    mean = st.mean_over_repeats([[0.5, np.nan, np.nan], [0.7, 0.2, np.nan]])
+    assert mean[0] == pytest.approx(0.6) and mean[1] == 0.2 and np.isnan(mean[2])     # NaN repeats left out
+    spread = st.repeat_spread([0.5, 0.7, 0.9])
+    assert spread == pytest.approx({"repeat_sd": 0.2, "repeat_min": 0.5, "repeat_max": 0.9})
+    single = st.repeat_spread([0.4])
+    assert math.isnan(single["repeat_sd"]) and single["repeat_min"] == single["repeat_max"] == 0.4
+    assert all(math.isnan(v) for v in st.repeat_spread([np.nan]).values())

@@ -33,7 +33,8 @@ MODELS = {"qwen2_5_vl": "qwen2_5_vl", "llava_1_5": "llava", "instructblip": "ins
 # The data stage, rendering and one inference job per task: every stage that reads the user's files.
 TARGETS = ["results/data/pope_sample.parquet", "results/data/caption_sample.parquet",
            "results/images/pope/contact_sheet.png", "results/images/caption/contact_sheet.png",
-           "results/inference/pope/llava_1_5/hybrid.parquet", "results/inference/caption/qwen2_5_vl/baseline.parquet"]
+           "results/inference/pope/llava_1_5/hybrid/r0.parquet",
+           "results/inference/caption/qwen2_5_vl/baseline/r0.parquet"]
 # Where rules may write (logs/ and .snakemake/ are Snakemake's, not rule outputs).
 PIPELINE_FOLDERS = ("results/", "resources/downloads/", "resources/demo/")
 

@@ -28,6 +28,9 @@ TASKS = list(config["tasks"])
 SETTINGS = list(config["settings"])
 MODELS = list(config["models"])
 VARIANTS = ["original", "control", "question"]
+# Decoding repeats: repeat r of every request is its own infer job and file, so raising inference.repeats runs only
+# the new repeats (repeat 0 is the single run of repeats: 1).
+REPEATS = list(range(config["inference"]["repeats"]))
 DEMO_MODEL_PATHS = demo_model_paths(config)
 
 
@@ -36,6 +39,7 @@ wildcard_constraints:
     model="|".join(MODELS),
     setting="|".join(SETTINGS),
     variant="|".join(VARIANTS),
+    repeat=r"\d+",
 
 
 def canonical_text(*keys, **extra):
@@ -72,8 +76,13 @@ def setting_variant(setting):
     return config["settings"][setting]["image"]
 
 
-def inference_path(task, model, setting):
-    return f"results/inference/{task}/{model}/{setting}.parquet"
+def inference_path(task, model, setting, repeat):
+    return f"results/inference/{task}/{model}/{setting}/r{repeat}.parquet"
+
+
+def inference_paths(task, model, setting):
+    """Every decoding repeat's file of one task x model x setting."""
+    return [inference_path(task, model, setting, r) for r in REPEATS]
 
 
 def coco_annotation(kind):
@@ -129,10 +138,11 @@ def render_targets():
 
 def inference_targets():
     return [
-        inference_path(task, model, setting)
+        path
         for task in TASKS
         for model in MODELS
         for setting in SETTINGS
+        for path in inference_paths(task, model, setting)
     ]
 
 
@@ -144,7 +154,8 @@ def inference_uses_gpu():
 
 
 def scored_inference(task):
-    return [inference_path(task, m, s) for m in MODELS for s in SETTINGS]
+    """Every repeat of every model x setting: the scorers compute each metric per repeat and report the mean."""
+    return [p for m in MODELS for s in SETTINGS for p in inference_paths(task, m, s)]
 
 
 def scoring_data(name):
@@ -208,9 +219,10 @@ def analysis_models(*names):
 
 
 def modality_gap_captions(wildcards):
+    """The captions of repeat 0 (one caption per sample and condition), so adding repeats never reruns it."""
     model = ANALYSIS["modality_gap"]["model"]
     return [
-        inference_path("caption", model, setting)
+        inference_path("caption", model, setting, 0)
         for setting in ANALYSIS["modality_gap"]["conditions"]
     ]
 

@@ -1,4 +1,5 @@
-# Stage: inference. One job per task x model x setting; the demo's tiny checkpoints are built here too.
+# Stage: inference. One job per task x model x setting x decoding repeat; the demo's tiny checkpoints are built
+# here too.
 from openai_backend import row_settings
 
 
@@ -23,11 +24,11 @@ rule infer:
         manifest=lambda wc: manifest_path(wc.task, setting_variant(wc.setting)),
         model=lambda wc: model_folder_inputs(wc.model),
     output:
-        "results/inference/{task}/{model}/{setting}.parquet",
+        "results/inference/{task}/{model}/{setting}/r{repeat}.parquet",
     log:
-        "logs/inference/{task}/{model}/{setting}.log",
+        "logs/inference/{task}/{model}/{setting}/r{repeat}.log",
     benchmark:
-        "results/benchmarks/infer/{task}/{model}/{setting}.tsv"
+        "results/benchmarks/infer/{task}/{model}/{setting}/r{repeat}.tsv"
     conda:
         "../../envs/inference.yaml"
     threads: 4
@@ -37,7 +38,8 @@ rule infer:
         runtime=720,
     params:
         # Only what can change a row: retries, timeouts, concurrency, the key's variable and the base_url's
-        # credentials are read by the script from the run's config, so editing them reruns nothing.
+        # credentials are read by the script from the run's config, so editing them reruns nothing. The repeat
+        # is in the output path; inference.repeats (how many) is in no job's params.
         cfg=lambda wc: canonical_text(
             ("models", wc.model),
             ("tasks", wc.task),
@@ -46,6 +48,6 @@ rule infer:
             "seed",
             inference=row_settings(config["inference"]),
         ),
-        partial=lambda wc: f"results/inference/.partial/{wc.task}/{wc.model}/{wc.setting}",
+        partial=lambda wc: f"results/inference/.partial/{wc.task}/{wc.model}/{wc.setting}/r{wc.repeat}",
     script:
         "../scripts/infer.py"

@@ -1,4 +1,5 @@
-"""Stage: inference. One job = one task x model x setting: every sampled request through one backend.
+"""Stage: inference. One job = one task x model x setting x decoding repeat: every sampled request through one
+backend, once.
 
 Requests are sorted by prompt length and cut into batches (``models.<m>.batch_size`` or ``inference.batch_size``).
 Each finished batch is checkpointed outside the declared output, in ``results/inference/.partial/...``, stamped with
@@ -6,6 +7,10 @@ a fingerprint of what can change the job's rows (its config less retries, timeou
 rerun after a crash or SIGKILL reuses matching checkpoints and redoes only the rest. A CUDA out-of-memory error
 halves the batch and retries. Batch ``i`` is generated with the torch seed ``seed + (position of its first request
 in the sorted order)``, so a resumed run gives the same rows.
+Decoding repeats (``inference.repeats``): repeat ``r`` runs the same requests again with its own base seed,
+``repeat_seed(seed, r)``: repeat 0 uses the config seed itself (so ``repeats: 1`` is the single run of the paper and
+its rows are those of a run without repeats), repeat r > 0 a seed derived from (seed, r) by sha256. Each repeat is
+its own job, output file and checkpoint folder, so raising ``repeats`` runs only the new repeats.
 Before anything runs, every image is checked against the sha256 its manifest recorded, so a PNG deleted or replaced
 after rendering fails the job with the command that renders it again.
 
@@ -15,6 +20,7 @@ openai_backend.py). Runnable without Snakemake too: ``python infer.py --help``.
 
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -39,7 +45,7 @@ from pipeline_io import (
     write_table,
 )
 
-COLUMNS = ["sample_id", "task", "model", "setting", "image_id", "question", "label", "text_prompt", "prompt",
+COLUMNS = ["sample_id", "task", "model", "setting", "repeat", "image_id", "question", "label", "text_prompt", "prompt",
            "image_path", "response", "n_prompt_tokens", "n_response_tokens", "finish_reason", "seed", "p_yes"]
 
 
@@ -66,6 +72,8 @@ class Job:
     # The run's own ``inference.openai`` block (retries, timeout, concurrency, the key's variable, the full
     # base_url), read at run time: none of it enters params or fingerprints. None: taken from ``cfg``.
     settings: dict | None = None
+    # The decoding repeat (0-based): the job's base seed is ``repeat_seed(seed, repeat)``.
+    repeat: int = 0
 
     @property
     def entry(self) -> dict:
@@ -96,12 +104,29 @@ class Job:
         return int(self.cfg["seed"])
 
     @property
+    def run_seed(self) -> int:
+        """The base seed of this repeat's batches (the config seed for repeat 0)."""
+        return repeat_seed(self.seed, self.repeat)
+
+    @property
     def batch_size(self) -> int:
         return int(self.entry.get("batch_size") or self.inference["batch_size"])
 
     @property
     def backend_name(self) -> str:
         return self.inference["backend"]
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The base seed of decoding repeat ``repeat``: the config seed itself for repeat 0 (unchanged single-run
+    behaviour), else the first 31 bits of sha256("<seed>/repeat/<repeat>"). Below 2**31 like the config seed, so
+    base seed + batch position stays a valid torch, numpy and server seed."""
+    if int(repeat) < 0:
+        raise PipelineError(f"repeat {repeat}: repeats are numbered from 0")
+    if int(repeat) == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"{int(seed)}/repeat/{int(repeat)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 # --- requests ----------------------------------------------------------------------------------------------
@@ -167,10 +192,11 @@ def row_config(cfg: dict) -> dict:
 
 
 def fingerprint(job: Job, requests: list[Request]) -> str:
-    """What a checkpoint must match to be reused: what can change the job's rows, and its exact inputs."""
+    """What a checkpoint must match to be reused: what can change the job's rows (the repeat included), and its
+    exact inputs."""
     inputs = [(r.sample_id, r.image_sha256 or r.image_path, r.text_prompt) for r in requests]
     return config_hash({"cfg": row_config(job.cfg), "task": job.task, "model": job.model, "setting": job.setting,
-                        "inputs": inputs})
+                        "repeat": job.repeat, "inputs": inputs})
 
 
 # --- the transformers backend -------------------------------------------------------------------------------
@@ -309,7 +335,7 @@ def rows_frame(job: Job, chunk: list[Request], results: list[dict], prompts: lis
     for req, res, prompt in zip(chunk, results, prompts, strict=True):
         records.append({
             "sample_id": req.sample_id, "task": req.task, "model": job.model, "setting": job.setting,
-            "image_id": req.image_id, "question": req.question, "label": req.label, "text_prompt": req.text_prompt,
+            "repeat": int(job.repeat), "image_id": req.image_id, "question": req.question, "label": req.label, "text_prompt": req.text_prompt,
             "prompt": res.get("prompt", prompt), "image_path": req.image_path, "response": res["response"],
             "n_prompt_tokens": int(res["n_prompt_tokens"]), "n_response_tokens": int(res["n_response_tokens"]),
             "finish_reason": res["finish_reason"], "seed": int(res["seed"]),
@@ -319,11 +345,13 @@ def rows_frame(job: Job, chunk: list[Request], results: list[dict], prompts: lis
     for col in ("label", "text_prompt"):
         df[col] = df[col].astype(object)
     df["p_yes"] = df["p_yes"].astype("float64")
+    df["repeat"] = df["repeat"].astype("int64")
     return df
 
 
 def run_requests(job: Job, requests: list[Request], backend, partial: Path) -> tuple[pd.DataFrame, dict]:
-    """Run every request once, batch by batch with checkpoints; returns the rows in sample order and run facts."""
+    """Run every request once (this job's repeat), batch by batch with checkpoints; returns the rows in sample
+    order and run facts."""
     batch_size = job.batch_size
     batches = plan_batches(requests, backend.sort_key, batch_size)
     fp = fingerprint(job, requests)
@@ -339,7 +367,7 @@ def run_requests(job: Job, requests: list[Request], backend, partial: Path) -> t
     for k, index in enumerate(todo, 1):
         start, chunk = batches[index]
         prompts = [backend.prompt(r) for r in chunk]
-        results, effective = run_with_oom_backoff(backend.run, chunk, start, job.seed, effective)
+        results, effective = run_with_oom_backoff(backend.run, chunk, start, job.run_seed, effective)
         df = rows_frame(job, chunk, results, prompts)
         write_table(df, batch_file(partial, index), "inference",
                     metadata={"fingerprint": fp, "batch": index, "sample_ids": [r.sample_id for r in chunk]})
@@ -383,8 +411,8 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
     manifest = read_table(manifest_path, "manifest")
     requests = build_requests(sample, manifest, job, manifest_name=str(manifest_path))
     check_images(requests, str(manifest_path))
-    log.info("%s / %s / %s: %d requests, backend %s, batch size %d", job.task, job.model, job.setting,
-             len(requests), job.backend_name, job.batch_size)
+    log.info("%s / %s / %s, repeat %d (seed %d): %d requests, backend %s, batch size %d", job.task, job.model,
+             job.setting, job.repeat, job.run_seed, len(requests), job.backend_name, job.batch_size)
     backend = backend or make_backend(job, device=device)
     t0 = time.monotonic()
     df, facts = run_requests(job, requests, backend, Path(partial))
@@ -392,6 +420,7 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
         "task": job.task, "model": job.model, "setting": job.setting, "backend": backend.name,
         "model_id": job.entry["path"], "revision": job.entry.get("revision"),
         "decoding": job.decoding, "max_new_tokens": job.task_cfg["max_new_tokens"], "seed": job.seed,
+        "repeat": job.repeat, "repeat_seed": job.run_seed, "n_p_yes": int(df["p_yes"].notna().sum()),
         "batch_size": job.batch_size, "config_hash": config_hash(row_config(job.cfg)),
         "python": platform.python_version(),
         "wall_s_this_run": round(time.monotonic() - t0, 3), **facts, **backend.metadata(),
@@ -406,8 +435,9 @@ def main(snakemake) -> None:
     from gpu_slot import claim_gpu
 
     claim_gpu()  # before torch touches CUDA: one device per job on a multi-GPU workstation
-    job = Job(task=snakemake.wildcards.task, model=snakemake.wildcards.model, setting=snakemake.wildcards.setting,
-              cfg=params_config(snakemake), settings=dict(snakemake.config["inference"]["openai"]))
+    wc = snakemake.wildcards
+    job = Job(task=wc.task, model=wc.model, setting=wc.setting, cfg=params_config(snakemake),
+              settings=dict(snakemake.config["inference"]["openai"]), repeat=int(wc.repeat))
     run_job(job, snakemake.input.sample, snakemake.input.manifest, snakemake.output[0], snakemake.params.partial,
             threads=snakemake.threads)
 
@@ -418,6 +448,7 @@ def cli(argv=None) -> None:
     ap.add_argument("--task", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--setting", required=True)
+    ap.add_argument("--repeat", type=int, default=0, help="decoding repeat, 0-based (default 0)")
     ap.add_argument("--sample", required=True)
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--out", required=True)
@@ -430,10 +461,10 @@ def cli(argv=None) -> None:
 
     def job():
         cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        run_job(Job(task=args.task, model=args.model, setting=args.setting, cfg=cfg), args.sample, args.manifest,
-                args.out, args.partial, threads=args.threads, device=args.device)
+        run_job(Job(task=args.task, model=args.model, setting=args.setting, cfg=cfg, repeat=args.repeat), args.sample,
+                args.manifest, args.out, args.partial, threads=args.threads, device=args.device)
 
-    run_stage(job, f"infer ({args.task}/{args.model}/{args.setting})")
+    run_stage(job, f"infer ({args.task}/{args.model}/{args.setting}/r{args.repeat})")
 
 
 if "snakemake" in globals():

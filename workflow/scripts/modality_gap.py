@@ -1,11 +1,13 @@
 """Stage analysis / rule modality_gap: the distance between image tokens and caption tokens in Qwen2.5-VL's
 final layer, with the instruction given as text (condition A) or rendered into the image (condition B).
 
-The captions are the caption task's inference outputs (what the model wrote under each setting, the same text
-CHAIR scores): condition A = the first setting of ``analysis.modality_gap.conditions`` (default ``control``:
-control image + the caption instruction as text), condition B = the second (default ``prompt_in_image``: question
-image, no text). Per sample and condition, one forward pass over chat prompt (rebuilt by ``vlm.build_prompt`` from the
-row's ``text_prompt``, as inference built it) + caption tokens; the final layer's output (after the final norm,
+The captions are the caption task's inference outputs of decoding repeat 0
+(``results/inference/caption/<model>/<setting>/r0.parquet``: what the model wrote under each setting, the same
+text CHAIR scores; one caption per sample and condition, so adding repeats never reruns this analysis):
+condition A = the first setting of ``analysis.modality_gap.conditions`` (default ``control``: control image + the
+caption instruction as text), condition B = the second (default ``prompt_in_image``: question image, no text).
+Per sample and condition, one forward pass over chat prompt (rebuilt by ``vlm.build_prompt`` from the row's
+``text_prompt``, as inference built it) + caption tokens; the final layer's output (after the final norm,
 ``last_hidden_state``) at the ``<|image_pad|>`` positions and at the caption positions gives
 - ``centroid_distance``: 1 - cos(mean image-token embedding, mean caption-token embedding),
 - ``pairwise_distance``: mean of 1 - cos over all (image token, caption token) pairs.
@@ -84,7 +86,7 @@ def select_rows(frames: dict[str, pd.DataFrame], n: int) -> list[str]:
     ids = sorted(ok or [])[:n]
     if not ids:
         raise PipelineError("no sample has a non-empty caption under both conditions; check the caption inference "
-                            "outputs (results/inference/caption/...)")
+                            "outputs (results/inference/caption/<model>/<setting>/r0.parquet)")
     if len(ids) < n:
         log.warning("only %d samples with captions under both conditions, %d requested", len(ids), n)
     return ids

@@ -15,6 +15,14 @@ an exact McNemar test (two-sided binomial test on the discordant pairs; per ques
 questions as independent) for POPE accuracy and yes-ratio, and the paired image-level bootstrap p-value (twice
 the smaller tail of the resampled deltas around 0, add-one corrected) for every other metric.
 
+Decoding repeats (``inference.repeats``; one inference file per repeat, a frame without a ``repeat`` column is one
+repeat): every metric is computed per repeat; the reported value is the mean over repeats, with its spread
+(``*_repeat_sd``, ``*_repeat_min``, ``*_repeat_max``, ``n_repeats``). A bootstrap resample draws images once and
+applies the same multiplicities to every repeat's rows (a drawn image brings all its questions in all repeats),
+then takes the mean over repeats: intervals and delta intervals cover the sampling of images and the decoding noise
+together. McNemar needs one answer per question, so with more than one repeat on either side the accuracy and
+yes-ratio p-values are the paired image bootstrap's too. With one repeat every number is the single run's.
+
 P(yes) metrics (POPE; from the inference tables' ``p_yes``, rows without it left out): AUROC of p_yes against
 the label (Mann-Whitney, ties half), Brier score, expected calibration error (10 equal-width bins), and the
 share of answers whose official parsed answer disagrees with ``p_yes > 0.5``; intervals and deltas as above
@@ -22,6 +30,7 @@ share of answers whose official parsed answer disagrees with ``p_yes > 0.5``; in
 """
 
 import math
+import re
 from pathlib import Path
 
 import chair
@@ -42,13 +51,16 @@ POPE_INTERVAL = ("percentile bootstrap over images (clustered: all questions abo
                  "paired bootstrap for deltas resamples images too")
 CHAIR_INTERVAL = ("percentile bootstrap over images (clustered by image_id; one caption per image, so captions are "
                   "resampled); paired bootstrap for deltas resamples images too")
+REPEATS_METADATA = ("decoding repeats: every metric per repeat; value = mean over repeats, *_repeat_sd/min/max their "
+                    "spread; the bootstrap draws images with all their repeats (same image weights for every repeat)")
 
 
 # --- POPE ---------------------------------------------------------------------------------------------------
 
 def parse_answers(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-row parsed answers (official + strict) and correctness."""
-    out = df[["sample_id", "task", "model", "setting", "image_id", "question", "label", "response"]].copy()
+    """Per-row parsed answers (official + strict) and correctness; the repeat column is kept when present."""
+    keys = ["sample_id", "task", "model", "setting"] + (["repeat"] if "repeat" in df else [])
+    out = df[keys + ["image_id", "question", "label", "response"]].copy()
     out["p_yes"] = df["p_yes"].astype(float) if "p_yes" in df else np.nan
     out["answer_official"] = [pm.parse_official(r) for r in out["response"]]
     out["answer_strict"] = [pm.parse_strict(r) for r in out["response"]]
@@ -78,18 +90,63 @@ def _pyes_values(inputs, weights: np.ndarray, clusters: np.ndarray | None = None
     return {f"p_yes_{k}": v for k, v in st.pyes_metrics(*inputs, weights, clusters).items()}
 
 
+def repeats_of(frame: pd.DataFrame) -> list[np.ndarray]:
+    """Row masks of the frame's decoding repeats (one mask for a frame without a repeat column)."""
+    return st.repeat_masks(frame["repeat"].to_numpy() if "repeat" in frame else None, len(frame))
+
+
+def n_repeats(frame: pd.DataFrame) -> int:
+    """Decoding repeats present in the frame (0 without rows)."""
+    return len(repeats_of(frame)) if len(frame) else 0
+
+
+def _mean_stat(per_repeat: list[dict], metric: str) -> np.ndarray:
+    """The mean over repeats of one metric from per-repeat result dicts (point values or bootstrap arrays)."""
+    return st.mean_over_repeats([r[metric] for r in per_repeat])
+
+
+def _answer_stats(frame: pd.DataFrame, column: str, clusters: np.ndarray, n_images: int, weights: np.ndarray,
+                  masks: list[np.ndarray]) -> tuple[list[dict], list[dict]]:
+    """Per repeat: (point metrics, bootstrap metrics) of one answer column; every repeat with the same weights."""
+    codes = _cells(frame, column)
+    points = [pm.metrics_from_counts(pm.counts_of(codes[m])) for m in masks]
+    boots = [pm.metrics_from_counts(weights @ st.cluster_sums(clusters[m], n_images, _onehot(codes[m])))
+             for m in masks]
+    return points, boots
+
+
+def _pyes_stats(frame: pd.DataFrame, rows: np.ndarray, clusters: np.ndarray, weights: np.ndarray,
+                masks: list[np.ndarray]) -> tuple[list[dict], list[dict]]:
+    """Per repeat: (point, bootstrap) P(yes) metrics over the chosen rows of that repeat."""
+    points, boots = [], []
+    for m in masks:
+        use = rows & m
+        inputs = _pyes_inputs(frame, use)
+        points.append(_pyes_values(inputs, np.ones((1, int(use.sum())))))
+        boots.append(_pyes_values(inputs, weights, clusters[use]))
+    return points, boots
+
+
+def _spread_columns(spread: dict, key: str, per_repeat: list[dict], metric: str) -> None:
+    values = [float(np.asarray(r[metric]).reshape(-1)[0]) for r in per_repeat]
+    for suffix, value in st.repeat_spread(values).items():
+        spread[f"{key}_{suffix}"] = value
+
+
 def pope_group_metrics(answers: pd.DataFrame, seed: int, resamples: int, confidence: float,
-                       names: tuple[str, str, str]) -> dict:
+                       names: tuple[str, str, str]) -> tuple[dict, dict]:
     """Point estimates, counts and clustered-bootstrap intervals of one task/model/setting: the answer metrics
-    for both parsers and the P(yes) metrics. Resampling unit: the image."""
+    for both parsers and the P(yes) metrics. Resampling unit: the image, with all its questions in all repeats.
+    Each metric is computed per decoding repeat; the value is the mean over repeats and the interval that of the
+    resampled mean. Counts (n, tp, ...) are summed over repeats. Returns (columns, spread columns)."""
     clusters, n_images = st.clusters_of(answers["image_id"])
+    masks = repeats_of(answers)
     row: dict = {"n_images": n_images}
+    spread: dict = {"n_repeats": n_repeats(answers)}
     weights = st.cluster_weights(group_rng(seed, "ci", *names), n_images, resamples)
     for prefix, column in (("", "answer_official"), ("strict_", "answer_strict")):
-        codes = _cells(answers, column)
-        counts = pm.counts_of(codes)
-        point = pm.metrics_from_counts(counts)
-        boot = pm.metrics_from_counts(weights @ st.cluster_sums(clusters, n_images, _onehot(codes)))
+        counts = pm.counts_of(_cells(answers, column))
+        points, boots = _answer_stats(answers, column, clusters, n_images, weights, masks)
         for key, value in pm.confusion(counts).items():
             if key == "n_unknown":  # only the strict parser can say "unknown"; one column, unprefixed
                 if prefix:
@@ -97,30 +154,43 @@ def pope_group_metrics(answers: pd.DataFrame, seed: int, resamples: int, confide
             elif prefix == "" or key != "n":
                 row[f"{prefix}{key}"] = value
         for metric in POPE_METRICS:
-            row[f"{prefix}{metric}"] = float(point[metric])
+            row[f"{prefix}{metric}"] = float(_mean_stat(points, metric))
             row[f"{prefix}{metric}_ci_low"], row[f"{prefix}{metric}_ci_high"] = percentile_interval(
-                boot[metric], confidence)
+                _mean_stat(boots, metric), confidence)
+            _spread_columns(spread, f"{prefix}{metric}", points, metric)
     has = np.isfinite(answers["p_yes"].to_numpy(dtype=float))
     row["n_p_yes"] = int(has.sum())
-    inputs = _pyes_inputs(answers, has)
-    point = _pyes_values(inputs, np.ones((1, row["n_p_yes"])))
-    boot = _pyes_values(inputs, weights, clusters[has])
+    points, boots = _pyes_stats(answers, has, clusters, weights, masks)
     for metric in PYES_METRICS:
-        row[metric] = float(point[metric][0])
-        row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(boot[metric], confidence)
-    return row
+        row[metric] = float(_mean_stat(points, metric)[0])
+        row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(_mean_stat(boots, metric), confidence)
+        _spread_columns(spread, metric, points, metric)
+    return row, spread
 
 
-def paired_clusters(paired: pd.DataFrame, names: tuple[str, ...]) -> tuple[np.ndarray, int]:
-    """Image clusters of rows paired by sample_id (columns image_id_b, image_id_s); both sides must show the
-    same image, or the two inference files came from different samples."""
-    differ = paired.index[paired["image_id_b"].to_numpy() != paired["image_id_s"].to_numpy()]
+def paired_frames(base: pd.DataFrame, other: pd.DataFrame, names: tuple[str, ...]):
+    """The rows of the samples both settings answered (matched by sample_id, every repeat of each), and the image
+    cluster of each side's rows: images numbered in order of first appearance among the baseline's rows, the same
+    numbers on both sides. Both sides must show the same image, or the two inference files came from different
+    samples. Returns (baseline rows, setting rows, baseline clusters, setting clusters, n_images, n_paired)."""
+    b = base[base["sample_id"].isin(other["sample_id"])]
+    s = other[other["sample_id"].isin(base["sample_id"])]
+    image_b = b.drop_duplicates("sample_id").set_index("sample_id")["image_id"]
+    image_s = s.drop_duplicates("sample_id").set_index("sample_id")["image_id"].reindex(image_b.index)
+    differ = np.flatnonzero(image_b.to_numpy() != image_s.to_numpy())
     if len(differ):
-        r = paired.loc[differ[0]]
-        raise PipelineError(f"{'/'.join(names)}: sample_id '{r['sample_id']}' is image {r['image_id_b']} in the "
-                            f"{BASELINE} setting and image {r['image_id_s']} here; rerun inference for both "
+        sid = image_b.index[differ[0]]
+        raise PipelineError(f"{'/'.join(names)}: sample_id '{sid}' is image {image_b.iloc[differ[0]]} in the "
+                            f"{BASELINE} setting and image {image_s.iloc[differ[0]]} here; rerun inference for both "
                             "settings from the same sample")
-    return st.clusters_of(paired["image_id_b"])
+    # the setting's rows in the baseline's sample order (repeats in their order within a sample), so that sums
+    # over both sides run in the same order
+    position = pd.Series(np.arange(len(image_b)), index=image_b.index)
+    s = s.iloc[np.argsort(position.reindex(s["sample_id"]).to_numpy(), kind="stable")]
+    clusters_b, n_images = st.clusters_of(b["image_id"])
+    uniques = pd.unique(b["image_id"].to_numpy())
+    clusters_s = pd.Index(uniques).get_indexer(s["image_id"].to_numpy()).astype(np.int64)
+    return b, s, clusters_b, clusters_s, n_images, len(image_b)
 
 
 def _delta_columns(row: dict, key: str, point_delta: float, deltas: np.ndarray, confidence: float) -> None:
@@ -128,42 +198,49 @@ def _delta_columns(row: dict, key: str, point_delta: float, deltas: np.ndarray, 
     row[f"{key}_delta_ci_low"], row[f"{key}_delta_ci_high"] = percentile_interval(deltas, confidence)
 
 
+def single_repeat(*frames: pd.DataFrame) -> bool:
+    """True when every frame holds one decoding repeat (McNemar then has one answer per question)."""
+    return all(n_repeats(f) <= 1 for f in frames)
+
+
 def pope_paired(base: pd.DataFrame, other: pd.DataFrame, seed: int, resamples: int, confidence: float,
                 names: tuple[str, str, str]) -> dict:
-    """Deltas (setting - baseline) on the shared samples, their paired clustered-bootstrap intervals (images
-    resampled, the same images for both settings) and p-values (exact McNemar per question for accuracy and
-    yes-ratio, the paired bootstrap otherwise). P(yes) deltas use the pairs where both sides have a p_yes."""
-    paired = base.merge(other, on="sample_id", suffixes=("_b", "_s"))
-    row: dict = {"n_paired": len(paired)}
-    clusters, n_images = paired_clusters(paired, names)
+    """Deltas (setting - baseline, each side's mean over its repeats) on the shared samples, their paired
+    clustered-bootstrap intervals (images resampled, the same images for both settings and all repeats) and
+    p-values: exact McNemar per question for accuracy and yes-ratio when both settings have one repeat (one answer
+    per question), the paired image bootstrap otherwise and for every other metric. P(yes) deltas use the samples
+    that have a p_yes on both sides."""
+    b, s, clusters_b, clusters_s, n_images, n_paired = paired_frames(base, other, names)
+    row: dict = {"n_paired": n_paired}
     weights = st.cluster_weights(group_rng(seed, "paired", *names), n_images, resamples)
+    sides = {"b": (b, clusters_b, repeats_of(b)), "s": (s, clusters_s, repeats_of(s))}
+    mcnemar = single_repeat(b, s)
+    if mcnemar:  # one row per sample on each side: align the setting's rows with the baseline's
+        s_aligned = s.set_index("sample_id").loc[b["sample_id"].to_numpy()]
     for prefix, column in (("", "answer_official"), ("strict_", "answer_strict")):
-        codes = {side: _cells(paired, column, f"_{side}") for side in ("b", "s")}
-        point = {s: pm.metrics_from_counts(pm.counts_of(c)) for s, c in codes.items()}
-        boot = {s: pm.metrics_from_counts(weights @ st.cluster_sums(clusters, n_images, _onehot(c)))
-                for s, c in codes.items()}
+        stats = {k: _answer_stats(f, column, c, n_images, weights, m) for k, (f, c, m) in sides.items()}
         for metric in POPE_METRICS:
             key = f"{prefix}{metric}"
-            deltas = boot["s"][metric] - boot["b"][metric]
-            _delta_columns(row, key, point["s"][metric] - point["b"][metric], deltas, confidence)
-            if metric == "accuracy":
-                _, _, row[f"{key}_p_value"] = mcnemar_exact(paired[f"{column}_b"] == paired["label_b"],
-                                                            paired[f"{column}_s"] == paired["label_s"])
-            elif metric == "yes_ratio":
-                _, _, row[f"{key}_p_value"] = mcnemar_exact(paired[f"{column}_b"] == pm.YES,
-                                                            paired[f"{column}_s"] == pm.YES)
+            deltas = _mean_stat(stats["s"][1], metric) - _mean_stat(stats["b"][1], metric)
+            _delta_columns(row, key, _mean_stat(stats["s"][0], metric) - _mean_stat(stats["b"][0], metric), deltas,
+                           confidence)
+            if mcnemar and metric == "accuracy":
+                _, _, row[f"{key}_p_value"] = mcnemar_exact(b[column].to_numpy() == b["label"].to_numpy(),
+                                                            s_aligned[column].to_numpy() == s_aligned["label"].to_numpy())
+            elif mcnemar and metric == "yes_ratio":
+                _, _, row[f"{key}_p_value"] = mcnemar_exact(b[column].to_numpy() == pm.YES,
+                                                            s_aligned[column].to_numpy() == pm.YES)
             else:
                 row[f"{key}_p_value"] = bootstrap_p(deltas)
-    both = np.isfinite(paired["p_yes_b"].to_numpy(dtype=float)) & np.isfinite(paired["p_yes_s"].to_numpy(dtype=float))
-    row["n_paired_p_yes"] = int(both.sum())
-    point, boot = {}, {}
-    for side in ("b", "s"):
-        inputs = _pyes_inputs(paired, both, f"_{side}")
-        point[side] = _pyes_values(inputs, np.ones((1, row["n_paired_p_yes"])))
-        boot[side] = _pyes_values(inputs, weights, clusters[both])
+    with_p = {k: np.isfinite(f["p_yes"].to_numpy(dtype=float)) for k, (f, _, _) in sides.items()}
+    both_ids = set(b["sample_id"][with_p["b"]]) & set(s["sample_id"][with_p["s"]])
+    row["n_paired_p_yes"] = len(both_ids)
+    stats = {k: _pyes_stats(f, with_p[k] & f["sample_id"].isin(both_ids).to_numpy(), c, weights, m)
+             for k, (f, c, m) in sides.items()}
     for metric in PYES_METRICS:
-        deltas = boot["s"][metric] - boot["b"][metric]
-        _delta_columns(row, metric, point["s"][metric][0] - point["b"][metric][0], deltas, confidence)
+        deltas = _mean_stat(stats["s"][1], metric) - _mean_stat(stats["b"][1], metric)
+        _delta_columns(row, metric, (_mean_stat(stats["s"][0], metric) - _mean_stat(stats["b"][0], metric))[0],
+                       deltas, confidence)
         row[f"{metric}_p_value"] = bootstrap_p(deltas)
     return row
 
@@ -190,8 +267,9 @@ def split_groups(df: pd.DataFrame, groups: list[tuple[str, str, str]] | None):
 
 def score_pope(df: pd.DataFrame, seed: int, resamples: int, confidence: float,
                groups: list[tuple[str, str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(metrics, answers) for POPE inference rows. ``groups`` lists every (task, model, setting) to report,
-    also those with no rows (their metrics are NaN); default: the groups present in ``df``."""
+    """(metrics, answers) for POPE inference rows (every decoding repeat; a frame without a ``repeat`` column is
+    one repeat). ``groups`` lists every (task, model, setting) to report, also those with no rows (their metrics
+    are NaN); default: the groups present in ``df``."""
     answers = parse_answers(df)
     groups, by_group, empty = split_groups(answers, groups)
     rows = []
@@ -199,15 +277,17 @@ def score_pope(df: pd.DataFrame, seed: int, resamples: int, confidence: float,
         task, model, setting = names
         current = by_group.get(names, empty)
         row = {"task": task, "model": model, "setting": setting, "baseline": BASELINE}
-        row.update(pope_group_metrics(current, seed, resamples, confidence, names))
+        values, spread = pope_group_metrics(current, seed, resamples, confidence, names)
+        row.update(values)
         base = by_group.get((task, model, BASELINE))
         if setting != BASELINE and base is not None:
             row.update(pope_paired(base, current, seed, resamples, confidence, names))
         else:
             row.update(_empty_paired())
+        row.update(spread)
         rows.append(row)
-        log.info("pope %s/%s: n=%d accuracy=%.3f unknown(strict)=%d", model, setting, row["n"],
-                 row["accuracy"], row["n_unknown"])
+        log.info("pope %s/%s: n=%d (%d repeat(s)) accuracy=%.3f unknown(strict)=%d", model, setting, row["n"],
+                 row["n_repeats"], row["accuracy"], row["n_unknown"])
     return pd.DataFrame(rows), answers
 
 
@@ -228,12 +308,16 @@ def chair_from_sums(sums: np.ndarray, n: np.ndarray | float) -> dict[str, np.nda
 
 
 def score_captions(df: pd.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[str]]) -> pd.DataFrame:
-    """Per-caption CHAIR detail: mentioned and hallucinated objects, ground truth, counts."""
+    """Per-caption CHAIR detail: mentioned and hallucinated objects, ground truth, counts; the repeat column is
+    kept when present."""
+    has_repeat = "repeat" in df
     records = []
     for row in df.itertuples(index=False):
         cs = chair.score_caption(vocab, row.response, gt[int(row.image_id)])
-        records.append({
-            "sample_id": row.sample_id, "task": row.task, "model": row.model, "setting": row.setting,
+        record = {"sample_id": row.sample_id, "task": row.task, "model": row.model, "setting": row.setting}
+        if has_repeat:
+            record["repeat"] = int(row.repeat)
+        record.update({
             "image_id": int(row.image_id), "response": row.response,
             "mentioned_words": cs.mentioned_words, "mentioned_objects": cs.mentioned_objects,
             "hallucinated_words": cs.hallucinated_words, "hallucinated_objects": cs.hallucinated_objects,
@@ -241,10 +325,14 @@ def score_captions(df: pd.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[
             "n_hallucinated": cs.n_hallucinated, "hallucinated": cs.n_hallucinated > 0,
             "n_gt": len(cs.gt_objects), "n_gt_mentioned": cs.n_gt_mentioned,
         })
-    columns = ["sample_id", "task", "model", "setting", "image_id", "response", "mentioned_words",
-               "mentioned_objects", "hallucinated_words", "hallucinated_objects", "gt_objects", "n_words",
-               "n_mentions", "n_hallucinated", "hallucinated", "n_gt", "n_gt_mentioned"]
-    return pd.DataFrame.from_records(records, columns=columns)
+        records.append(record)
+    columns = ["sample_id", "task", "model", "setting"] + (["repeat"] if has_repeat else []) + [
+        "image_id", "response", "mentioned_words", "mentioned_objects", "hallucinated_words", "hallucinated_objects",
+        "gt_objects", "n_words", "n_mentions", "n_hallucinated", "hallucinated", "n_gt", "n_gt_mentioned"]
+    out = pd.DataFrame.from_records(records, columns=columns)
+    if has_repeat:
+        out["repeat"] = out["repeat"].astype("int64")
+    return out
 
 
 def _sums_matrix(captions: pd.DataFrame, suffix: str = "") -> np.ndarray:
@@ -259,10 +347,19 @@ def _chair_point_and_boot(x: np.ndarray, clusters: np.ndarray, n_images: int, we
     return chair_from_sums(total[:-1], total[-1]), chair_from_sums(boot[:, :-1], boot[:, -1])
 
 
+def _chair_stats(captions: pd.DataFrame, clusters: np.ndarray, n_images: int, weights: np.ndarray):
+    """Per repeat: (point, bootstrap) CHAIR metrics, every repeat with the same image weights."""
+    x = _sums_matrix(captions)
+    per = [_chair_point_and_boot(x[m], clusters[m], n_images, weights) for m in repeats_of(captions)]
+    return [p for p, _ in per], [b for _, b in per]
+
+
 def chair_metrics(captions: pd.DataFrame, seed: int, resamples: int, confidence: float,
                   groups: list[tuple[str, str, str]] | None = None) -> pd.DataFrame:
-    """CHAIR metrics per task/model/setting with clustered-bootstrap intervals (the image is the unit; with one
-    caption per image that is the caption) and paired-bootstrap deltas and p-values against the baseline."""
+    """CHAIR metrics per task/model/setting with clustered-bootstrap intervals (the image is the unit, with all
+    its repeats; with one caption per image and repeat that is the caption) and paired-bootstrap deltas and
+    p-values against the baseline. Per decoding repeat, then the mean over repeats, as for POPE; the counts (n,
+    mentions, ...) are summed over repeats."""
     groups, by_group, empty = split_groups(captions, groups)
     rows = []
     for names in groups:
@@ -272,46 +369,67 @@ def chair_metrics(captions: pd.DataFrame, seed: int, resamples: int, confidence:
         n = len(current)
         clusters, n_images = st.clusters_of(current["image_id"])
         weights = st.cluster_weights(group_rng(seed, "ci", *names), n_images, resamples)
-        point, boot = _chair_point_and_boot(x, clusters, n_images, weights)
+        points, boots = _chair_stats(current, clusters, n_images, weights)
         row = {"task": task, "model": model, "setting": setting, "baseline": BASELINE, "n": n,
                "n_images": n_images, "n_mentions": int(x[:, 2].sum()), "n_hallucinated_mentions": int(x[:, 1].sum()),
                "n_hallucinated_captions": int(x[:, 0].sum())}
+        spread: dict = {"n_repeats": n_repeats(current)}
         for metric in CHAIR_METRICS:
-            row[metric] = float(point[metric])
-            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(boot[metric], confidence)
+            row[metric] = float(_mean_stat(points, metric))
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(_mean_stat(boots, metric),
+                                                                                    confidence)
+            _spread_columns(spread, metric, points, metric)
         base = by_group.get((task, model, BASELINE))
         if setting != BASELINE and base is not None:
-            paired = base.merge(current, on="sample_id", suffixes=("_b", "_s"))
-            row["n_paired"] = len(paired)
-            clusters, n_images = paired_clusters(paired, names)
+            b, s, clusters_b, clusters_s, n_images, row["n_paired"] = paired_frames(base, current, names)
             weights = st.cluster_weights(group_rng(seed, "paired", *names), n_images, resamples)
-            sides = {side: _chair_point_and_boot(_sums_matrix(paired, f"_{side}"), clusters, n_images, weights)
-                     for side in ("b", "s")}
+            sides = {"b": _chair_stats(b, clusters_b, n_images, weights),
+                     "s": _chair_stats(s, clusters_s, n_images, weights)}
             for metric in CHAIR_METRICS:
-                deltas = sides["s"][1][metric] - sides["b"][1][metric]
-                _delta_columns(row, metric, sides["s"][0][metric] - sides["b"][0][metric], deltas, confidence)
+                deltas = _mean_stat(sides["s"][1], metric) - _mean_stat(sides["b"][1], metric)
+                _delta_columns(row, metric, _mean_stat(sides["s"][0], metric) - _mean_stat(sides["b"][0], metric),
+                               deltas, confidence)
                 row[f"{metric}_p_value"] = bootstrap_p(deltas)
         else:
             row.update(_empty_paired(("",), CHAIR_METRICS, (), ("n_paired",)))
+        row.update(spread)
         rows.append(row)
-        log.info("chair %s/%s: n=%d CHAIRs=%.3f CHAIRi=%.3f", model, setting, n, row["chair_s"], row["chair_i"])
+        log.info("chair %s/%s: n=%d (%d repeat(s)) CHAIRs=%.3f CHAIRi=%.3f", model, setting, n, row["n_repeats"],
+                 row["chair_s"], row["chair_i"])
     return pd.DataFrame(rows)
 
 
 # --- reading inference files ----------------------------------------------------------------------------------
 
-def group_of_path(path: str | Path) -> tuple[str, str, str]:
-    """(task, model, setting) from results/inference/{task}/{model}/{setting}.parquet."""
+_REPEAT_FILE = re.compile(r"r(\d+)")
+
+
+def key_of_path(path: str | Path) -> tuple[str, str, str, int]:
+    """(task, model, setting, repeat) from results/inference/{task}/{model}/{setting}/r{repeat}.parquet."""
     p = Path(path)
-    return p.parent.parent.name, p.parent.name, p.stem
+    match = _REPEAT_FILE.fullmatch(p.stem)
+    if match is None or len(p.parents) < 4:
+        raise PipelineError(f"{path}: not an inference file (results/inference/<task>/<model>/<setting>/"
+                            "r<repeat>.parquet); fix the rule's input")
+    return p.parents[2].name, p.parents[1].name, p.parent.name, int(match.group(1))
+
+
+def group_of_path(path: str | Path) -> tuple[str, str, str]:
+    """(task, model, setting) from results/inference/{task}/{model}/{setting}/r{repeat}.parquet."""
+    return key_of_path(path)[:3]
 
 
 def read_inference(paths: list[str], task: str) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
-    frames, groups = [], []
+    """Every inference file of one task (all repeats), checked against its file name; (rows, groups in order)."""
+    frames, groups, seen = [], [], set()
     for path in paths:
         df = read_table(path, "inference")
-        names = group_of_path(path)
-        for col, want in zip(("task", "model", "setting"), names, strict=True):
+        key = key_of_path(path)
+        names = key[:3]
+        if key in seen:
+            raise PipelineError(f"{path}: given twice to the {task} scorer; fix the rule's input")
+        seen.add(key)
+        for col, want in zip(("task", "model", "setting", "repeat"), key, strict=True):
             other = sorted(set(df[col]) - {want})
             if other:
                 raise PipelineError(f"{path}: column '{col}' holds {other}, the file name says '{want}'; "
@@ -334,7 +452,8 @@ def read_inference(paths: list[str], task: str) -> tuple[pd.DataFrame, list[tupl
         if len(df) == 0:
             log.warning("%s: no rows; its metrics are NaN", path)
         frames.append(df)
-        groups.append(names)
+        if names not in groups:
+            groups.append(names)
     if not frames:
         raise PipelineError(f"no inference files given to the {task} scorer; check the rule's input")
     data = pd.concat(frames, ignore_index=True)
@@ -431,13 +550,15 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
             published[(theirs, setting_of_row.get(row_name, row_name))] = values or {}
     labels = {m: paper["models"][matched[m]]["label"] if m in matched else m for m in present_models}
     by_key = {(r.model, r.setting): r for r in metrics.itertuples(index=False)}
+    repeats = repeats_in(metrics)
 
     paper_name = {ours: theirs for theirs, ours in setting_of_row.items() if theirs.lower() != ours.lower()}
-    csv_rows, md_rows, strict_rows = [], [], []
+    csv_rows, md_rows, strict_rows, spread_rows = [], [], [], []
     for setting in present_settings:
         csv_row: dict = {"setting": setting}
         md_cells = [f"{setting} ({paper_name[setting]})" if setting in paper_name else setting]
         strict_cells = [md_cells[0]]
+        spread_cells = [md_cells[0]]
         for model in present_models:
             r = by_key.get((model, setting))
             paper_values = published.get((matched.get(model), setting), {})
@@ -453,6 +574,11 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
                                 f"{prefix}_paper": math.nan if theirs is None else float(theirs)})
                 cell = "—" if r is None else _cell(r, metric, scale, decimals)
                 md_cells += [cell, "—" if theirs is None else f"{theirs:.{decimals}f}"]
+                if repeats > 1:  # the per-repeat spread (with one repeat the CSV keeps its old columns)
+                    sd, lo, hi = (get(f"{metric}_repeat_{k}") * scale for k in ("sd", "min", "max"))
+                    csv_row.update({f"{prefix}_repeat_sd": sd, f"{prefix}_repeat_min": lo,
+                                    f"{prefix}_repeat_max": hi})
+                    spread_cells.append(_spread_cell(sd, lo, hi, decimals))
             if strict and r is not None:
                 csv_row[f"{model}:strict_accuracy"] = r.strict_accuracy * 100
                 csv_row[f"{model}:n_unknown"] = int(r.n_unknown)
@@ -463,6 +589,7 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
         csv_rows.append(csv_row)
         md_rows.append(md_cells)
         strict_rows.append(strict_cells)
+        spread_rows.append(spread_cells)
 
     header = ["Setting"]
     for model in present_models:
@@ -475,12 +602,39 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
               "setting of the same model on the same samples, with its p-value; paper: the published number "
               "(— not reported)."]
     lines += list(notes)
+    if repeats > 1:
+        lines.append(repeats_note(repeats, unit))
+        header = ["Setting"] + [f"{labels[m]} {label}" for m in present_models for _, label, _, _ in spec]
+        lines += ["", f"Spread over the {repeats} decoding repeats: SD (min–max) of the per-repeat values:", "",
+                  "| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in spread_rows]
     if strict:
         header = ["Setting"] + [h for m in present_models for h in (f"{labels[m]} strict Acc (%)", "unknown / n")]
         lines += ["", "Strict parser (yes / no / unknown; unknown counts as wrong):", "",
                   "| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in strict_rows]
     return pd.DataFrame(csv_rows), "\n".join(lines) + "\n"
+
+
+def repeats_in(metrics: pd.DataFrame) -> int:
+    """The most decoding repeats any group of a metrics table has (1 for a table without the column)."""
+    if "n_repeats" not in metrics or not metrics["n_repeats"].notna().any():
+        return 1
+    return max(1, int(metrics["n_repeats"].max()))
+
+
+def _spread_cell(sd: float, low: float, high: float, decimals: int) -> str:
+    if not np.isfinite(low):
+        return "—"
+    return f"{_fmt(sd, decimals)} ({_fmt(low, decimals)}–{_fmt(high, decimals)})"
+
+
+def repeats_note(repeats: int, unit: str) -> str:
+    """The tables' note on decoding repeats (only shown with more than one)."""
+    return (f"Decoding repeats: every request was run {repeats} times (repeat 0 with the config seed, the others "
+            "with seeds derived from it); each value is the mean of the per-repeat values, its interval comes from "
+            f"the same clustered bootstrap ({unit}, each image with all its repeats), so it covers the sampling of "
+            "images and the decoding noise together; the per-repeat spread is shown below.")
 
 
 def build_pyes_table(metrics: pd.DataFrame, paper: dict, models: dict[str, dict], settings: list[str],
@@ -492,7 +646,10 @@ def build_pyes_table(metrics: pd.DataFrame, paper: dict, models: dict[str, dict]
     matched = match_paper_models({m: models[m] for m in present_models}, paper.get("models", {}))
     labels = {m: paper["models"][matched[m]]["label"] if m in matched else m for m in present_models}
     by_key = {(r.model, r.setting): r for r in metrics.itertuples(index=False)}
+    repeats = repeats_in(metrics)
     columns = ["model", "setting", "n", "n_p_yes"] + [f"{m}{s}" for m, *_ in PYES_TABLE for s in PYES_SUFFIXES]
+    if repeats > 1:  # with one repeat the CSV keeps its old columns
+        columns += ["n_repeats"] + [f"{m}_repeat_{k}" for m, *_ in PYES_TABLE for k in ("sd", "min", "max")]
     csv_rows, md_rows = [], []
     for model in present_models:
         first = True
@@ -516,6 +673,9 @@ def build_pyes_table(metrics: pd.DataFrame, paper: dict, models: dict[str, dict]
               f"Value [{pct}% percentile bootstrap interval, images resampled with all their questions]; Δ: "
               "difference to the baseline setting of the same model on the questions both answered with a P(yes), "
               "with its paired image-level bootstrap p-value."]
+    if repeats > 1:
+        lines.append(repeats_note(repeats, "images resampled with all their questions").replace(
+            "shown below", "in the CSV (*_repeat_sd, *_repeat_min, *_repeat_max)"))
     return pd.DataFrame(csv_rows, columns=columns), "\n".join(lines) + "\n"
 
 
@@ -534,9 +694,12 @@ def main_score_pope(smk) -> None:
     data, groups = read_inference(list(smk.input.inference), "pope")
     log.info("scoring %d POPE rows in %d files", len(data), len(groups))
     metrics, answers = score_pope(data, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups)
+    repeats = repeats_in(metrics)
     meta = _metadata(cfg, POPE_INTERVAL, {
         "answer_rule": "POPE evaluate.py (official); strict parser beside (strict_*)",
-        "tests": "accuracy, yes_ratio: exact McNemar per question; others: paired bootstrap over images",
+        "tests": ("accuracy, yes_ratio: exact McNemar per question; others: paired bootstrap over images"
+                  if repeats == 1 else "paired bootstrap over images (all repeats) for every metric"),
+        "repeats": REPEATS_METADATA,
         "p_yes": "p_yes_* over rows with a p_yes; AUROC Mann-Whitney (ties half), Brier, ECE with "
                  f"{st.ECE_BINS} equal-width bins, disagreement of the official answer with p_yes > 0.5"})
     write_table(answers, smk.output.answers, "pope_answers", meta)
@@ -558,7 +721,7 @@ def main_score_chair(smk) -> None:
     captions = score_captions(data, vocab, gt) if len(data) else score_captions(data.iloc[0:0], vocab, gt)
     metrics = chair_metrics(captions, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups)
     meta = _metadata(cfg, CHAIR_INTERVAL, {"chair": "Rohrbach et al. 2018; every mention counts (repeats included)",
-                                           "tests": "paired bootstrap over images"})
+                                           "tests": "paired bootstrap over images", "repeats": REPEATS_METADATA})
     write_table(captions, smk.output.captions, "chair_captions", meta)
     write_table(metrics, smk.output.metrics, "chair_metrics", meta)
 
@@ -570,6 +733,15 @@ TABLE1_NOTES = ("Answers read with POPE's official rule (text before the first '
 TABLE2_NOTES = ("CHAIRs: captions with at least one hallucinated COCO object; CHAIRi: hallucinated object mentions / "
                 "object mentions (repeats count). One caption per image, so resampling captions is resampling "
                 "images. p: paired bootstrap over images.",)
+# With decoding repeats McNemar's one answer per question no longer exists: every p-value is the paired bootstrap.
+TABLE1_NOTES_REPEATS = ("Answers read with POPE's official rule (text before the first '.', a word 'No'/'not'/'no' -> "
+                        "no). Intervals (and Δ intervals) come from a clustered bootstrap that resamples images, each "
+                        "with all its questions, because answers about one image are correlated. p: paired "
+                        "image-level bootstrap for every metric (an exact McNemar test needs one answer per question; "
+                        "with several decoding repeats the bootstrap uses them all).",)
+TABLE2_NOTES_REPEATS = ("CHAIRs: captions with at least one hallucinated COCO object; CHAIRi: hallucinated object "
+                        "mentions / object mentions (repeated mentions count). One caption per image and repeat. p: "
+                        "paired bootstrap over images.",)
 TABLE1_UNIT = "images resampled with all their questions"
 TABLE2_UNIT = "captions resampled (one per image)"
 
@@ -583,8 +755,10 @@ def _read_paper(path) -> dict:
 
 
 def _main_table(smk, table_key: str, spec, title: str, schema: str, notes, strict: bool, unit: str) -> None:
+    """``notes``: (with one repeat, with several decoding repeats)."""
     cfg = params_config(smk)
     metrics = read_table(smk.input.metrics, schema)
+    notes = notes[0] if repeats_in(metrics) == 1 else notes[1]
     paper = _read_paper(smk.input.paper)
     models = {m["key"]: m for m in cfg["models"]}  # a list in params, to keep the config's order
     frame, markdown = build_table(metrics, paper, table_key, spec, models, cfg["settings"],
@@ -606,9 +780,10 @@ def main(smk) -> None:
         "score_pope": main_score_pope,
         "score_chair": main_score_chair,
         "table1_pope": lambda s: _main_table(s, "table1_pope", TABLE1, "Table 1: POPE adversarial", "pope_metrics",
-                                             TABLE1_NOTES, strict=True, unit=TABLE1_UNIT),
+                                             (TABLE1_NOTES, TABLE1_NOTES_REPEATS), strict=True, unit=TABLE1_UNIT),
         "table2_chair": lambda s: _main_table(s, "table2_chair", TABLE2, "Table 2: CHAIR on COCO captions",
-                                              "chair_metrics", TABLE2_NOTES, strict=False, unit=TABLE2_UNIT),
+                                              "chair_metrics", (TABLE2_NOTES, TABLE2_NOTES_REPEATS), strict=False,
+                                              unit=TABLE2_UNIT),
         "table_pope_pyes": main_pyes_table,
     }
     if smk.rule not in entry:

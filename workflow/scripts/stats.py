@@ -12,11 +12,19 @@ caption per image) this is the ordinary bootstrap over rows, with the same rando
 Weighted metrics. ``pyes_metrics`` and ``auroc`` take a (resamples, n) matrix of row weights; the point
 estimate is the same code with all weights 1, so a resample and the reported value can never disagree in
 definition.
+
+Decoding repeats. With several repeats of every request, a metric is computed per repeat and the reported value is
+the mean over repeats (``mean_over_repeats``; with one repeat, that repeat's value exactly). The clustered
+bootstrap draws images once per resample and applies the same multiplicities to every repeat's rows, then takes
+the mean over repeats of the resampled metric: a drawn image brings all its questions in all repeats, so the
+interval covers the sampling of images and the decoding noise together. ``repeat_spread`` gives the spread of the
+per-repeat values (sample SD, min, max).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 
 import numpy as np
@@ -63,6 +71,38 @@ def cluster_sums(codes: np.ndarray, n_clusters: int, x: np.ndarray) -> np.ndarra
     for j in range(x.shape[1]):
         out[:, j] = np.bincount(codes, weights=x[:, j], minlength=n_clusters)
     return out
+
+
+# --- decoding repeats ---------------------------------------------------------------------------------------
+
+def repeat_masks(repeats, n: int) -> list[np.ndarray]:
+    """One boolean mask over ``n`` rows per decoding repeat, in ascending repeat order. ``repeats`` None (a table
+    without a repeat column) or no rows: one mask covering every row (a single repeat)."""
+    if repeats is None or n == 0:
+        return [np.ones(n, dtype=bool)]
+    r = np.asarray(repeats)
+    return [r == k for k in np.unique(r)]
+
+
+def mean_over_repeats(values) -> np.ndarray:
+    """The mean over repeats (axis 0) of per-repeat values, repeats where a value is NaN left out (NaN only where
+    every repeat is NaN). One repeat: its values unchanged, bit for bit."""
+    stack = np.asarray(values, dtype=float)
+    if stack.shape[0] == 1:
+        return stack[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: NaN is the answer
+        return np.nanmean(stack, axis=0)
+
+
+def repeat_spread(values) -> dict[str, float]:
+    """Spread of one metric's per-repeat values (NaN values left out): sample SD (n - 1; NaN with fewer than two
+    values), min and max (NaN without values)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return {"repeat_sd": float(np.std(v, ddof=1)) if v.size > 1 else math.nan,
+            "repeat_min": float(v.min()) if v.size else math.nan,
+            "repeat_max": float(v.max()) if v.size else math.nan}
 
 
 # --- intervals and tests ------------------------------------------------------------------------------------
