@@ -14,8 +14,10 @@ from pathlib import Path
 
 import demo_models
 import infer
+import numpy as np
 import openai_backend
 import pytest
+import vlm
 from conftest import free_port, stop_process, wait_for_port
 from inference_fixtures import job_config, make_inputs
 from pipeline_io import PipelineError, log, read_metadata, read_table, setup_logging
@@ -29,7 +31,8 @@ def _job(base_url, retries=3, setting_text="{question}", model_path="demo/llava"
 
 
 class Scripted(BaseHTTPRequestHandler):
-    """Answers POSTs from a script of (status, content) and records the bodies."""
+    """Answers POSTs from a script of (status, content) or (status, content, logprobs) and records the bodies; an
+    error's content (if any) is its message."""
 
     script: list = []
     bodies: list = []
@@ -37,10 +40,12 @@ class Scripted(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).bodies.append(body)
-        status, content = type(self).script.pop(0) if type(self).script else (200, "Yes")
-        payload = {"error": "boom"} if status != 200 else {
-            "choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 1}}
+        status, content, *logprobs = type(self).script.pop(0) if type(self).script else (200, "Yes")
+        choice = {"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        if logprobs:
+            choice["logprobs"] = logprobs[0]
+        payload = {"error": content or "boom"} if status != 200 else {
+            "choices": [choice], "usage": {"prompt_tokens": 11, "completion_tokens": 1}}
         raw = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -74,6 +79,8 @@ def test_retries_500_twice_then_succeeds(tmp_path, scripted):
     assert len(Scripted.bodies) == 3
     body = Scripted.bodies[-1]
     assert body["model"] == "demo/llava" and body["seed"] == 7 and body["max_tokens"] == 6
+    assert body["logprobs"] is True and body["top_logprobs"] == 20          # POPE asks for P(yes)
+    assert row["p_yes"] is None                                              # ... the server sent no logprobs
     content = body["messages"][0]["content"]
     assert content[0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert content[1] == {"type": "text", "text": req.text_prompt}
@@ -113,10 +120,17 @@ def test_missing_base_url_names_the_key(monkeypatch):
         openai_backend.resolve_base_url({"base_url": None})
 
 
-def test_live_transformers_serve(tmp_path):
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory) -> Path:
+    return demo_models.build("llava", tmp_path_factory.mktemp("llava") / "llava", seed=0)
+
+
+def test_live_transformers_serve(tmp_path, llava_dir):
     """The whole job through a real OpenAI-compatible server (`transformers serve`) serving a demo folder.
-    llava is served: Qwen's processor needs torchvision, which `transformers serve` loads unconditionally."""
-    model_dir = demo_models.build("llava", tmp_path / "llava", seed=0)
+    llava is served: Qwen's processor needs torchvision, which `transformers serve` loads unconditionally.
+    `transformers serve` (5.23) accepts logprobs / top_logprobs but ignores them (it logs "Ignoring unsupported
+    fields") and answers without logprobs: p_yes stays null and the metadata says why."""
+    model_dir = llava_dir
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -132,6 +146,10 @@ def test_live_transformers_serve(tmp_path):
     assert len(df) == 4 and (df["n_prompt_tokens"] > 0).all() and (df["n_response_tokens"] > 0).all()
     assert df["response"].str.len().gt(0).all() and set(df["finish_reason"]) <= {"stop", "length"}
     assert df["p_yes"].isna().all()
+    facts = read_metadata(tmp_path / "out.parquet")["p_yes"]
+    assert facts["requested"] is True and facts["rejected_by_server"] is None
+    assert (facts["answers_with_logprobs"], facts["answers_without_logprobs"]) == (0, 4)
+    assert facts["note"] == "the server returned no logprobs; p_yes is null"
     assert json.loads(df["prompt"][0])[0]["content"][1]["text"] == df["text_prompt"][0]
     assert not (tmp_path / ".partial").exists()
 
@@ -244,3 +262,155 @@ def test_redact_url():
     assert openai_backend.redact_url("see https://u:p%40ss@h.example:8/v1 and http://h/v1") == \
         "see https://***@h.example:8/v1 and http://h/v1"
     assert openai_backend.redact_url(None) is None
+
+
+# --- P(yes) from logprobs -----------------------------------------------------------------------------------------
+
+
+def _lp(p: float) -> float:
+    return float(np.log(p))
+
+
+def test_p_yes_from_logprobs_hand_cases():
+    cands = [{"token": "Yes", "logprob": _lp(0.4)}, {"token": " yes", "logprob": _lp(0.1)},
+             {"token": "\u2581No", "logprob": _lp(0.2)}, {"token": "\u0120NO", "logprob": _lp(0.05)},
+             {"token": "Yes,", "logprob": _lp(0.1)}, {"token": "\nNo", "logprob": _lp(0.05)},   # not counted
+             {"token": "Maybe", "logprob": _lp(0.1)}]
+    content = [{"token": "Yes", "logprob": _lp(0.4), "top_logprobs": cands}, {"token": ",", "logprob": -0.1}]
+    assert openai_backend.p_yes_from_logprobs({"content": content}) == pytest.approx(0.5 / 0.75)
+    # only the first token counts; a chosen token missing from the list is a candidate too
+    chosen = [{"token": " No", "logprob": _lp(0.3), "top_logprobs": [{"token": "Yes", "logprob": _lp(0.6)}]}]
+    assert openai_backend.p_yes_from_logprobs({"content": chosen}) == pytest.approx(0.6 / 0.9)
+    only_yes = [{"token": "Yes", "logprob": _lp(0.9), "top_logprobs": [{"token": "Yes", "logprob": _lp(0.9)},
+                                                                      {"token": "No", "logprob": -9999.0}]}]
+    assert openai_backend.p_yes_from_logprobs({"content": only_yes}) == 1.0    # vLLM writes -9999 for -inf
+    neither = [{"token": "A", "logprob": -0.1, "top_logprobs": [{"token": "A", "logprob": -0.1}]}]
+    assert openai_backend.p_yes_from_logprobs({"content": neither}) is None
+    for empty in (None, {}, {"content": None}, {"content": []}):
+        assert openai_backend.p_yes_from_logprobs(empty) is None
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_counted_token_strings_are_the_transformers_backends(family):
+    """answer_kind counts exactly the vocabulary entries vlm.answer_token_ids counts (raw pieces with the
+    SentencePiece or byte-level space, and the same pieces as servers print them, with a plain space), except a
+    token vlm takes from a lossy single-token encoding: the demo Qwen vocabulary has no "O", so encode("NO") gives
+    the one token "N", which vlm counts as a No spelling and a token string never could."""
+    tok = demo_models.llama_tokenizer(["<image>"]) if family == "llava" else demo_models.qwen_tokenizer()
+    ids = vlm.answer_token_ids(tok)
+    words = {w for spellings in vlm.ANSWER_WORDS.values() for w in spellings}
+    for token, token_id in tok.get_vocab().items():
+        spelled = token.lstrip("\u2581\u0120 ") in words
+        for shown in (token, token.replace("\u2581", " ").replace("\u0120", " ")):
+            kind = openai_backend.answer_kind(shown)
+            want = "yes" if token_id in ids["yes"] else "no" if token_id in ids["no"] else None
+            assert kind == want or (kind is None and not spelled), (token, shown)
+    assert ids["yes"] and ids["no"]
+
+
+class FromModel(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server whose answers come from the demo llava itself: the greedy response and the first
+    token's log-probabilities over the whole vocabulary, of which it returns the top ``top_logprobs`` asked for
+    (token strings as servers print them: SentencePiece's space as a space)."""
+
+    answers: dict = {}
+    bodies: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).bodies.append(body)
+        response, ranked = type(self).answers[body["messages"][0]["content"][0]["image_url"]["url"]]
+        choice = {"message": {"role": "assistant", "content": response}, "finish_reason": "stop"}
+        if body.get("logprobs"):
+            top = [{"token": t, "logprob": lp} for t, lp in ranked[:body["top_logprobs"]]]
+            choice["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
+        raw = json.dumps({"choices": [choice], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_p_yes_matches_the_transformers_backend(tmp_path, llava_dir, monkeypatch):
+    """The same greedy POPE requests through the transformers backend and through the openai backend against a
+    loopback server answering with the demo llava's own first-token log-probabilities: with every candidate
+    listed, the two P(yes) agree; with the top 20 (what the backend asks for), P(yes) is the share computed by
+    hand from those 20 (null where neither a Yes nor a No spelling is among them)."""
+    import torch
+
+    sample, manifest = make_inputs(tmp_path / "in", "pope", n=4)
+    cfg = job_config("llava_1_5", "llava", str(llava_dir), batch_size=1, max_new_tokens=4)
+    ref = infer.run_job(infer.Job("pope", "llava_1_5", "hybrid", cfg), sample, manifest, tmp_path / "ref.parquet",
+                        tmp_path / ".p_ref")
+    assert ref["p_yes"].notna().all()
+    lm = vlm.load_model("llava_1_5", {"family": "llava", "path": str(llava_dir)})
+    tokens = lm.tokenizer.convert_ids_to_tokens(list(range(len(lm.tokenizer))))
+    answers, ranked_of = {}, {}
+    for row in ref.itertuples():
+        inputs = vlm.prepare_inputs(lm, [row.prompt], [vlm.open_image(row.image_path)])
+        with torch.inference_mode():
+            logp = torch.log_softmax(lm.model(**inputs).logits[0, -1].float(), dim=-1).tolist()
+        ranked = sorted(((t.replace("\u2581", " "), lp) for t, lp in zip(tokens, logp, strict=False)),
+                        key=lambda x: -x[1])
+        answers[openai_backend.data_url(row.image_path)[0]] = (row.response, ranked)
+        ranked_of[row.sample_id] = ranked
+    FromModel.answers, FromModel.bodies = answers, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FromModel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        job = _job(url, model_path=str(llava_dir))
+        monkeypatch.setattr(openai_backend, "TOP_LOGPROBS", len(tokens))   # a server that lists every candidate
+        full = infer.run_job(job, sample, manifest, tmp_path / "full.parquet", tmp_path / ".p_full")
+        monkeypatch.undo()
+        top20 = infer.run_job(job, sample, manifest, tmp_path / "top20.parquet", tmp_path / ".p_top20")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list(full["response"]) == list(ref["response"])
+    np.testing.assert_allclose(full["p_yes"], ref["p_yes"], atol=1e-5)
+    assert {b["top_logprobs"] for b in FromModel.bodies} == {len(tokens), 20}
+    for row in top20.itertuples():
+        listed = ranked_of[row.sample_id][:20]
+        mass = {k: sum(np.exp(lp) for t, lp in listed if openai_backend.answer_kind(t) == k) for k in ("yes", "no")}
+        if mass["yes"] + mass["no"] == 0:
+            assert np.isnan(row.p_yes)
+        else:
+            assert row.p_yes == pytest.approx(mass["yes"] / (mass["yes"] + mass["no"]))
+    facts = read_metadata(tmp_path / "top20.parquet")["p_yes"]
+    assert facts["answers_with_logprobs"] == 4 and facts["note"] == "p_yes from logprobs"
+    one_sided = sum(sum(openai_backend.answer_kind(t) == k for t, _ in ranked_of[sid][:20]) == 0
+                    for sid in top20["sample_id"] for k in ("yes", "no")) - 2 * facts["answers_without_yes_no_candidate"]
+    assert facts["answers_with_one_side_only"] == one_sided
+    assert read_metadata(tmp_path / "top20.parquet")["n_p_yes"] == int(top20["p_yes"].notna().sum())
+
+
+def test_server_rejecting_logprobs_is_asked_again_without(tmp_path, scripted):
+    sample, manifest = make_inputs(tmp_path, "pope", n=2)
+    Scripted.script = [(400, "logprobs is not supported by this model"), (200, "No"), (200, "Yes")]
+    job = _job(scripted, retries=0)
+    backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
+    df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
+    assert df["p_yes"].isna().all() and sorted(df["response"]) == ["No", "Yes"]
+    # the rejected request is sent again without the fields (the other, concurrent one may have carried them)
+    assert len(Scripted.bodies) == 3 and "logprobs" in Scripted.bodies[0] and "logprobs" not in Scripted.bodies[-1]
+    facts = read_metadata(tmp_path / "out.parquet")["p_yes"]
+    assert facts["requested"] is False and "logprobs is not supported" in facts["rejected_by_server"]
+    assert facts["note"] == "the server rejected the logprobs fields; p_yes is null"
+
+
+def test_caption_requests_ask_for_no_logprobs(tmp_path, scripted):
+    sample, manifest = make_inputs(tmp_path, "caption", n=1)
+    cfg = job_config("llava_1_5", "llava", "demo/llava", task="caption", setting="baseline", backend="openai",
+                     openai={"base_url": scripted, "api_key_env": "PII_TEST_NO_KEY", "concurrency": 1,
+                             "max_retries": 0, "timeout_s": 20})
+    job = infer.Job("caption", "llava_1_5", "baseline", cfg)
+    Scripted.script = [(200, "A dog.", {"content": [{"token": "Yes", "logprob": 0.0, "top_logprobs": []}]})]
+    df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
+    assert "logprobs" not in Scripted.bodies[0] and "top_logprobs" not in Scripted.bodies[0]
+    assert df["p_yes"].isna().all()
+    assert read_metadata(tmp_path / "out.parquet")["p_yes"]["requested"] is False

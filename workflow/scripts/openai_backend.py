@@ -11,6 +11,18 @@ API key's value are replaced by ``***`` wherever the backend reports a URL or a 
 
 Only ``base_url`` (without credentials) can change what answers, so only it enters the infer jobs' params and
 checkpoint fingerprints (``row_settings``); retries, timeouts, concurrency and the key's variable are operational.
+
+P(yes) for POPE: requests ask for ``logprobs: true, top_logprobs: 20`` (OpenAI's maximum, vLLM's default limit).
+``p_yes`` is the probability mass of the first generated token's Yes-like candidates over that of its Yes-like
+and No-like candidates, with the token strings the transformers backend counts (vlm.py: ``Yes``/``yes``/``YES``
+and ``No``/``no``/``NO``, bare or after one leading ``▁``, ``Ġ`` or space), so both backends define P(yes) the
+same way. Differences that remain: only the listed candidates count (a spelling outside the top 20 is missing;
+the transformers backend sums the whole vocabulary), and the server decides which distribution its logprobs
+describe (vLLM by default: the model's, before temperature, as the transformers backend's logits). Only Yes-like
+(No-like) candidates listed: ``p_yes`` 1 (0), counted in the metadata; neither: null. A server that returns no
+logprobs (``transformers serve`` 5.23 accepts the fields and ignores them) leaves ``p_yes`` null, and one that
+rejects the fields (HTTP 400/422 naming them) is asked again without them; the file's metadata (``p_yes``) says
+which happened and how often.
 """
 
 from __future__ import annotations
@@ -18,9 +30,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import mimetypes
 import os
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +44,7 @@ from pipeline_io import PipelineError, log
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 AUTH_STATUS = {401, 403}
+TOP_LOGPROBS = 20  # OpenAI's maximum for top_logprobs (and vLLM's default max_logprobs)
 _USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
 
 
@@ -76,6 +91,72 @@ def resolve_base_url(openai_cfg: dict) -> str:
     return url.rstrip("/")
 
 
+def answer_kind(token: str) -> str | None:
+    """"yes" / "no" when a logprobs token string is a spelling the transformers backend counts for P(yes)
+    (vlm.answer_token_ids: a word of ANSWER_WORDS, bare or after one prefix of WORD_PREFIXES), else None."""
+    from vlm import ANSWER_WORDS, WORD_PREFIXES  # one definition for both backends; not at import (Snakefile)
+
+    for kind, words in ANSWER_WORDS.items():
+        for prefix in WORD_PREFIXES:
+            if token.startswith(prefix) and token[len(prefix):] in words:
+                return kind
+    return None
+
+
+def first_token_candidates(logprobs: dict | None) -> list[tuple[str, float]]:
+    """(token, logprob) of the first generated token's candidates in a chat completion choice's ``logprobs``: its
+    ``top_logprobs``, plus the chosen token itself when the list lacks it (a sampled token outside the top k).
+    Non-finite logprobs (servers write -9999 or null for -inf) are left out. Empty without logprobs."""
+    content = (logprobs or {}).get("content") or []
+    if not content or not isinstance(content[0], dict):
+        return []
+    first = content[0]
+    pairs = []
+    for cand in first.get("top_logprobs") or []:
+        if isinstance(cand, dict) and isinstance(cand.get("token"), str):
+            pairs.append((cand["token"], cand.get("logprob")))
+    chosen = (first.get("token"), first.get("logprob"))
+    if isinstance(chosen[0], str) and chosen not in pairs:
+        pairs.append(chosen)
+    return [(t, float(lp)) for t, lp in pairs
+            if isinstance(lp, int | float) and math.isfinite(lp) and lp > -9000]
+
+
+def answer_logprobs(logprobs: dict | None) -> dict[str, list[float]]:
+    """The logprobs of the first generated token's Yes-like and No-like candidates."""
+    mass: dict[str, list[float]] = {"yes": [], "no": []}
+    for token, lp in first_token_candidates(logprobs):
+        kind = answer_kind(token)
+        if kind:
+            mass[kind].append(lp)
+    return mass
+
+
+def p_yes_from_logprobs(logprobs: dict | None) -> float | None:
+    """P(yes) = P(Yes-like) / (P(Yes-like) + P(No-like)) over the first generated token's candidates (see the
+    module docstring); None without logprobs or without any Yes-like or No-like candidate."""
+    mass = answer_logprobs(logprobs)
+    if not mass["yes"] and not mass["no"]:
+        return None
+    yes, no = (_logsumexp(mass[k]) for k in ("yes", "no"))
+    if yes == -math.inf:
+        return 0.0
+    if no == -math.inf:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(no - yes)) if no - yes < 700 else 0.0
+
+
+def _logsumexp(values: list[float]) -> float:
+    if not values:
+        return -math.inf
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+class LogprobsRejected(Exception):
+    """The server rejected the logprobs fields of a request (HTTP 400/422 naming them)."""
+
+
 class OpenAIBackend:
     name = "openai"
 
@@ -96,6 +177,12 @@ class OpenAIBackend:
         self.client = client or httpx.Client(headers=headers, timeout=float(self.cfg["timeout_s"]))
         self.backoff_s = backoff_s
         self.n_empty = 0
+        # P(yes) from logprobs: POPE only; switched off for the run when the server rejects the fields
+        self.want_p_yes = job.task == "pope"
+        self.send_logprobs = self.want_p_yes
+        self.logprobs_rejected: str | None = None
+        self.n_with_logprobs = self.n_without_logprobs = self.n_no_answer_candidate = self.n_one_sided = 0
+        self._lock = threading.Lock()
 
     def redact(self, text: str) -> str:
         """``text`` safe to log: URL credentials and the key's value (a server may echo it) replaced."""
@@ -122,6 +209,8 @@ class OpenAIBackend:
             body["top_k"] = int(dec["top_k"])
         if float(dec["repetition_penalty"]) != 1.0:
             body["repetition_penalty"] = float(dec["repetition_penalty"])
+        if self.send_logprobs:
+            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         return body
 
     def post(self, body: dict, sample_id: str) -> dict:
@@ -141,6 +230,8 @@ class OpenAIBackend:
                 if resp.status_code == 200:
                     return resp.json()
                 last = self.redact(f"HTTP {resp.status_code}: {' '.join(resp.text.split())}")[:200]
+                if resp.status_code in (400, 422) and "logprobs" in body and "logprob" in resp.text.lower():
+                    raise LogprobsRejected(last)
                 if resp.status_code in AUTH_STATUS:
                     raise PipelineError(f"{shown}: request for {sample_id} rejected ({last}); check the API key in "
                                         f"${self.key_env} (the variable named by inference.openai.api_key_env)")
@@ -155,7 +246,14 @@ class OpenAIBackend:
                             "server or raise inference.openai.max_retries / timeout_s")
 
     def one(self, req, seed: int) -> dict:
-        data = self.post(self.body(req, seed), req.sample_id)
+        try:
+            data = self.post(self.body(req, seed), req.sample_id)
+        except LogprobsRejected as err:
+            with self._lock:
+                if self.send_logprobs:
+                    log.warning("the server rejects logprobs (%s); asking without them, p_yes stays null", err)
+                    self.send_logprobs, self.logprobs_rejected = False, str(err)
+            data = self.post(self.body(req, seed), req.sample_id)
         choice = (data.get("choices") or [{}])[0]
         text = ((choice.get("message") or {}).get("content") or "").strip()
         usage = data.get("usage") or {}
@@ -164,10 +262,28 @@ class OpenAIBackend:
             self.n_empty += 1
             log.warning("empty response for %s (finish_reason %s)", req.sample_id, finish)
             finish = "error"
+        p_yes = self.read_p_yes(choice, req.sample_id) if self.want_p_yes else None
         return {"response": text, "n_prompt_tokens": int(usage.get("prompt_tokens") or 0),
                 "n_response_tokens": int(usage.get("completion_tokens") or 0),
                 "finish_reason": finish if finish in ("stop", "length") else ("error" if not text else "stop"),
-                "seed": int(seed), "p_yes": None}
+                "seed": int(seed), "p_yes": p_yes}
+
+    def read_p_yes(self, choice: dict, sample_id: str) -> float | None:
+        """P(yes) of one POPE answer from its logprobs, counting what the server gave."""
+        has_logprobs = bool(first_token_candidates(choice.get("logprobs")))
+        p_yes = p_yes_from_logprobs(choice.get("logprobs")) if has_logprobs else None
+        sides = answer_logprobs(choice.get("logprobs"))
+        with self._lock:
+            if not has_logprobs:
+                if not self.n_without_logprobs and self.logprobs_rejected is None:
+                    log.warning("no logprobs in the answer for %s; p_yes stays null where the server gives none",
+                                sample_id)
+                self.n_without_logprobs += 1
+            else:
+                self.n_with_logprobs += 1
+                self.n_no_answer_candidate += p_yes is None
+                self.n_one_sided += bool(sides["yes"]) != bool(sides["no"])
+        return p_yes
 
     def run(self, chunk: list, seed: int) -> list[dict]:
         """Requests of a batch concurrently; request k of the batch uses the server seed ``seed + k``."""
@@ -179,4 +295,27 @@ class OpenAIBackend:
         import httpx
 
         return {"base_url": redact_url(self.base_url), "served_name": self.served_name,
-                "n_empty_responses": self.n_empty, "device": "remote", "versions": {"httpx": httpx.__version__}}
+                "n_empty_responses": self.n_empty, "device": "remote", "versions": {"httpx": httpx.__version__},
+                "p_yes": self.p_yes_facts()}
+
+    def p_yes_facts(self) -> dict:
+        """Where p_yes came from in this run (requests of this run only: a resumed job's earlier batches are not
+        counted; the file's ``n_p_yes`` counts every row)."""
+        if not self.want_p_yes:
+            return {"requested": False, "source": None, "note": f"not asked for the {self.job.task} task"}
+        facts = {"requested": self.logprobs_rejected is None, "top_logprobs": TOP_LOGPROBS,
+                 "source": "first generated token's top_logprobs", "rejected_by_server": self.logprobs_rejected,
+                 "answers_with_logprobs": self.n_with_logprobs, "answers_without_logprobs": self.n_without_logprobs,
+                 "answers_without_yes_no_candidate": self.n_no_answer_candidate,
+                 # only Yes-like or only No-like candidates listed: p_yes is 1 or 0, the other side's mass unknown
+                 # (below the smallest listed probability)
+                 "answers_with_one_side_only": self.n_one_sided}
+        if self.logprobs_rejected is not None:
+            facts["note"] = "the server rejected the logprobs fields; p_yes is null"
+        elif self.n_without_logprobs and not self.n_with_logprobs:
+            facts["note"] = "the server returned no logprobs; p_yes is null"
+        elif self.n_without_logprobs:
+            facts["note"] = "the server returned logprobs for some answers only; p_yes is null for the others"
+        else:
+            facts["note"] = "p_yes from logprobs"
+        return facts
