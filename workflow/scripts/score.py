@@ -168,13 +168,19 @@ def pope_group_metrics(answers: pd.DataFrame, seed: int, resamples: int, confide
     return row, spread
 
 
+def member(values, pool) -> np.ndarray:
+    """values[i] in pool, by hashing (pandas' isin on Arrow strings loops in Python)."""
+    pool = pd.unique(np.asarray(pool, dtype=object))
+    return pd.Index(pool).get_indexer(np.asarray(values, dtype=object)) >= 0
+
+
 def paired_frames(base: pd.DataFrame, other: pd.DataFrame, names: tuple[str, ...]):
     """The rows of the samples both settings answered (matched by sample_id, every repeat of each), and the image
     cluster of each side's rows: images numbered in order of first appearance among the baseline's rows, the same
     numbers on both sides. Both sides must show the same image, or the two inference files came from different
     samples. Returns (baseline rows, setting rows, baseline clusters, setting clusters, n_images, n_paired)."""
-    b = base[base["sample_id"].isin(other["sample_id"])]
-    s = other[other["sample_id"].isin(base["sample_id"])]
+    b = base[member(base["sample_id"], other["sample_id"])]
+    s = other[member(other["sample_id"], base["sample_id"])]
     image_b = b.drop_duplicates("sample_id").set_index("sample_id")["image_id"]
     image_s = s.drop_duplicates("sample_id").set_index("sample_id")["image_id"].reindex(image_b.index)
     differ = np.flatnonzero(image_b.to_numpy() != image_s.to_numpy())
@@ -233,9 +239,10 @@ def pope_paired(base: pd.DataFrame, other: pd.DataFrame, seed: int, resamples: i
             else:
                 row[f"{key}_p_value"] = bootstrap_p(deltas)
     with_p = {k: np.isfinite(f["p_yes"].to_numpy(dtype=float)) for k, (f, _, _) in sides.items()}
-    both_ids = set(b["sample_id"][with_p["b"]]) & set(s["sample_id"][with_p["s"]])
+    ids = {k: np.asarray(f["sample_id"], dtype=object) for k, (f, _, _) in sides.items()}
+    both_ids = pd.unique(ids["b"][with_p["b"] & member(ids["b"], ids["s"][with_p["s"]])])
     row["n_paired_p_yes"] = len(both_ids)
-    stats = {k: _pyes_stats(f, with_p[k] & f["sample_id"].isin(both_ids).to_numpy(), c, weights, m)
+    stats = {k: _pyes_stats(f, with_p[k] & member(ids[k], both_ids), c, weights, m)
              for k, (f, c, m) in sides.items()}
     for metric in PYES_METRICS:
         deltas = _mean_stat(stats["s"][1], metric) - _mean_stat(stats["b"][1], metric)
