@@ -293,9 +293,8 @@ def test_p_yes_from_logprobs_hand_cases():
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
 def test_counted_token_strings_are_the_transformers_backends(family):
     """answer_kind counts exactly the vocabulary entries vlm.answer_token_ids counts (raw pieces with the
-    SentencePiece or byte-level space, and the same pieces as servers print them, with a plain space), except a
-    token vlm takes from a lossy single-token encoding: the demo Qwen vocabulary has no "O", so encode("NO") gives
-    the one token "N", which vlm counts as a No spelling and a token string never could."""
+    SentencePiece or byte-level space, and the same pieces as servers print them, with a plain space). The demo
+    Qwen vocabulary has no "O", so encode("NO") gives the one token "N": neither side may count it as a No."""
     tok = demo_models.llama_tokenizer(["<image>"]) if family == "llava" else demo_models.qwen_tokenizer()
     ids = vlm.answer_token_ids(tok)
     words = {w for spellings in vlm.ANSWER_WORDS.values() for w in spellings}
@@ -304,7 +303,8 @@ def test_counted_token_strings_are_the_transformers_backends(family):
         for shown in (token, token.replace("\u2581", " ").replace("\u0120", " ")):
             kind = openai_backend.answer_kind(shown)
             want = "yes" if token_id in ids["yes"] else "no" if token_id in ids["no"] else None
-            assert kind == want or (kind is None and not spelled), (token, shown)
+            assert kind == want, (token, shown)
+            assert want is None or spelled, (token, shown)
     assert ids["yes"] and ids["no"]
 
 

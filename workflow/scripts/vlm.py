@@ -194,7 +194,8 @@ def answer_token_ids(tokenizer) -> dict[str, list[int]]:
         found = {vocab[p + w] for w in words for p in WORD_PREFIXES if p + w in vocab}
         for w in words:
             enc = tokenizer.encode(w, add_special_tokens=False)
-            if len(enc) == 1:
+            # one token that spells the word (a vocabulary without 'O' encodes "NO" to just 'N')
+            if len(enc) == 1 and tokenizer.decode(enc).strip() == w:
                 found.add(enc[0])
         ids[key] = sorted(found)
     return ids
