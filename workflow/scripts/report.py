@@ -210,7 +210,7 @@ def run_facts(inference_paths: list[str]) -> dict:
     for path in inference_paths:
         meta = read_metadata(path)
         jobs += 1
-        model = meta.get("model") or Path(path).parent.name
+        model = meta.get("model") or Path(path).parent.parent.name  # .../{model}/{setting}/r{repeat}.parquet
         entry = models.setdefault(model, {"files": 0})
         entry["files"] += 1
         for key in ("model_id", "revision", "commit_hash", "family", "dtype", "device", "gpu", "backend",
