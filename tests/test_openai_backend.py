@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -30,6 +31,27 @@ def _job(base_url, retries=3, setting_text="{question}", model_path="demo/llava"
     return infer.Job("pope", "llava_1_5", "hybrid", cfg)
 
 
+def reply_json(handler: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
+    raw = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    handler.wfile.write(raw)
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]):
+    """A threaded HTTP server on a free loopback port (yielded), shut down on exit."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class Scripted(BaseHTTPRequestHandler):
     """Answers POSTs from a script of (status, content) or (status, content, logprobs) and records the bodies; an
     error's content (if any) is its message."""
@@ -46,12 +68,7 @@ class Scripted(BaseHTTPRequestHandler):
             choice["logprobs"] = logprobs[0]
         payload = {"error": content or "boom"} if status != 200 else {
             "choices": [choice], "usage": {"prompt_tokens": 11, "completion_tokens": 1}}
-        raw = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+        reply_json(self, status, payload)
 
     def log_message(self, *args):
         pass
@@ -59,13 +76,9 @@ class Scripted(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def scripted():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
     Scripted.script, Scripted.bodies = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serving(Scripted) as port:
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 def test_retries_500_twice_then_succeeds(tmp_path, scripted):
@@ -172,12 +185,7 @@ class EchoAuth(BaseHTTPRequestHandler):
         else:
             decoded = base64.b64decode(auth[6:]).decode() if auth.startswith("Basic ") else ""
             payload = {"error": f"Incorrect API key provided: {auth} {decoded}\nSee the docs."}
-        raw = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+        reply_json(self, status, payload)
 
     def log_message(self, *args):
         pass
@@ -185,13 +193,9 @@ class EchoAuth(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def echo_auth():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoAuth)
     EchoAuth.script, EchoAuth.seen = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with serving(EchoAuth) as port:
+        yield port
 
 
 @pytest.fixture
@@ -324,12 +328,7 @@ class FromModel(BaseHTTPRequestHandler):
         if body.get("logprobs"):
             top = [{"token": t, "logprob": lp} for t, lp in ranked[:body["top_logprobs"]]]
             choice["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
-        raw = json.dumps({"choices": [choice], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+        reply_json(self, 200, {"choices": [choice], "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
 
     def log_message(self, *args):
         pass
@@ -359,18 +358,12 @@ def test_p_yes_matches_the_transformers_backend(tmp_path, llava_dir, monkeypatch
         answers[openai_backend.data_url(row.image_path)[0]] = (row.response, ranked)
         ranked_of[row.sample_id] = ranked
     FromModel.answers, FromModel.bodies = answers, []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FromModel)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
-        job = _job(url, model_path=str(llava_dir))
+    with serving(FromModel) as port:
+        job = _job(f"http://127.0.0.1:{port}/v1", model_path=str(llava_dir))
         monkeypatch.setattr(openai_backend, "TOP_LOGPROBS", len(tokens))   # a server that lists every candidate
         full = infer.run_job(job, sample, manifest, tmp_path / "full.parquet", tmp_path / ".p_full")
         monkeypatch.undo()
         top20 = infer.run_job(job, sample, manifest, tmp_path / "top20.parquet", tmp_path / ".p_top20")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert list(full["response"]) == list(ref["response"])
     np.testing.assert_allclose(full["p_yes"], ref["p_yes"], atol=1e-5)
     assert {b["top_logprobs"] for b in FromModel.bodies} == {len(tokens), 20}
