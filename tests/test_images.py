@@ -160,3 +160,29 @@ def test_every_variant_shows_the_same_upright_pixels(tmp_path, kind):
         assert seen.shape == (row.height, row.width, 3)
         assert np.array_equal(seen[:h], upright), f"{variant}: the image part differs"
     assert (_px(vlm.open_image(manifests["control"]["image_path"][0]))[h:] == 255).all()
+
+
+def test_openai_backend_sends_what_the_transformers_backend_sees(tmp_path):
+    """A plain JPEG goes to a server byte for byte; an EXIF-rotated RGBA PNG is re-encoded to the upright,
+    white-backed pixels that load_rgb (and so the transformers backend) gives."""
+    import base64
+    import io
+
+    import openai_backend
+
+    plain = tmp_path / "plain.jpg"
+    Image.new("RGB", (40, 30), (10, 120, 200)).save(plain, quality=90)
+    url, _ = openai_backend.data_url(str(plain))
+    assert url.startswith("data:image/jpeg;base64,") and base64.b64decode(url.split(",", 1)[1]) == plain.read_bytes()
+
+    rgba = Image.new("RGBA", (40, 30), (200, 10, 10, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 20, 30))  # transparent left half, black underneath
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    odd = tmp_path / "odd.png"
+    rgba.save(odd, exif=exif.tobytes())
+    url, _ = openai_backend.data_url(str(odd))
+    assert url.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as sent:
+        assert sent.mode == "RGB" and sent.size == (30, 40)
+        assert np.array_equal(np.asarray(sent), np.asarray(load_rgb(odd)))

@@ -15,6 +15,7 @@ pixels that form the upper part of the rendered ``control`` and ``question`` var
 
 from __future__ import annotations
 
+import io
 import os
 from typing import BinaryIO
 
@@ -47,3 +48,21 @@ def load_rgb(source: str | os.PathLike | BinaryIO) -> Image.Image:
     with Image.open(source) as image:
         image.load()
         return to_rgb(image)
+
+
+def is_plain(image: Image.Image) -> bool:
+    """True when ``to_rgb`` would change nothing but the colour model: 8-bit RGB or grey, opaque, upright. Such a
+    file can be sent to a server as it is (ordinary COCO JPEGs and the rendered PNGs are)."""
+    orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation; 1 = upright
+    return image.mode in ("RGB", "L") and "transparency" not in image.info and orientation == 1
+
+
+def as_sent(raw: bytes) -> tuple[bytes, bool]:
+    """The bytes to send a remote model for an image file: the file itself when it is plain, otherwise a PNG of the
+    pixels ``load_rgb`` gives (the ones the transformers backend sees). Second value: whether it was re-encoded."""
+    with Image.open(io.BytesIO(raw)) as image:
+        if is_plain(image):
+            return raw, False
+    out = io.BytesIO()
+    load_rgb(io.BytesIO(raw)).save(out, format="PNG")
+    return out.getvalue(), True

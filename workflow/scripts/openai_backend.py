@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import images
 from pipeline_io import PipelineError, log
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -65,12 +66,14 @@ def row_settings(inference: dict) -> dict:
 
 
 def data_url(path: str) -> tuple[str, str]:
-    """The file's bytes as a data URL (no re-encoding), and a short stand-in for the recorded prompt."""
+    """The image as a data URL, and a short stand-in for the recorded prompt. A plain file (8-bit RGB or grey,
+    opaque, upright) goes as it is; any other is re-encoded as PNG from the pixels the transformers backend sees
+    (EXIF orientation applied, transparency on white, 16-bit scaled), since a server need not do the same."""
     try:
-        raw = Path(path).read_bytes()
-    except OSError as err:
+        raw, reencoded = images.as_sent(Path(path).read_bytes())
+    except (OSError, ValueError, SyntaxError) as err:
         raise PipelineError(f"{path}: cannot read image ({err}); rerun the render stage") from err
-    mime = mimetypes.guess_type(path)[0] or "image/png"
+    mime = "image/png" if reencoded else mimetypes.guess_type(path)[0] or "image/png"
     b64 = base64.b64encode(raw).decode()
     stand_in = f"data:{mime};base64,<{len(b64)} base64 chars of {Path(path).name}, sha256 {hashlib.sha256(raw).hexdigest()}>"
     return f"data:{mime};base64,{b64}", stand_in
