@@ -346,7 +346,8 @@ def test_modality_gap_main(tiny_models, tmp_path):
                  "image_id": r.image_id, "question": "Describe this image in detail.", "text_prompt": text,
                  "prompt": build_prompt("qwen2_5_vl", lm.processor, text), "image_path": r.image_path,
                  "response": "" if r.sample_id == "pope-2" else "A dog on a red sofa next to a lamp.",
-                 "n_prompt_tokens": 1, "n_response_tokens": 5, "finish_reason": "stop", "seed": 0, "p_yes": None}
+                 "n_prompt_tokens": 1, "n_response_tokens": 5, "finish_reason": "stop", "seed": 0, "repeat": 0,
+                 "p_yes": None}
                 for r in man.itertuples()]
         paths.append(tmp_path / f"inference_{setting}.parquet")
         write_table(pd.DataFrame(rows), paths[-1], "inference")
