@@ -421,11 +421,6 @@ def key_of_path(path: str | Path) -> tuple[str, str, str, int]:
     return p.parents[2].name, p.parents[1].name, p.parent.name, int(match.group(1))
 
 
-def group_of_path(path: str | Path) -> tuple[str, str, str]:
-    """(task, model, setting) from results/inference/{task}/{model}/{setting}/r{repeat}.parquet."""
-    return key_of_path(path)[:3]
-
-
 def read_inference(paths: list[str], task: str) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
     """Every inference file of one task (all repeats), checked against its file name; (rows, groups in order)."""
     frames, groups, seen = [], [], set()
