@@ -57,7 +57,7 @@ def test_paper_defaults():
         (lambda c: c["sampling"]["pope"].update(n=0), "sampling.pope.n"),
         (lambda c: c["decoding"].pop("temperature"), "decoding: 'temperature' is a required property"),
         (lambda c: c["models"]["qwen2_5_vl"].update(path="./no/such/folder"), "models.qwen2_5_vl.path: local folder"),
-        (lambda c: c["analysis"]["attention"].update(model="qwen2_5_vl"), "analysis.attention.model: must name a llava"),
+        (lambda c: c["analysis"]["attention"].update(model="qwen2_5_vl"), "analysis.attention.model: 'qwen2_5_vl' is a qwen2_5_vl model; attention runs on models of the families ['llava']"),
         (lambda c: c["analysis"]["modality_gap"].update(model="gpt"), "analysis.modality_gap.model: 'gpt' is not a key"),
         (lambda c: c["settings"]["baseline"].update(image="negative"), "settings.baseline.image: 'negative'"),
         (lambda c: c["analysis"]["modality_gap"].update(conditions=["control", "pii"]),

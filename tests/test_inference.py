@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import demo_models
+import families
 import infer
 import pandas as pd
 import pytest
@@ -33,6 +34,7 @@ GOLDEN = {
                              + "<|im_end|>\n<|im_start|>assistant\n"),
     "llava": lambda t: f"USER: <image>\n{t} ASSISTANT:" if t is not None else "USER: <image>\nASSISTANT:",
     "instructblip": lambda t: t or "",
+    "hf": lambda t: f"<|im_start|>User:<image>{t or ''}<end_of_utterance>\nAssistant:",
 }
 GREEDY = {"do_sample": False, "temperature": 0.7, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 
@@ -40,14 +42,14 @@ GREEDY = {"do_sample": False, "temperature": 0.7, "top_p": 1.0, "top_k": 0, "rep
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo_models")
-    for family in demo_models.FAMILIES:
+    for family in families.names():
         demo_models.build(family, out / family, seed=0)
     return out
 
 
 @pytest.fixture(scope="session")
 def loaded(models_dir):
-    return {f: vlm.load_model(f"demo_{f}", {"family": f, "path": str(models_dir / f)}) for f in demo_models.FAMILIES}
+    return {f: vlm.load_model(f"demo_{f}", {"family": f, "path": str(models_dir / f)}) for f in families.names()}
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +64,8 @@ def test_demo_checkpoints_are_the_real_classes(models_dir, loaded):
 
     want = {"qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
             "llava": transformers.LlavaForConditionalGeneration,
-            "instructblip": transformers.InstructBlipForConditionalGeneration}
+            "instructblip": transformers.InstructBlipForConditionalGeneration,
+            "hf": transformers.Idefics3ForConditionalGeneration}
     for family, lm in loaded.items():
         assert type(lm.model) is want[family]
         assert lm.tokenizer.padding_side == "left"
@@ -90,7 +93,7 @@ def test_demo_build_is_seeded(tmp_path, models_dir):
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-@pytest.mark.parametrize("family", demo_models.FAMILIES)
+@pytest.mark.parametrize("family", families.names())
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_prompt_golden(loaded, family, setting):
     text = infer.format_text_prompt({"prompt_in_image": None, "prompt_in_image_instructed":
@@ -107,7 +110,7 @@ def test_qwen_prompt_expands_image_tokens(loaded, images):
     assert n_img == int(inputs["image_grid_thw"].prod()) // 4 > 1
 
 
-@pytest.mark.parametrize("family", demo_models.FAMILIES)
+@pytest.mark.parametrize("family", families.names())
 def test_greedy_same_at_batch_1_and_4(loaded, images, family):
     lm = loaded[family]
     texts = [Q, None, "Describe this image in detail.", "Answer the question in the image."]
@@ -259,9 +262,9 @@ def test_resume_after_sigkill(tmp_path, models_dir):
 
 def test_demo_tokenizers_identical_across_processes():
     """Hash maps in the tokenizer trainers are seeded per process: the demo tokenizers must not depend on them."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import demo_models; "
-            "print(demo_models.bert_tokenizer().backend_tokenizer.to_str() + demo_models.qwen_tokenizer()"
-            ".backend_tokenizer.to_str() + demo_models.llama_tokenizer(['<image>']).backend_tokenizer.to_str())")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from families import demo_parts as d; "
+            "print(d.bert_tokenizer().backend_tokenizer.to_str() + d.qwen_tokenizer()"
+            ".backend_tokenizer.to_str() + d.llama_tokenizer(['<image>']).backend_tokenizer.to_str())")
     outs = [subprocess.run([sys.executable, "-c", code, str(SCRIPTS)], capture_output=True, text=True, timeout=120,
                            check=True).stdout for _ in range(3)]
     assert outs[0] and outs[0] == outs[1] == outs[2]

@@ -20,6 +20,7 @@ import openai_backend
 import pytest
 import vlm
 from conftest import free_port, stop_process, wait_for_port
+from families import demo_parts
 from inference_fixtures import job_config, make_inputs
 from pipeline_io import PipelineError, log, read_metadata, read_table, setup_logging
 
@@ -299,7 +300,7 @@ def test_counted_token_strings_are_the_transformers_backends(family):
     """answer_kind counts exactly the vocabulary entries vlm.answer_token_ids counts (raw pieces with the
     SentencePiece or byte-level space, and the same pieces as servers print them, with a plain space). The demo
     Qwen vocabulary has no "O", so encode("NO") gives the one token "N": neither side may count it as a No."""
-    tok = demo_models.llama_tokenizer(["<image>"]) if family == "llava" else demo_models.qwen_tokenizer()
+    tok = demo_parts.llama_tokenizer(["<image>"]) if family == "llava" else demo_parts.qwen_tokenizer()
     ids = vlm.answer_token_ids(tok)
     words = {w for spellings in vlm.ANSWER_WORDS.values() for w in spellings}
     for token, token_id in tok.get_vocab().items():

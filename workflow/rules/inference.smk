@@ -1,5 +1,6 @@
 # Stage: inference. One job per task x model x setting x decoding repeat; the demo's tiny checkpoints are built
 # here too.
+import families
 from openai_backend import row_settings
 
 
@@ -9,7 +10,7 @@ rule build_demo_model:
     log:
         "logs/demo_models/{family}.log",
     wildcard_constraints:
-        family="qwen2_5_vl|llava|instructblip",
+        family="|".join(families.names()),
     conda:
         "../../envs/inference.yaml"
     params:

@@ -1,16 +1,8 @@
-"""Model adapters shared by inference and the analyses: load a family, build its prompt, generate in batches.
+"""Load a model of any registered family, build its prompts, generate in batches (the transformers backend).
 
 A model entry of the config (``models.<name>``) names a ``family`` and a ``path`` (a Hugging Face id or a local
-folder, optionally pinned by ``revision``); everything family-specific lives in this module, so a fourth model of
-a supported family is one config entry.
-
-Prompt formats (the checkpoints' own, so the prompt a model sees is the one it was tuned on):
-- ``qwen2_5_vl``: the processor's chat template, default system message, image first in the user turn.
-- ``llava``: llava-hf's template, ``USER: <image>\\n{text} ASSISTANT:``.
-- ``instructblip``: the plain text (it also feeds the Q-Former); no chat template.
-With no text turn (``text_prompt: null``) the user turn holds the image alone: Qwen's template gives
-``<|vision_start|><|image_pad|><|vision_end|><|im_end|>``, llava-hf's gives ``USER: <image>\\nASSISTANT:`` (the
-template adds a space only after a text part) and InstructBLIP gets the empty string.
+folder, optionally pinned by ``revision``). What differs between families (model class, processor, prompt format,
+batched inputs, demo checkpoint, vision tower) lives in ``families/<family>.py``; this module is the same for all.
 """
 
 from __future__ import annotations
@@ -20,13 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import families
 from config_check import is_local_model_path
 from pipeline_io import PipelineError, log
 
-FAMILIES = ("qwen2_5_vl", "llava", "instructblip")
-
-# The documented llava-1.5 format, used only if a llava checkpoint ships without a chat template.
-LLAVA_FORMAT = "USER: <image>\n{text} ASSISTANT:"
 ANSWER_WORDS = {"yes": ("Yes", "yes", "YES"), "no": ("No", "no", "NO")}
 WORD_PREFIXES = ("", "\u2581", "\u0120", " ")  # none, SentencePiece space, byte-level space, literal space
 
@@ -57,8 +46,9 @@ class LoadedModel:
 def check_entry(name: str, entry: dict) -> None:
     """One-line errors naming the config key, before any heavy import."""
     family = entry.get("family")
-    if family not in FAMILIES:
-        raise PipelineError(f"models.{name}.family: '{family}' is not a supported family; use one of {list(FAMILIES)}")
+    if family not in families.REGISTRY:
+        raise PipelineError(f"models.{name}.family: '{family}' is not a supported family; use one of "
+                            f"{families.names()}")
     path = str(entry.get("path") or "")
     if not path:
         raise PipelineError(f"models.{name}.path: empty; give a Hugging Face id like 'owner/name' or a local folder")
@@ -85,48 +75,9 @@ def pick_dtype(entry: dict, device):
     return "auto" if name == "auto" else getattr(torch, name)
 
 
-def _model_class(family: str):
-    import transformers
-
-    return {"qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
-            "llava": transformers.LlavaForConditionalGeneration,
-            "instructblip": transformers.InstructBlipForConditionalGeneration}[family]
-
-
 def load_processor(family: str, path: str, revision: str | None = None):
-    """The family's processor; Qwen's is assembled without its video processor when torchvision is missing."""
-    from transformers import AutoProcessor
-
-    kwargs = {"revision": revision} if revision else {}
-    try:
-        processor = AutoProcessor.from_pretrained(path, **kwargs)
-    except ImportError as err:
-        if family != "qwen2_5_vl" or "orchvision" not in str(err):
-            raise
-        processor = _qwen_processor_without_video(path, **kwargs)
-    processor.tokenizer.padding_side = "left"
-    return processor
-
-
-def _qwen_processor_without_video(path: str, **kwargs):
-    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLProcessor
-
-    class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
-        """Qwen2_5_VLProcessor with no video processor (it needs torchvision); images and text behave the same."""
-
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
-    template = tokenizer.chat_template
-    local = Path(path) / "chat_template.jinja"
-    if local.is_file():
-        template = local.read_text(encoding="utf-8")
-    return Qwen2_5_VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                        chat_template=template)
+    """The family's processor, left-padding its tokenizer."""
+    return families.get(family).load_processor(path, revision)
 
 
 def load_model(name: str, entry: dict, device=None, attn_implementation: str | None = None) -> LoadedModel:
@@ -147,8 +98,8 @@ def load_model(name: str, entry: dict, device=None, attn_implementation: str | N
     log.info("loading %s (%s) from %s%s on %s as %s", name, family, path, f"@{revision}" if revision else "",
              device, dtype)
     try:
-        model = _model_class(family).from_pretrained(path, **kwargs)
-        processor = load_processor(family, path, revision)
+        model = families.get(family).load_model(path, **kwargs)
+        processor = families.get(family).load_processor(path, revision, model.config)
     except OSError as err:
         raise PipelineError(f"models.{name}.path: cannot load '{path}' ({str(err).splitlines()[0]}); check the id, "
                             "revision and network access, or point it at a local checkpoint folder") from err
@@ -163,22 +114,9 @@ def load_model(name: str, entry: dict, device=None, attn_implementation: str | N
 # --- prompts ---------------------------------------------------------------------------------------------
 
 
-def user_turn(text: str | None) -> list[dict]:
-    content: list[dict] = [{"type": "image"}]
-    if text is not None:
-        content.append({"type": "text", "text": text})
-    return [{"role": "user", "content": content}]
-
-
 def build_prompt(family: str, processor, text: str | None) -> str:
     """The exact prompt string for one request (``text`` None: image-only user turn)."""
-    if family == "instructblip":
-        return text or ""
-    if family == "llava" and not getattr(processor, "chat_template", None):
-        return LLAVA_FORMAT.format(text=text) if text is not None else "USER: <image>\nASSISTANT:"
-    if family not in FAMILIES:
-        raise PipelineError(f"unknown model family '{family}'; use one of {list(FAMILIES)}")
-    return processor.apply_chat_template(user_turn(text), tokenize=False, add_generation_prompt=True)
+    return families.get(family).build_prompt(processor, text)
 
 
 def prompt_length(lm: LoadedModel, prompt: str) -> int:
@@ -218,10 +156,7 @@ def open_image(path: str):
 
 def prepare_inputs(lm: LoadedModel, prompts: list[str], images: list) -> Any:
     """Batch the processor inputs with left padding, on the model's device and dtype."""
-    if lm.family == "instructblip":
-        inputs = _instructblip_inputs(lm.processor, prompts, images)
-    else:
-        inputs = lm.processor(text=prompts, images=images, return_tensors="pt", padding=True)
+    inputs = families.get(lm.family).batch_inputs(lm.processor, prompts, images)
     out = {}
     for key, value in inputs.items():
         if hasattr(value, "to"):
@@ -230,28 +165,6 @@ def prepare_inputs(lm: LoadedModel, prompts: list[str], images: list) -> Any:
                 value = value.to(lm.dtype)
         out[key] = value
     return out
-
-
-def _instructblip_inputs(processor, prompts: list[str], images: list) -> dict:
-    """InstructBLIP's processor puts the query-token placeholders before the (already left-padded) text, which
-    leaves the padding between image and text and changes a request's positions with its batch. Encode each
-    request unpadded and pad the whole sequence on the left instead; the Q-Former text is padded on the right
-    (a BERT encoder with an attention mask)."""
-    import torch
-
-    enc = processor(text=prompts, images=images, padding=False)
-    pad = processor.tokenizer.pad_token_id
-    qpad = processor.qformer_tokenizer.pad_token_id
-    n = max(len(ids) for ids in enc["input_ids"])
-    qn = max(len(ids) for ids in enc["qformer_input_ids"])
-    return {
-        "input_ids": torch.tensor([[pad] * (n - len(ids)) + list(ids) for ids in enc["input_ids"]]),
-        "attention_mask": torch.tensor([[0] * (n - len(ids)) + [1] * len(ids) for ids in enc["input_ids"]]),
-        "qformer_input_ids": torch.tensor([list(ids) + [qpad] * (qn - len(ids)) for ids in enc["qformer_input_ids"]]),
-        "qformer_attention_mask": torch.tensor([[1] * len(ids) + [0] * (qn - len(ids))
-                                                for ids in enc["qformer_input_ids"]]),
-        "pixel_values": torch.as_tensor(__import__("numpy").stack(enc["pixel_values"])),
-    }
 
 
 def generation_kwargs(decoding: dict, max_new_tokens: int) -> dict:
@@ -274,6 +187,14 @@ def _stop_ids(lm: LoadedModel) -> set[int]:
     return set(eos)
 
 
+def _pad_id(lm: LoadedModel) -> int:
+    """The tokenizer's pad id, else the generation config's, else the first stop id."""
+    for candidate in (lm.tokenizer.pad_token_id, lm.model.generation_config.pad_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return min(_stop_ids(lm))
+
+
 def p_yes_from_logits(logits, answer_ids: dict) -> list[float | None]:
     """P(Yes) / (P(Yes) + P(No)) per row of first-step logits, summing every single-token spelling."""
     import torch
@@ -293,13 +214,15 @@ def generate(lm: LoadedModel, prompts: list[str], images: list, max_new_tokens: 
     import torch
 
     inputs = prepare_inputs(lm, prompts, images)
+    # Explicit stop and pad ids: a checkpoint whose generation config lacks the tokenizer's eos (seen with
+    # InstructBLIP) would otherwise run every caption to max_new_tokens.
+    stops = _stop_ids(lm)
     torch.manual_seed(seed)
     with torch.inference_mode():
         out = lm.model.generate(**inputs, **generation_kwargs(decoding, max_new_tokens), return_dict_in_generate=True,
-                                output_logits=want_p_yes)
+                                output_logits=want_p_yes, eos_token_id=sorted(stops), pad_token_id=_pad_id(lm))
     n_in = inputs["input_ids"].shape[1]
     new = out.sequences[:, n_in:].tolist()
-    stops = _stop_ids(lm)
     p_yes = p_yes_from_logits(out.logits[0], lm.answer_ids) if want_p_yes else [None] * len(prompts)
     results = []
     for row, tokens in enumerate(new):

@@ -1,0 +1,85 @@
+"""The interface every model family implements: loading, prompts, batched inputs, its demo checkpoint and the
+vision tower the encoder analyses probe. A family module defines one subclass of ``Family`` and an instance named
+``FAMILY``; ``families/__init__.py`` registers it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipeline_io import PipelineError
+
+
+def user_turn(text: str | None) -> list[dict]:
+    """One user message: the image, then the text part unless there is none (prompt-in-image settings)."""
+    content: list[dict] = [{"type": "image"}]
+    if text is not None:
+        content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+class Family:
+    """Defaults fit a checkpoint that ``AutoProcessor`` loads and that carries a chat template."""
+
+    name: ClassVar[str]
+    model_class_name: ClassVar[str] = "AutoModelForImageTextToText"
+    # Which encoder analyses this family supports: "attention" and "layer_similarity" need a CLIP tower or
+    # Qwen's ViT, "modality_gap" reads Qwen2.5-VL's language model inputs.
+    analyses: ClassVar[frozenset[str]] = frozenset()
+    # "clip" (CLS + square patch grid) or "qwen" (windowed ViT with 2x2 merge): how the analyses read the tower.
+    vision_encoder: ClassVar[str | None] = None
+    encoder_label: ClassVar[str] = ""
+
+    # --- loading --------------------------------------------------------------------------------------------
+
+    def model_class(self):
+        import transformers
+
+        return getattr(transformers, self.model_class_name)
+
+    def load_model(self, path: str, **kwargs):
+        return self.model_class().from_pretrained(path, **kwargs)
+
+    def load_processor(self, path: str, revision: str | None = None, model_config=None):
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(path, **_revision(revision))
+        processor.tokenizer.padding_side = "left"
+        return processor
+
+    # --- requests -------------------------------------------------------------------------------------------
+
+    def build_prompt(self, processor, text: str | None) -> str:
+        """The exact prompt string of one request (``text`` None: an image-only user turn)."""
+        if not getattr(processor, "chat_template", None):
+            raise PipelineError(f"{type(processor).__name__} has no chat template; family '{self.name}' needs one "
+                                "(give the checkpoint a chat_template.jinja or use a family with a fixed format)")
+        return processor.apply_chat_template(user_turn(text), tokenize=False, add_generation_prompt=True)
+
+    def batch_inputs(self, processor, prompts: list[str], images: list) -> dict[str, Any]:
+        """Processor outputs for one left-padded batch (tensors on the CPU)."""
+        return processor(text=prompts, images=images, return_tensors="pt", padding=True)
+
+    def image_processor(self, processor):
+        return getattr(processor, "image_processor", processor)
+
+    # --- analyses -------------------------------------------------------------------------------------------
+
+    def vision_tower(self, model):
+        """The vision encoder module the analyses run on its own."""
+        inner = getattr(model, "model", model)
+        for attr in ("vision_tower", "visual", "vision_model"):
+            tower = getattr(inner, attr, None) or getattr(model, attr, None)
+            if tower is not None:
+                return tower
+        raise PipelineError(f"{type(model).__name__} has no vision tower the analyses know how to read")
+
+    # --- demo -----------------------------------------------------------------------------------------------
+
+    def build_demo(self, out: Path) -> None:
+        """Save a tiny randomly initialised checkpoint of this family into ``out`` (the torch seed is set)."""
+        raise PipelineError(f"family '{self.name}' has no demo checkpoint; remove it from data.demo.models")
+
+
+def _revision(revision: str | None) -> dict:
+    return {"revision": revision} if revision else {}
