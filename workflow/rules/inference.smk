@@ -5,6 +5,12 @@ from openai_backend import row_settings
 
 
 rule build_demo_model:
+    input:
+        # the real checkpoint files (tokenizer, chat template, processor settings) the tiny model is built from;
+        # relative paths, so a moved project reruns nothing
+        reference=lambda wc: [
+            os.path.relpath(p) for p in families.get(wc.family).reference_files()
+        ],
     output:
         directory("resources/demo/models/{family}"),
     log:

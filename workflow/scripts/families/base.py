@@ -9,6 +9,10 @@ from typing import Any, ClassVar
 
 from pipeline_io import PipelineError
 
+# The real checkpoints' small files (tokenizers, chat templates, processor settings; no weights) that demo
+# checkpoints are built from; see PROVENANCE.md there.
+CHECKPOINT_FILES = Path(__file__).resolve().parents[2] / "data" / "checkpoint_files"
+
 
 def user_turn(text: str | None) -> list[dict]:
     """One user message: the image, then the text part unless there is none (prompt-in-image settings)."""
@@ -29,6 +33,8 @@ class Family:
     # "clip" (CLS + square patch grid) or "qwen" (windowed ViT with 2x2 merge): how the analyses read the tower.
     vision_encoder: ClassVar[str | None] = None
     encoder_label: ClassVar[str] = ""
+    # Folder of CHECKPOINT_FILES whose real tokenizer, chat template and processor settings the demo model uses.
+    demo_reference: ClassVar[str | None] = None
 
     # --- loading --------------------------------------------------------------------------------------------
 
@@ -75,6 +81,12 @@ class Family:
         raise PipelineError(f"{type(model).__name__} has no vision tower the analyses know how to read")
 
     # --- demo -----------------------------------------------------------------------------------------------
+
+    def reference_files(self) -> list[Path]:
+        """The real checkpoint files the demo model is built from (inputs of the build_demo_model rule)."""
+        if not self.demo_reference:
+            return []
+        return sorted(p for p in (CHECKPOINT_FILES / self.demo_reference).iterdir() if p.is_file())
 
     def build_demo(self, out: Path) -> None:
         """Save a tiny randomly initialised checkpoint of this family into ``out`` (the torch seed is set)."""

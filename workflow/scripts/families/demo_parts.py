@@ -6,10 +6,6 @@ from collections import Counter
 
 from pipeline_io import PipelineError
 
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                 "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-
 # A small English corpus: the words of the prompts, POPE questions and answers, COCO categories and captions.
 _WORDS = """
 Yes No yes no not Not Is is there a an the in image picture photo this that of on with and or to at by for from
@@ -48,17 +44,6 @@ def _bpe(pre_tokenizer, decoder, specials: list[str], unk: str | None, vocab_siz
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet,
                                   show_progress=False)
     tok.train_from_iterator(corpus_lines(), trainer=trainer)
-    return tok
-
-
-def qwen_tokenizer():
-    """Byte-level BPE like Qwen2's, with Qwen's special tokens (the first is the pad / end-of-text token)."""
-    from tokenizers import decoders, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    raw = _bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel(), QWEN_SPECIALS, None)
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  additional_special_tokens=QWEN_SPECIALS[1:], padding_side="left")
     return tok
 
 

@@ -4,29 +4,14 @@ space only after a text part). The vision tower is CLIP ViT-L/14 (CLS token, squ
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from families.base import Family
-from families.demo_parts import check_answer_tokens, llama_tokenizer, tiny_llama
+from families.base import CHECKPOINT_FILES, Family
+from families.demo_parts import check_answer_tokens, tiny_llama
 
 # The documented llava-1.5 format, used only if a llava checkpoint ships without a chat template.
 LLAVA_FORMAT = "USER: <image>\n{text} ASSISTANT:"
-
-# llava-hf/llava-1.5-*-hf: "USER: <image>\n{text} ASSISTANT:" (images first, then each text part plus a space).
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
-    "{% endfor %}"
-    "{% else %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' ' }}{% endgeneration %}{% endfor %}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-
 
 class Llava(Family):
     name = "llava"
@@ -34,6 +19,7 @@ class Llava(Family):
     analyses = frozenset({"attention", "layer_similarity"})
     vision_encoder = "clip"
     encoder_label = "CLIP ViT (LLaVA)"
+    demo_reference = "llava-hf--llava-1.5-7b-hf"
 
     def build_prompt(self, processor, text: str | None) -> str:
         if not getattr(processor, "chat_template", None):
@@ -45,32 +31,30 @@ class Llava(Family):
         return getattr(inner, "vision_tower", None) or model.vision_tower
 
     def build_demo(self, out: Path) -> None:
-        from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+        """The real processor (tokenizer, chat template, CLIP image processor at 336 px with centre crop), token
+        ids and vocabulary size; CLIP ViT-L/14's shape at its real input size (patch 14, CLS token, quick_gelu,
+        feature layer -2) shrunk to 4 layers of width 32, so the attention analysis can probe layers 1, 2 and 4;
+        a 2-layer language model."""
+        from transformers import AutoProcessor, GenerationConfig, LlavaConfig, LlavaForConditionalGeneration
 
-        tok = llama_tokenizer(["<image>", "<pad>"])
-        tok.pad_token = "<pad>"
-        check_answer_tokens(tok, self.name)
-        image_size, patch = 112, 14
+        ref = CHECKPOINT_FILES / self.demo_reference
+        real = json.loads((ref / "config.json").read_text(encoding="utf-8"))
+        processor = AutoProcessor.from_pretrained(ref)
+        check_answer_tokens(processor.tokenizer, self.name)
+        vision = real["vision_config"]
+        image_size, patch = vision["image_size"], vision["patch_size"]
         config = LlavaConfig(
-            # CLIP ViT-L/14 shape family, shrunk: patch 14, CLS token, quick_gelu, pre-LN; 4 layers so the
-            # attention analysis can probe layers 1, 2 and 4.
             vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
                                num_hidden_layers=4, num_attention_heads=2, image_size=image_size, patch_size=patch,
-                               projection_dim=32, hidden_act="quick_gelu"),
-            text_config=tiny_llama(len(tok), tok.pad_token_id),
-            image_token_index=tok.convert_tokens_to_ids("<image>"),
-            vision_feature_layer=-2, vision_feature_select_strategy="default",
-            image_seq_length=(image_size // patch) ** 2, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+                               projection_dim=32, hidden_act=vision.get("hidden_act", "quick_gelu")),
+            text_config=tiny_llama(real["vocab_size"], real["pad_token_id"]),
+            image_token_index=real["image_token_index"], vision_feature_layer=real["vision_feature_layer"],
+            vision_feature_select_strategy=real["vision_feature_select_strategy"],
+            image_seq_length=(image_size // patch) ** 2, pad_token_id=real["pad_token_id"], tie_word_embeddings=False,
         )
         model = LlavaForConditionalGeneration(config)
-        model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=tok.pad_token_id)
+        model.generation_config = GenerationConfig.from_pretrained(ref)
         model.save_pretrained(out)
-        image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                                crop_size={"height": image_size, "width": image_size})
-        processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
-                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                   chat_template=LLAVA_CHAT_TEMPLATE)
         processor.save_pretrained(out)
 
 
