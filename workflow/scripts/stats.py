@@ -28,7 +28,6 @@ import warnings
 import zlib
 
 import numpy as np
-import pandas as pd
 from scipy.stats import binomtest
 
 ECE_BINS = 10
@@ -54,8 +53,15 @@ def resample_weights(rng: np.random.Generator, n: int, resamples: int) -> np.nda
 def clusters_of(keys) -> tuple[np.ndarray, int]:
     """(cluster index of each row, number of clusters) for cluster keys such as image ids. Clusters are numbered
     in order of first appearance, so unique keys give cluster i = row i."""
-    codes, uniques = pd.factorize(pd.Series(np.asarray(keys)), sort=False, use_na_sentinel=False)
-    return codes.astype(np.int64), len(uniques)
+    keys = keys.to_numpy() if hasattr(keys, "to_numpy") else np.asarray(keys)
+    if keys.dtype.kind in "biufUS":  # sortable: numbered through np.unique, then renumbered by first appearance
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        rank = np.empty(first.size, dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+        return rank[inverse.reshape(-1)], int(first.size)
+    index: dict = {}
+    codes = np.fromiter((index.setdefault(k, len(index)) for k in keys.tolist()), dtype=np.int64, count=keys.size)
+    return codes, len(index)
 
 
 def cluster_weights(rng: np.random.Generator, n_clusters: int, resamples: int) -> np.ndarray:
