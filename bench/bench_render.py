@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow" / "scripts"))
@@ -26,7 +26,7 @@ CFG = {"font": "arimo", "font_size": 26, "strip_fraction": 0.05, "padding": 2, "
 OBJECTS = ["dog", "person", "dining table", "traffic light", "cup", "bicycle", "car", "chair"]
 
 
-def make_samples(folder: Path, n: int) -> pd.DataFrame:
+def make_samples(folder: Path, n: int) -> pl.DataFrame:
     """n synthetic 640x480 JPEGs (smooth gradients + noise, like a photo in size) with POPE questions."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:480, 0:640]
@@ -50,7 +50,7 @@ def make_samples(folder: Path, n: int) -> pd.DataFrame:
                 "object": obj,
             }
         )
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
 def main() -> None:

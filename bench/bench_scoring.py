@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow" / "sc
 
 import chair  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 import score  # noqa: E402
 
 MODELS = ["qwen2_5_vl", "llava_1_5", "instructblip"]
@@ -44,13 +44,13 @@ def pope_rows(rng, repeats=None):
             for r in range(repeats or 1):
                 picks = rng.integers(0, len(ANSWERS), n)
                 p_yes = 1 / (1 + np.exp(-(1.5 * (2 * label_yes - 1) + rng.normal(0, 1.5, n))))
-                frame = pd.DataFrame({
+                frame = pl.DataFrame({
                     "sample_id": [f"pope-{q}" for q in question], "task": "pope", "model": m, "setting": s,
                     "image_id": image_id, "question": "Is there a dog in the image?",
                     "label": np.where(label_yes, "yes", "no"),
                     "response": [ANSWERS[k].format(o="dog") for k in picks], "p_yes": p_yes})
-                frames.append(frame if repeats is None else frame.assign(repeat=r))
-    return pd.concat(frames, ignore_index=True)
+                frames.append(frame if repeats is None else frame.with_columns(repeat=pl.lit(r, dtype=pl.Int64)))
+    return pl.concat(frames)
 
 
 def caption_rows(rng, repeats=None):
@@ -59,10 +59,10 @@ def caption_rows(rng, repeats=None):
     for s in ["baseline", "hybrid", "prompt_in_image"]:
         for r in range(repeats or 1):
             caps = [" ".join(rng.choice(WORDS, rng.integers(40, 120))) + "." for _ in range(n)]
-            frame = pd.DataFrame({"sample_id": [f"caption-{i}" for i in range(n)], "task": "caption",
+            frame = pl.DataFrame({"sample_id": [f"caption-{i}" for i in range(n)], "task": "caption",
                                   "model": "qwen2_5_vl", "setting": s, "image_id": np.arange(n), "response": caps})
-            frames.append(frame if repeats is None else frame.assign(repeat=r))
-    return pd.concat(frames, ignore_index=True)
+            frames.append(frame if repeats is None else frame.with_columns(repeat=pl.lit(r, dtype=pl.Int64)))
+    return pl.concat(frames)
 
 
 def main():
@@ -76,9 +76,9 @@ def main():
     t1 = time.perf_counter()
     metrics, _ = score.score_pope(pope, 0, RESAMPLES, 0.95)
     t2 = time.perf_counter()
-    print(f"POPE: {len(pope):,} rows, {len(metrics)} groups, {metrics['n_images'].iloc[0]} images per group, "
+    print(f"POPE: {len(pope):,} rows, {len(metrics)} groups, {metrics['n_images'][0]} images per group, "
           f"{RESAMPLES} resamples (clustered by image), P(yes) metrics included, "
-          f"{int(metrics['n_repeats'].iloc[0])} decoding repeat(s)")
+          f"{int(metrics['n_repeats'][0])} decoding repeat(s)")
     print(f"  parse both answer rules : {t1 - t0:6.2f} s")
     print(f"  full score_pope         : {t2 - t1:6.2f} s  (parsing + metrics + intervals + paired tests)")
     print(f"  strict unknown share    : {(answers['answer_strict'] == 'unknown').mean():.3f}")

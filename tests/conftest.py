@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +21,29 @@ sys.path.insert(0, str(SCRIPTS))
 
 # Keep the small CPU machine responsive when several torch jobs run side by side.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def assign(frame: pl.DataFrame, **columns) -> pl.DataFrame:
+    """``frame`` with columns set: a list, array or Series gives one value per row, anything else the same value for
+    every row (a Python int is Int64, as in a pipeline table)."""
+    def series(name, value):
+        if isinstance(value, (list, tuple, np.ndarray, pl.Series)):
+            return pl.Series(name, value)
+        return pl.Series(name, [value] * len(frame))
+    return frame.with_columns(series(k, v) for k, v in columns.items())
+
+
+def concat(frames) -> pl.DataFrame:
+    """Frames one below the other; columns matched by name, a column of nulls takes the others' type."""
+    return pl.concat(list(frames), how="diagonal_relaxed")
+
+
+def row(frame: pl.DataFrame, **where) -> dict:
+    """The first row whose columns equal ``where`` (e.g. ``setting="pii"``), as a dict; a null is NaN."""
+    for r in frame.iter_rows(named=True):
+        if all(r[k] == v for k, v in where.items()):
+            return {k: float("nan") if v is None else v for k, v in r.items()}
+    raise KeyError(where)
 
 
 def run_snakemake(workdir: Path, *args: str, configfile: str | None = "config.demo.yaml", timeout: int = 1200,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 from PIL import Image, ImageDraw
 from pipeline_io import write_table
 
@@ -43,13 +43,10 @@ def make_inputs(folder: Path, task: str = "pope", n: int = 6, seed: int = 0) -> 
                          "strip_x0": 0, "strip_y0": h - 10, "strip_x1": w, "strip_y1": h, "text": question,
                          "font_file": "Arimo-Regular.ttf", "font_sha256": "0" * 64, "font_size": 26,
                          "image_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    sample_df = pd.DataFrame(samples)
-    for col in ("label", "object"):
-        sample_df[col] = sample_df[col].astype(object)
-    sample_df["question_id"] = sample_df["question_id"].astype("Int64")
+    sample_df = pl.DataFrame(samples, schema_overrides={"question_id": pl.Int64}, infer_schema_length=None)
     sample_path, manifest_path = folder / f"{task}_sample.parquet", folder / f"{task}_question.parquet"
     write_table(sample_df, sample_path, "sample")
-    write_table(pd.DataFrame(manifest), manifest_path, "manifest")
+    write_table(pl.DataFrame(manifest), manifest_path, "manifest")
     return sample_path, manifest_path
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import encoders
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 import torch
 from encoders import (
@@ -242,10 +242,10 @@ def test_similarity_rows_regions():
     q = [torch.eye(4), torch.eye(4)]
     c = [torch.eye(4), torch.roll(torch.eye(4), 1, dims=1)]
     mask = np.array([[False, False], [True, True]])
-    rows = pd.DataFrame(similarity_rows("m", "llava", "s1", q, c, mask))
-    assert rows.set_index(["layer", "region"])["mean"].to_dict() == {
+    rows = pl.DataFrame(similarity_rows("m", "llava", "s1", q, c, mask))
+    assert {(r["layer"], r["region"]): r["mean"] for r in rows.iter_rows(named=True)} == {
         (1, "image"): 1.0, (1, "text"): 1.0, (2, "image"): 0.0, (2, "text"): 0.0}
-    assert rows.n_patches.tolist() == [2, 2, 2, 2] and rows.layer_from_end.tolist() == [1, 1, 0, 0]
+    assert rows["n_patches"].to_list() == [2, 2, 2, 2] and rows["layer_from_end"].to_list() == [1, 1, 0, 0]
 
 
 def test_attention_stats_regions():
@@ -289,7 +289,7 @@ def write_manifests(folder: Path, sizes) -> tuple[Path, Path]:
     paths = []
     for variant, data in rows.items():
         paths.append(folder / f"{variant}.parquet")
-        write_table(pd.DataFrame(data), paths[-1], "manifest")
+        write_table(pl.DataFrame(data), paths[-1], "manifest")
     return tuple(paths)
 
 
@@ -313,8 +313,8 @@ def test_attention_and_similarity_mains(tiny_models, tmp_path):
                                   {"analysis.attention": {"model": "llava", "n_pairs": 2, "layers": [1, 2]},
                                    "models.llava": llava, "seed": 0}))
     table = read_table(out["table"], "attention")
-    assert sorted(table.layer.unique()) == [1, 2, 4]  # configured layers + the last
-    assert len(table) == 2 * 2 * 3 and table.is_last_layer.sum() == 4
+    assert sorted(table["layer"].unique()) == [1, 2, 4]  # configured layers + the last
+    assert len(table) == 2 * 2 * 3 and table["is_last_layer"].sum() == 4
     assert read_metadata(out["table"])["heat_map"] == "CLS-to-patch attention"
     assert Image.open(out["maps"]).size[0] > 600 and Image.open(out["diagonal"]).size[0] > 600
 
@@ -324,12 +324,13 @@ def test_attention_and_similarity_mains(tiny_models, tmp_path):
         {"analysis.layer_similarity": {"models": ["qwen", "llava"], "n_pairs": 3, "last_n_layers": 3},
          "models.qwen": qwen, "models.llava": llava, "seed": 0}))
     sim = read_table(out["table"], "layer_similarity")
-    assert set(sim.model) == {"qwen", "llava"} and sim.sample_id.nunique() == 3
-    assert sim.groupby("model").layer.max().to_dict() == {"llava": 4, "qwen": 4}
+    assert set(sim["model"]) == {"qwen", "llava"} and sim["sample_id"].n_unique() == 3
+    assert dict(sim.group_by("model").agg(pl.col("layer").max()).iter_rows()) == {"llava": 4, "qwen": 4}
     # the image region only differs from the control through attention to the strip, the text region directly
-    text, image = (sim[sim.region == r].groupby("model")["mean"].mean() for r in ("text", "image"))
-    assert (text < image).all()
-    assert (sim["mean"].dropna() <= 1 + 1e-6).all()
+    text, image = (dict(sim.filter(pl.col("region") == r).group_by("model").agg(pl.col("mean").mean()).iter_rows())
+                   for r in ("text", "image"))
+    assert text.keys() == image.keys() and all(text[m] < image[m] for m in text)
+    assert (sim["mean"].drop_nulls() <= 1 + 1e-6).all()
 
 
 def test_modality_gap_main(tiny_models, tmp_path):
@@ -342,26 +343,26 @@ def test_modality_gap_main(tiny_models, tmp_path):
     paths = []
     for setting, manifest, text in (("control", c, "Describe this image in detail."), ("prompt_in_image", q, None)):
         man = read_table(manifest)
-        rows = [{"sample_id": r.sample_id, "task": "caption", "model": "qwen", "setting": setting,
-                 "image_id": r.image_id, "question": "Describe this image in detail.", "text_prompt": text,
-                 "prompt": build_prompt("qwen2_5_vl", lm.processor, text), "image_path": r.image_path,
-                 "response": "" if r.sample_id == "pope-2" else "A dog on a red sofa next to a lamp.",
+        rows = [{"sample_id": r["sample_id"], "task": "caption", "model": "qwen", "setting": setting,
+                 "image_id": r["image_id"], "question": "Describe this image in detail.", "text_prompt": text,
+                 "prompt": build_prompt("qwen2_5_vl", lm.processor, text), "image_path": r["image_path"],
+                 "response": "" if r["sample_id"] == "pope-2" else "A dog on a red sofa next to a lamp.",
                  "n_prompt_tokens": 1, "n_response_tokens": 5, "finish_reason": "stop", "seed": 0, "repeat": 0,
                  "p_yes": None}
-                for r in man.itertuples()]
+                for r in man.iter_rows(named=True)]
         paths.append(tmp_path / f"inference_{setting}.parquet")
-        write_table(pd.DataFrame(rows), paths[-1], "inference")
+        write_table(pl.DataFrame(rows, schema_overrides={"p_yes": pl.Float64}), paths[-1], "inference")
     out = {k: tmp_path / f"gap_{k}" for k in ("table", "tests", "pca", "figure")}
     modality_gap.main(fake_snakemake(
         {"captions": [str(p) for p in paths]}, out,
         {"analysis.modality_gap": {"model": "qwen", "n_samples": 5, "conditions": ["control", "prompt_in_image"],
                                    "bootstrap_resamples": 200, "confidence": 0.95}, "models.qwen": qwen, "seed": 0}))
     gap = read_table(out["table"], "modality_gap")
-    assert sorted(gap.sample_id.unique()) == ["pope-0", "pope-1"]  # pope-2 has an empty caption
-    assert set(gap.condition) == {"A", "B"} and (gap.n_caption_tokens > 0).all() and (gap.n_image_tokens > 0).all()
-    assert gap.centroid_distance.between(0, 2).all()
+    assert sorted(gap["sample_id"].unique()) == ["pope-0", "pope-1"]  # pope-2 has an empty caption
+    assert set(gap["condition"]) == {"A", "B"} and (gap["n_caption_tokens"] > 0).all()
+    assert (gap["n_image_tokens"] > 0).all() and gap["centroid_distance"].is_between(0, 2).all()
     tests = read_table(out["tests"], "modality_gap_test")
-    assert tests.n.tolist() == [2, 2]
+    assert tests["n"].to_list() == [2, 2]
     assert Image.open(out["pca"]).size[0] > 600 and Image.open(out["figure"]).size[0] > 600
 
 
@@ -375,11 +376,11 @@ def test_analysis_rules_in_demo_dag(demo_run):
     """The three analyses as the demo DAG ran them (shared session run of the whole demo)."""
     tmp_path = demo_run
     att = read_table(tmp_path / ANALYSIS_OUTPUTS[0], "attention")
-    assert att.sample_id.nunique() == 6 and sorted(att.layer.unique()) == [1, 2, 4]
+    assert att["sample_id"].n_unique() == 6 and sorted(att["layer"].unique()) == [1, 2, 4]
     sim = read_table(tmp_path / ANALYSIS_OUTPUTS[1], "layer_similarity")
-    assert set(sim.model) == {"qwen2_5_vl", "llava_1_5"}
+    assert set(sim["model"]) == {"qwen2_5_vl", "llava_1_5"}
     gap = read_table(tmp_path / ANALYSIS_OUTPUTS[2], "modality_gap")
-    assert set(gap.condition) == {"A", "B"}
+    assert set(gap["condition"]) == {"A", "B"}
     for png in ("attention/attention_maps.png", "attention/diagonal.png", "layer_similarity/layer_similarity.png",
                 "modality_gap/pca.png", "modality_gap/gap.png"):
         assert (tmp_path / "results/analysis" / png).stat().st_size > 10_000

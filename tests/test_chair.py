@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import chair
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 import score
+from conftest import row
 
 COCO_80 = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -112,7 +113,7 @@ def test_ground_truth_joins_instances_and_reference_captions(vocab):
 def test_chair_metrics_hand_computed(vocab):
     instances, captions = _coco()
     gt = chair.ground_truth(vocab, instances, captions, [1, 2])
-    df = pd.DataFrame({
+    df = pl.DataFrame({
         "sample_id": ["c1", "c2", "c1", "c2"], "task": "caption", "model": "m",
         "setting": ["baseline", "baseline", "pii", "pii"], "image_id": [1, 2, 1, 2],
         "response": ["A dog on a bench with a cat and a cat.",   # 4 mentions, 2 hallucinated (cat x2)
@@ -120,23 +121,24 @@ def test_chair_metrics_hand_computed(vocab):
                      "A dog.", "A man, a chair and a toaster."],  # 1 + 3 mentions, 1 hallucinated
     })
     captions_df = score.score_captions(df, vocab, gt)
-    m = score.chair_metrics(captions_df, seed=0, resamples=200, confidence=0.95).set_index("setting")
-    assert m.loc["baseline", "chair_s"] == pytest.approx(1 / 2)
-    assert m.loc["baseline", "chair_i"] == pytest.approx(2 / 6)
-    assert m.loc["baseline", "recall"] == pytest.approx(4 / 4)
-    assert m.loc["pii", "chair_i"] == pytest.approx(1 / 4)
-    assert m.loc["pii", "recall"] == pytest.approx(3 / 4)
-    assert m.loc["pii", "chair_i_delta"] == pytest.approx(1 / 4 - 2 / 6)
-    assert m.loc["pii", "n_paired"] == 2
-    assert m.loc["baseline", "mean_length"] == pytest.approx((11 + 5) / 2)
-    assert np.isnan(m.loc["baseline", "chair_s_p_value"])
-    assert 0 < m.loc["pii", "chair_s_p_value"] <= 1
+    m = score.chair_metrics(captions_df, seed=0, resamples=200, confidence=0.95)
+    base, pii = row(m, setting="baseline"), row(m, setting="pii")
+    assert base["chair_s"] == pytest.approx(1 / 2)
+    assert base["chair_i"] == pytest.approx(2 / 6)
+    assert base["recall"] == pytest.approx(4 / 4)
+    assert pii["chair_i"] == pytest.approx(1 / 4)
+    assert pii["recall"] == pytest.approx(3 / 4)
+    assert pii["chair_i_delta"] == pytest.approx(1 / 4 - 2 / 6)
+    assert pii["n_paired"] == 2
+    assert base["mean_length"] == pytest.approx((11 + 5) / 2)
+    assert np.isnan(base["chair_s_p_value"])
+    assert 0 < pii["chair_s_p_value"] <= 1
 
 
 def test_caption_without_objects_and_empty_group(vocab):
-    df = pd.DataFrame({"sample_id": ["c1"], "task": "caption", "model": "m", "setting": ["baseline"],
+    df = pl.DataFrame({"sample_id": ["c1"], "task": "caption", "model": "m", "setting": ["baseline"],
                        "image_id": [1], "response": [""]})
     caps = score.score_captions(df, vocab, {1: {"dog"}})
     m = score.chair_metrics(caps, 0, 100, 0.95, groups=[("caption", "m", "baseline"), ("caption", "m", "x")])
-    assert m.loc[0, "chair_s"] == 0 and np.isnan(m.loc[0, "chair_i"])   # no mention: CHAIRi undefined
-    assert m.loc[1, "n"] == 0 and np.isnan(m.loc[1, "chair_s"])          # no caption at all: NaN, no crash
+    assert m["chair_s"][0] == 0 and np.isnan(m["chair_i"][0])   # no mention: CHAIRi undefined
+    assert m["n"][1] == 0 and np.isnan(m["chair_s"][1])          # no caption at all: NaN, no crash

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import demo_coco
-import pandas as pd
+import polars as pl
 import pope_build
 import pytest
 import sample
@@ -56,7 +56,7 @@ def pope_file(tmp_path) -> Path:
 def test_read_pope_keeps_rows(pope_file):
     pope = sample.read_pope(pope_file)
     assert list(pope.columns) == ["question_id", "image", "text", "label"]
-    assert len(pope) == 240 and pope["question_id"].tolist() == list(range(1, 241))
+    assert len(pope) == 240 and pope["question_id"].to_list() == list(range(1, 241))
 
 
 @pytest.mark.parametrize("line, needle", [
@@ -79,8 +79,8 @@ def test_read_pope_errors_name_file_and_line(tmp_path, line, needle):
 @pytest.mark.skipif(not REAL_POPE.exists(), reason="the official POPE file is not in the shared data folder")
 def test_read_official_pope_adversarial():
     pope = sample.read_pope(REAL_POPE)
-    assert len(pope) == 3000 and pope["image"].nunique() == 500
-    assert pope["label"].tolist() == ["yes", "no"] * 1500
+    assert len(pope) == 3000 and pope["image"].n_unique() == 500
+    assert pope["label"].to_list() == ["yes", "no"] * 1500
     ids = [sample.image_id_of(name) for name in pope["image"]]
     assert all(i > 0 for i in ids) and len(set(ids)) == 500
     assert sample.image_id_of("COCO_val2014_000000310196.jpg") == 310196
@@ -90,7 +90,7 @@ def test_read_official_pope_adversarial():
 def test_builder_writes_the_official_format_byte_for_byte(tmp_path):
     """Our question wording and JSON Lines writer reproduce the official adversarial file exactly, except that the
     official copy has Windows line ends (CRLF), where POPE's code writes '\n' on Linux as ours does."""
-    rows = sample.read_pope(REAL_POPE).to_dict("records")
+    rows = sample.read_pope(REAL_POPE).to_dicts()
     for row in rows:
         assert pope_build.question_text(asked_object(row["text"])) == row["text"]
     pope_build.write_jsonl(rows, tmp_path / "copy.json")
@@ -105,13 +105,13 @@ def test_sample_pope_balanced_and_deterministic(pope_file, n):
     a = sample.sample_pope(pope, n, True, seed=7)
     b = sample.sample_pope(pope, n, True, seed=7)
     c = sample.sample_pope(pope, n, True, seed=8)
-    assert a["question_id"].tolist() == b["question_id"].tolist()
-    assert a["question_id"].tolist() != c["question_id"].tolist()
-    assert len(a) == n and a["question_id"].is_unique
-    counts = a["label"].value_counts()
-    assert counts["yes"] == n - n // 2 and counts["no"] == n // 2
+    assert a["question_id"].to_list() == b["question_id"].to_list()
+    assert a["question_id"].to_list() != c["question_id"].to_list()
+    assert len(a) == n and a["question_id"].is_unique().all()
+    labels = a["label"].to_list()
+    assert labels.count("yes") == n - n // 2 and labels.count("no") == n // 2
     # labels, images and texts are the source's, row by row
-    merged = a.merge(pope, on="question_id", suffixes=("", "_src"))
+    merged = a.join(pope, on="question_id", suffix="_src")
     assert len(merged) == n
     for col in ("image", "text", "label"):
         assert (merged[col] == merged[f"{col}_src"]).all()
@@ -120,9 +120,9 @@ def test_sample_pope_balanced_and_deterministic(pope_file, n):
 def test_sample_pope_unbalanced_follows_the_source(tmp_path):
     pope = sample.read_pope(write_pope(tmp_path / "skewed.json", yes_per_image=5, no_per_image=1))
     picked = sample.sample_pope(pope, 60, False, seed=3)
-    assert len(picked) == 60 and picked["question_id"].is_unique
+    assert len(picked) == 60 and picked["question_id"].is_unique().all()
     assert (picked["label"] == "yes").sum() > 40  # about 50 of 60 expected; a forced 30/30 would be a bug
-    assert picked["question_id"].tolist() == sample.sample_pope(pope, 60, False, seed=3)["question_id"].tolist()
+    assert picked["question_id"].to_list() == sample.sample_pope(pope, 60, False, seed=3)["question_id"].to_list()
 
 
 def test_sample_pope_too_many(tmp_path, pope_file):
@@ -147,15 +147,15 @@ def test_pope_sample_parquet_and_id_list(tmp_path, pope_file):
     pope = sample.read_pope(pope_file)
     sampled = sample.sample_pope(pope, 30, True, seed=1)
     table = sample.pope_sample_table(sampled)
-    coco = {"root": str(fake_coco_root(tmp_path / "coco", table["image_id"].unique())), "download": False}
+    coco = {"root": str(fake_coco_root(tmp_path / "coco", table["image_id"].unique().to_list())), "download": False}
     table = sample.attach_images(table, coco)
     parquet, ids = tmp_path / "out" / "pope_sample.parquet", tmp_path / "out" / "pope_sample_ids.txt"
     sample.write_sample(table, parquet, ids, "question_id", metadata={"seed": 1})
     back = read_table(parquet, "sample")  # checks the `sample` table schema
-    assert back["sample_id"].tolist() == [f"pope-{q}" for q in sampled["question_id"]]
-    assert back["sample_id"].is_unique and set(back["task"]) == {"pope"}
-    assert [int(v) for v in ids.read_text().split()] == back["question_id"].tolist()
-    assert back["image_id"].tolist() == [int(n[-16:-4]) for n in sampled["image"]]
+    assert back["sample_id"].to_list() == [f"pope-{q}" for q in sampled["question_id"]]
+    assert back["sample_id"].is_unique().all() and set(back["task"]) == {"pope"}
+    assert [int(v) for v in ids.read_text().split()] == back["question_id"].to_list()
+    assert back["image_id"].to_list() == [int(n[-16:-4]) for n in sampled["image"]]
     assert all(Path(p).is_file() and Path(p).parent.name == "val2017" for p in back["image_path"])
     for text, obj in zip(back["question"], back["object"], strict=True):
         assert QUESTION.match(text).group(2) == obj
@@ -173,19 +173,19 @@ def test_caption_sampling(tmp_path):
     ids = [1000 + 13 * k for k in range(50)]
     instances = write_instances(tmp_path / "instances_val2017.json", ids)
     a = sample.sample_caption_images(instances, 12, seed=5)
-    assert a["image_id"].tolist() == sample.sample_caption_images(instances, 12, seed=5)["image_id"].tolist()
-    assert a["image_id"].tolist() != sample.sample_caption_images(instances, 12, seed=6)["image_id"].tolist()
-    assert len(a) == 12 and a["image_id"].is_monotonic_increasing and set(a["image_id"]) <= set(ids)
-    assert (a["image_file"] == [f"{i:012d}.jpg" for i in a["image_id"]]).all()
+    assert a["image_id"].to_list() == sample.sample_caption_images(instances, 12, seed=5)["image_id"].to_list()
+    assert a["image_id"].to_list() != sample.sample_caption_images(instances, 12, seed=6)["image_id"].to_list()
+    assert len(a) == 12 and a["image_id"].is_sorted() and set(a["image_id"]) <= set(ids)
+    assert a["image_file"].to_list() == [f"{i:012d}.jpg" for i in a["image_id"]]
     table = sample.caption_sample_table(a, "Describe this image.")
     coco = {"root": str(fake_coco_root(tmp_path / "coco", a["image_id"])), "download": False}
     table = sample.attach_images(table, coco)
     parquet, id_list = tmp_path / "caption_sample.parquet", tmp_path / "caption_sample_ids.txt"
     sample.write_sample(table, parquet, id_list, "image_id", metadata={})
     back = read_table(parquet, "sample")
-    assert back["sample_id"].tolist() == [f"caption-{i}" for i in a["image_id"]]
-    assert back["label"].isna().all() and back["question_id"].isna().all()
-    assert [int(v) for v in id_list.read_text().split()] == back["image_id"].tolist()
+    assert back["sample_id"].to_list() == [f"caption-{i}" for i in a["image_id"]]
+    assert back["label"].is_null().all() and back["question_id"].is_null().all()
+    assert [int(v) for v in id_list.read_text().split()] == back["image_id"].to_list()
     with pytest.raises(PipelineError) as excinfo:
         sample.sample_caption_images(instances, 51, seed=5)
     one_line_error(excinfo, "sampling.caption.n")
@@ -344,7 +344,7 @@ def test_written_pope_reads_back(tmp_path):
     pope_build.write_jsonl(rows["adversarial"], tmp_path / "adv.json")
     first = (tmp_path / "adv.json").read_text().splitlines()[0]
     assert list(json.loads(first)) == ["question_id", "image", "text", "label"]
-    assert sample.read_pope(tmp_path / "adv.json").to_dict("records") == rows["adversarial"]
+    assert sample.read_pope(tmp_path / "adv.json").to_dicts() == rows["adversarial"]
 
 
 # --- the demo mini-COCO --------------------------------------------------------------------------------------
@@ -387,8 +387,8 @@ def test_build_pope_on_demo_coco(demo):
     rows = pope_build.build_pope(instances, n_images=40, n_per_label=3, min_objects=3, seed=0)
     assert len(rows["adversarial"]) == 240
     check_pope_invariants(rows, instances, 3)
-    pope = pd.DataFrame(rows["adversarial"])
-    assert pope["image"].nunique() == 40
+    pope = pl.DataFrame(rows["adversarial"])
+    assert pope["image"].n_unique() == 40
 
 
 # --- the data rules of the demo DAG --------------------------------------------------------------------------
@@ -403,16 +403,16 @@ def test_demo_dag_through_data(tmp_path):
     run_snakemake(tmp_path, *DATA_TARGETS, timeout=300)
     built = sample.read_pope(tmp_path / demo["data"]["pope"]["file"])
     n_built = demo["data"]["pope_build"]["n_images"]
-    assert len(built) == 6 * n_built and built["image"].nunique() == n_built
+    assert len(built) == 6 * n_built and built["image"].n_unique() == n_built
     for task, id_column in (("pope", "question_id"), ("caption", "image_id")):
         table = read_table(tmp_path / f"results/data/{task}_sample.parquet", "sample")
-        assert len(table) == demo["sampling"][task]["n"] and table["sample_id"].is_unique
+        assert len(table) == demo["sampling"][task]["n"] and table["sample_id"].is_unique().all()
         ids = [int(v) for v in (tmp_path / f"results/data/{task}_sample_ids.txt").read_text().split()]
-        assert ids == table[id_column].tolist()
+        assert ids == table[id_column].to_list()
         assert all((tmp_path / p).is_file() and p.startswith("resources/demo/coco/val2017/")
                    for p in table["image_path"])
     pope = read_table(tmp_path / "results/data/pope_sample.parquet")
     assert (pope["label"] == "yes").sum() == (pope["label"] == "no").sum()
-    merged = pope.merge(built, on="question_id")
-    assert (merged["label_x"] == merged["label_y"]).all() and (merged["question"] == merged["text"]).all()
+    merged = pope.join(built, on="question_id", suffix="_built")
+    assert (merged["label"] == merged["label_built"]).all() and (merged["question"] == merged["text"]).all()
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *DATA_TARGETS, timeout=120).stdout

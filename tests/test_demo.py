@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-import pandas as pd
+import polars as pl
 import yaml
 from conftest import ROOT, run_snakemake
 from pipeline_io import read_metadata, read_table
@@ -29,22 +29,24 @@ def test_every_inference_file_is_complete(demo_run):
         for model, setting, repeat in itertools.product(MODELS, SETTINGS, repeats):
             path = demo_run / f"results/inference/{task}/{model}/{setting}/r{repeat}.parquet"
             rows = read_table(path, "inference")
-            assert sorted(rows.sample_id) == sorted(sample.sample_id), path
-            assert (rows.setting == setting).all() and (rows.model == model).all() and (rows.repeat == repeat).all()
+            assert sorted(rows["sample_id"]) == sorted(sample["sample_id"]), path
+            assert ((rows["setting"] == setting).all() and (rows["model"] == model).all()
+                    and (rows["repeat"] == repeat).all())
             meta = read_metadata(path)
             assert meta["model_path"] == cfg["models"][model]["path"] and meta["repeat"] == repeat
             assert set(meta["versions"]) >= {"torch", "transformers"} and meta["decoding"]["temperature"] == 0.7
             if setting == "prompt_in_image":
-                assert rows.text_prompt.isna().all()
-                assert not any(q in p for q, p in zip(rows.question, rows.prompt, strict=True)), "PiI must not leak the text"
+                assert rows["text_prompt"].is_null().all()
+                assert not any(q in p for q, p in zip(rows["question"], rows["prompt"], strict=True)), \
+                    "PiI must not leak the text"
             else:
-                assert rows.text_prompt.notna().all()
+                assert rows["text_prompt"].is_not_null().all()
             if task == "pope" and setting == "baseline":
-                assert rows.p_yes.between(0, 1).all()
+                assert rows["p_yes"].is_between(0, 1).fill_null(False).all()
     # sampling is on (temperature 0.7): the second repeat writes other captions
     first, second = (read_table(demo_run / f"results/inference/caption/{MODELS[0]}/baseline/r{r}.parquet")
                      for r in repeats)
-    assert (first.response != second.response).any()
+    assert (first["response"] != second["response"]).any()
 
 
 def test_tables_and_report(demo_run):
@@ -52,10 +54,10 @@ def test_tables_and_report(demo_run):
         md = (demo_run / f"results/tables/{name}.md").read_text()
         for setting in SETTINGS:
             assert f"| {setting}" in md
-        csv = pd.read_csv(demo_run / f"results/tables/{name}.csv")
+        csv = pl.read_csv(demo_run / f"results/tables/{name}.csv")
         assert len(csv) >= len(SETTINGS)
     pope = read_table(demo_run / "results/scores/pope_metrics.parquet", "pope_metrics")
-    assert set(pope["n_repeats"]) == {2} and pope["accuracy_repeat_sd"].notna().all()
+    assert set(pope["n_repeats"]) == {2} and pope["accuracy_repeat_sd"].is_not_null().all()
     assert "Spread over the 2 decoding repeats" in (demo_run / "results/tables/table1_pope.md").read_text()
     html = (demo_run / "results/report/index.html").read_text()
     assert "Table 1" in html and "Table 2" in html and html.count("data:image/png;base64,") >= 7

@@ -11,11 +11,12 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 import pytest
 import sample
 from conftest import run_snakemake
 from pipeline_io import read_metadata, read_table
+from polars.testing import assert_frame_equal
 
 # Metadata keys that measure the run rather than describe the data.
 VOLATILE_METADATA = {"wall_s_this_run"}
@@ -24,7 +25,7 @@ SETTING = "hybrid"  # a setting that shows the model the rendered 'question' ima
 
 def _infer_seconds(demo_run: Path, task: str, model: str) -> float:
     tsv = demo_run / "results/benchmarks/infer" / task / model / SETTING / "r0.tsv"
-    return float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+    return float(pl.read_csv(tsv, separator="\t")["s"][0])
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def second_run(tmp_path_factory, inference_files) -> Path:
 
 
 def assert_same_table(a: Path, b: Path) -> None:
-    pd.testing.assert_frame_equal(read_table(a), read_table(b), check_exact=True)
+    assert_frame_equal(read_table(a), read_table(b), check_exact=True)
     meta_a, meta_b = read_metadata(a), read_metadata(b)
     for key in VOLATILE_METADATA:
         meta_a.pop(key, None)
@@ -113,7 +114,7 @@ def test_scores_and_tables_recomputed_identically(demo_run, tmp_path):
         assert (demo_run / path).read_bytes() == (work / path).read_bytes(), f"{path} differs"
 
 
-def _digest(df: pd.DataFrame, column: str) -> str:
+def _digest(df: pl.DataFrame, column: str) -> str:
     return hashlib.sha256(",".join(map(str, df[column])).encode()).hexdigest()
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import chair
 import infer
 import openai_backend
-import pandas as pd
+import polars as pl
 import pytest
 import render
 import sample
@@ -101,7 +101,7 @@ def _truncate(path: Path) -> None:
 def test_corrupt_jpeg_fails_render_with_no_output(tmp_path, variant):
     images = [_jpeg(tmp_path / f"{i}.jpg") for i in range(3)]
     _truncate(images[1])
-    samples = pd.DataFrame({"sample_id": [f"pope-{i}" for i in range(3)], "image_id": [1, 2, 3],
+    samples = pl.DataFrame({"sample_id": [f"pope-{i}" for i in range(3)], "image_id": [1, 2, 3],
                             "image_path": [str(p) for p in images], "question": ["Is there a dog in the image?"] * 3})
     manifest = tmp_path / "out" / f"{variant}.parquet"
     with pytest.raises(PipelineError) as err:
@@ -114,7 +114,7 @@ def test_corrupt_jpeg_fails_render_with_no_output(tmp_path, variant):
 
 
 def test_missing_source_image_fails_render(tmp_path):
-    samples = pd.DataFrame({"sample_id": ["caption-7"], "image_id": [7], "image_path": [str(tmp_path / "gone.jpg")],
+    samples = pl.DataFrame({"sample_id": ["caption-7"], "image_id": [7], "image_path": [str(tmp_path / "gone.jpg")],
                             "question": ["Describe this image in detail."]})
     with pytest.raises(PipelineError, match=r"sample caption-7: source image '.*gone\.jpg' is missing") as err:
         render.render_variant(samples, "original", tmp_path / "original.parquet", RENDER_CFG)
@@ -251,13 +251,13 @@ def test_dag_malformed_pope_line(demo_run, tmp_path):
 def test_dag_truncated_jpeg(demo_run, tmp_path):
     work = copy_run(demo_run, tmp_path / "w")
     samples = read_table(work / "results/data/pope_sample.parquet")
-    victim = Path(samples["image_path"].iloc[3])
+    victim = Path(samples["image_path"][3])
     victim = victim if victim.is_absolute() else work / victim
     _truncate(victim)
     target = "results/images/pope/original.parquet"
     proc = run_snakemake(work, target, ON_COPY, f"--forcerun={target}", check=False, timeout=300)
     assert proc.returncode != 0
-    sid = samples["sample_id"].iloc[3]
+    sid = samples["sample_id"][3]
     lines = error_lines(proc, f"sample {sid}: source image")
     assert lines and "is corrupt or not an image" in lines[0], proc.stderr[-3000:]
     log = (work / "logs/render/pope/original.log").read_text()
@@ -336,20 +336,20 @@ def test_sigkill_during_render_leaves_no_truncated_png(demo_run, tmp_path):
     run_snakemake(work, target, "--unlock", timeout=120)
     run_snakemake(work, target, ON_COPY, "--rerun-incomplete", timeout=300)
     manifest = read_table(work / target, "manifest")
-    assert len(manifest) == n_samples and not manifest["sample_id"].duplicated().any()
+    assert len(manifest) == n_samples and not manifest["sample_id"].is_duplicated().any()
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{s}.png" for s in manifest["sample_id"])
-    for row in manifest.itertuples():
-        path = Path(row.image_path)
+    for row in manifest.iter_rows(named=True):
+        path = Path(row["image_path"])
         path = path if path.is_absolute() else work / path
         verify_png(path)
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == row.image_sha256
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["image_sha256"]
 
 
 def _cheapest_infer(demo_run: Path) -> str:
     """The POPE inference job of the demo that ran fastest (from its benchmark file)."""
     times = {}
     for tsv in (demo_run / "results/benchmarks/infer/pope").rglob("*.tsv"):
-        times[tsv.relative_to(demo_run / "results/benchmarks/infer")] = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+        times[tsv.relative_to(demo_run / "results/benchmarks/infer")] = float(pl.read_csv(tsv, separator="\t")["s"][0])
     best = min(times, key=times.get)
     return f"results/inference/{best.with_suffix('.parquet')}"
 
@@ -377,7 +377,7 @@ def test_ctrl_c_during_infer_then_rerun_completes(demo_run, tmp_path):
     assert "resuming:" in log
     df = read_table(work / infer_target, "inference")
     expected = read_table(work / "results/data/pope_sample.parquet")["sample_id"]
-    assert sorted(df["sample_id"]) == sorted(expected) and not df["sample_id"].duplicated().any()
+    assert sorted(df["sample_id"]) == sorted(expected) and not df["sample_id"].is_duplicated().any()
     assert not partial.exists()
     for path in manifests:
         assert len(read_table(work / path, "manifest")) == len(expected)

@@ -4,7 +4,7 @@ same pixels for a model whichever variant it is shown (the 'original' variant is
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 import render
 import vlm
@@ -147,17 +147,17 @@ def test_every_variant_shows_the_same_upright_pixels(tmp_path, kind):
     """Inference opens the 'original' variant from the source path in its manifest and the other variants from
     rendered PNGs: through vlm.open_image all three must show the same picture (upright, alpha on white)."""
     path, upright = _source(tmp_path, kind)
-    samples = pd.DataFrame([{"sample_id": "pope-0", "task": "pope", "image_id": 1, "image_path": path,
+    samples = pl.DataFrame([{"sample_id": "pope-0", "task": "pope", "image_id": 1, "image_path": path,
                              "question": "Is there a dog in the image?"}])
     manifests = {v: render.render_variant(samples, v, tmp_path / "out" / f"{v}.parquet", CFG, task="pope")
                  for v in render.VARIANTS}
     h, w = upright.shape[:2]
     assert manifests["original"]["image_path"][0] == path  # the source itself, no copy
     for variant, manifest in manifests.items():
-        row = manifest.iloc[0]
-        assert (row.orig_width, row.orig_height) == (w, h), "the manifest records the upright size"
-        seen = _px(vlm.open_image(row.image_path))
-        assert seen.shape == (row.height, row.width, 3)
+        row = manifest.row(0, named=True)
+        assert (row["orig_width"], row["orig_height"]) == (w, h), "the manifest records the upright size"
+        seen = _px(vlm.open_image(row["image_path"]))
+        assert seen.shape == (row["height"], row["width"], 3)
         assert np.array_equal(seen[:h], upright), f"{variant}: the image part differs"
     assert (_px(vlm.open_image(manifests["control"]["image_path"][0]))[h:] == 255).all()
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import demo_models
 import families
 import infer
-import pandas as pd
 import pytest
 import vlm
 from conftest import SCRIPTS
 from inference_fixtures import job_config, make_inputs, write_config
 from pipeline_io import PipelineError, read_metadata, read_table
+from polars.testing import assert_frame_equal
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -188,11 +188,11 @@ def test_oom_halves_batch_and_keeps_every_row(tmp_path, caplog):
     backend = FakeBackend(max_ok=1)
     with caplog.at_level(logging.WARNING, logger="pii"):
         df, facts = infer.run_requests(job, reqs, backend, tmp_path / "partial")
-    assert sorted(df["sample_id"]) == sorted(r.sample_id for r in reqs) and not df["sample_id"].duplicated().any()
+    assert sorted(df["sample_id"]) == sorted(r.sample_id for r in reqs) and not df["sample_id"].is_duplicated().any()
     assert backend.calls[:3] == [4, 2, 1] and facts["final_batch_size"] == 1
     assert "halving the batch to 2" in caplog.text and "halving the batch to 1" in caplog.text
     # seeds: each piece is seeded by its position in the sorted order, so they are distinct and reproducible
-    assert df["seed"].nunique() == len(df)
+    assert df["seed"].n_unique() == len(df)
 
 
 def test_oom_at_batch_one_is_a_clear_error(tmp_path):
@@ -216,7 +216,7 @@ def test_stale_checkpoints_are_discarded(tmp_path, caplog):
 
 def test_missing_manifest_row_is_one_line_error(tmp_path):
     job, _, sample, manifest = _requests(tmp_path, n=3)
-    man = read_table(manifest).iloc[:2]
+    man = read_table(manifest).head(2)
     with pytest.raises(PipelineError, match="no image for sample 'pope-2'"):
         infer.build_requests(read_table(sample), man, job, "m.parquet")
 
@@ -251,13 +251,13 @@ def test_resume_after_sigkill(tmp_path, models_dir):
     assert f"resuming: {n_done} of 10 batches" in text
     df = read_table(out, "inference")
     assert sorted(df["sample_id"]) == sorted(f"caption-{i}" for i in range(10))
-    assert not df["sample_id"].duplicated().any() and not partial.exists()
+    assert not df["sample_id"].is_duplicated().any() and not partial.exists()
     meta = read_metadata(out)
     assert meta["resumed_batches"] == n_done and meta["versions"]["transformers"]
     # the same job uninterrupted, in-process: identical rows
     infer.run_job(infer.Job("caption", "llava_1_5", "baseline", json.loads(cfg_path.read_text())), sample, manifest,
                   tmp_path / "ref.parquet", tmp_path / ".partial_ref", threads=1)
-    pd.testing.assert_frame_equal(df, read_table(tmp_path / "ref.parquet"))
+    assert_frame_equal(df, read_table(tmp_path / "ref.parquet"))
 
 
 def test_demo_tokenizers_identical_across_processes():
@@ -401,7 +401,7 @@ def test_repeat_zero_is_the_single_run_and_repeat_one_samples_anew(tmp_path, mod
         assert r0["seed"][i] == position and r0["response"][i] == alone["response"]
     assert sorted(r1["seed"]) == [infer.repeat_seed(0, 1) + k for k in range(4)]
     assert (r0["response"] != r1["response"]).any()
-    pd.testing.assert_frame_equal(r1, r1_again)
+    assert_frame_equal(r1, r1_again)
     meta = read_metadata(tmp_path / "r1.parquet")
     assert meta["repeat"] == 1 and meta["repeat_seed"] == infer.repeat_seed(0, 1) and meta["seed"] == 0
     greedy = {**cfg, "decoding": GREEDY}
@@ -420,10 +420,10 @@ def test_checkpoints_are_per_repeat(tmp_path, caplog):
     backend = FakeBackend()
     resumed, facts = infer.run_requests(rep1, reqs, backend, partial)
     assert facts["resumed_batches"] == 2 and backend.calls == []
-    pd.testing.assert_frame_equal(first, resumed, check_dtype=False)  # fresh rows vs rows read back
+    assert_frame_equal(first, resumed, check_dtypes=False)  # fresh rows vs rows read back
     base = infer.repeat_seed(0, 1)
     assert set(resumed["seed"]) == {base, base + 4} and (resumed["repeat"] == 1).all()
-    assert set(resumed["response"].str.split("@").str[1].astype(int)) == {base, base + 4}
+    assert {int(r.split("@")[1]) for r in resumed["response"]} == {base, base + 4}
     backend = FakeBackend()
     with caplog.at_level(logging.INFO, logger="pii"):
         rows, facts = infer.run_requests(job, reqs, backend, partial)    # repeat 0 in repeat 1's folder

@@ -10,8 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import plot_results as pr
+import polars as pl
 import pytest
 import report
 import yaml
@@ -38,7 +38,7 @@ def paper() -> dict:
     return yaml.safe_load(PAPER_FILE.read_text(encoding="utf-8"))
 
 
-def synthetic_metrics(table: str, models=tuple(MODELS), settings=tuple(SETTINGS), seed: int = 0) -> pd.DataFrame:
+def synthetic_metrics(table: str, models=tuple(MODELS), settings=tuple(SETTINGS), seed: int = 0) -> pl.DataFrame:
     """A metrics table valid under its schema (every required column, built from the schema file itself), with
     distinct random values and intervals around them for the drawn metrics."""
     schema = load_table_schema(SCHEMA[table])
@@ -64,7 +64,7 @@ def synthetic_metrics(table: str, models=tuple(MODELS), settings=tuple(SETTINGS)
                 row[f"{metric}_ci_low"] = value - float(rng.uniform(0.01, 0.15))
                 row[f"{metric}_ci_high"] = value + float(rng.uniform(0.01, 0.15))
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
 def published(paper: dict, table: str) -> dict[tuple[str, str, str], float]:
@@ -90,9 +90,9 @@ def test_points_are_the_table_values_and_paper_numbers_where_the_paper_gives_the
     metrics = synthetic_metrics(table)
     points = pr.plot_points(metrics, paper, table, MODELS, SETTINGS)
     assert len(points) == len(MODELS) * len(SETTINGS) * 2
-    by_key = {(r["model"], r["setting"]): r for r in metrics.to_dict("records")}
+    by_key = {(r["model"], r["setting"]): r for r in metrics.iter_rows(named=True)}
     theirs = published(paper, table)
-    for p in points.itertuples():
+    for p in map(lambda r: SimpleNamespace(**r), points.iter_rows(named=True)):
         scale = DRAWN[table][p.metric]
         r = by_key[(p.model, p.setting)]
         assert p.x == SETTINGS.index(p.setting)  # config order on the x axis
@@ -103,8 +103,8 @@ def test_points_are_the_table_values_and_paper_numbers_where_the_paper_gives_the
             assert math.isnan(p.paper), (p.model, p.setting, p.metric)
         else:
             assert p.paper == pytest.approx(expected)
-    assert points.loc[points["model"] == "newcomer", "paper"].isna().all()
-    assert points["paper"].notna().sum() == sum(1 for k in theirs if k[2] in DRAWN[table] and k[1] in SETTINGS)
+    assert points.filter(pl.col("model") == "newcomer")["paper"].is_nan().all()
+    assert points["paper"].is_not_nan().sum() == sum(1 for k in theirs if k[2] in DRAWN[table] and k[1] in SETTINGS)
     labels = dict(zip(points["model"], points["label"], strict=False))
     assert labels["qwen2_5_vl"] == paper["models"]["qwen2_5_vl"]["label"] and labels["newcomer"] == "newcomer"
 
@@ -118,7 +118,7 @@ def test_drawn_points_intervals_and_paper_markers_match_the_table(table, paper):
     for metric in DRAWN[table]:
         offsets = []
         for model in MODELS:
-            rows = points[(points["model"] == model) & (points["metric"] == metric)].sort_values("x")
+            rows = points.filter((pl.col("model") == model) & (pl.col("metric") == metric)).sort("x")
             ours = drawn[f"ours:{model}:{metric}"]
             assert np.allclose(ours.get_ydata(), rows["value"])
             offset = np.asarray(ours.get_xdata()) - rows["x"].to_numpy()
@@ -129,7 +129,7 @@ def test_drawn_points_intervals_and_paper_markers_match_the_table(table, paper):
             assert np.allclose([s[:, 1].max() for s in segments], rows["high"])
             assert np.allclose([s[0, 0] for s in segments], ours.get_xdata())
             marker = drawn[f"paper:{model}:{metric}"]
-            has_paper = rows["paper"].notna().to_numpy()
+            has_paper = rows["paper"].is_not_nan().to_numpy()
             # a hollow marker exactly where the paper gives a number, at our point's x, at the paper's value
             assert np.allclose(marker.get_xdata(), np.asarray(ours.get_xdata())[has_paper])
             assert np.allclose(marker.get_ydata(), rows["paper"].to_numpy()[has_paper])
@@ -166,7 +166,7 @@ def test_paper_markers_follow_paper_numbers_yaml(paper):
     # no paper table at all: no markers and no paper legend entry, still a figure
     bare = {k: v for k, v in paper.items() if k != "table1_pope"}
     fig, points = pr.figure_for(synthetic_metrics("table1_pope"), bare, "table1_pope", MODELS, SETTINGS, 0.95)
-    assert points["paper"].isna().all()
+    assert points["paper"].is_nan().all()
     assert all(len(drawn.get_xdata()) == 0 for gid, drawn in artists(fig).items() if gid.startswith("paper:"))
     assert not any("paper" in t.get_text() for t in fig.legends[0].get_texts())
 
@@ -184,12 +184,16 @@ def test_a_model_keeps_its_colour_when_another_has_no_rows(paper):
 
 def test_nan_values_and_missing_rows_draw_nothing_and_never_crash(paper, tmp_path):
     metrics = synthetic_metrics("table1_pope", seed=2)
-    nan_value = (metrics["model"] == "llava_1_5") & (metrics["setting"] == "hybrid")
-    metrics.loc[nan_value, ["accuracy", "accuracy_ci_low", "accuracy_ci_high"]] = np.nan
-    nan_interval = (metrics["model"] == "qwen2_5_vl") & (metrics["setting"] == "control")
-    metrics.loc[nan_interval, ["yes_ratio_ci_low", "yes_ratio_ci_high"]] = np.nan
-    metrics.loc[metrics["model"] == "newcomer", ["accuracy", "yes_ratio"]] = np.nan  # a model without any value
-    metrics = metrics[~((metrics["model"] == "instructblip") & (metrics["setting"] == "baseline"))]  # no row
+    nan_value = (pl.col("model") == "llava_1_5") & (pl.col("setting") == "hybrid")
+    nan_interval = (pl.col("model") == "qwen2_5_vl") & (pl.col("setting") == "control")
+    metrics = metrics.with_columns(
+        *(pl.when(nan_value).then(None).otherwise(pl.col(c)).alias(c)      # a missing value is null in a table
+          for c in ("accuracy", "accuracy_ci_low", "accuracy_ci_high")),
+        *(pl.when(nan_interval).then(float("nan")).otherwise(pl.col(c)).alias(c)   # and NaN draws nothing either
+          for c in ("yes_ratio_ci_low", "yes_ratio_ci_high")))
+    metrics = metrics.with_columns(  # a model without any value
+        pl.when(pl.col("model") == "newcomer").then(None).otherwise(pl.col(c)).alias(c) for c in ("accuracy", "yes_ratio"))
+    metrics = metrics.filter(~((pl.col("model") == "instructblip") & (pl.col("setting") == "baseline")))  # no row
     fig, points = pr.figure_for(metrics, paper, "table1_pope", MODELS, SETTINGS, 0.95)
     drawn = artists(fig)
     llava = drawn["ours:llava_1_5:accuracy"]
@@ -204,17 +208,16 @@ def test_nan_values_and_missing_rows_draw_nothing_and_never_crash(paper, tmp_pat
     assert len(drawn["ours:instructblip:accuracy"].get_xdata()) == len(SETTINGS) - 1
     assert all(np.isfinite(ax.get_ylim()).all() for ax in fig.axes)
     # nothing at all: empty panels, no crash
-    empty = metrics.iloc[0:0]
+    empty = metrics.clear()
     fig, points = pr.figure_for(empty, paper, "table2_chair", MODELS, SETTINGS, 0.95)
-    assert points.empty and len(fig.axes) == 2
-    all_nan = synthetic_metrics("table2_chair")
-    all_nan[["chair_s", "chair_i"]] = np.nan
+    assert points.is_empty() and len(fig.axes) == 2
+    all_nan = synthetic_metrics("table2_chair").with_columns(chair_s=None, chair_i=None)
     fig, points = pr.figure_for(all_nan, paper, "table2_chair", MODELS, SETTINGS, 0.95)
-    assert points["value"].isna().all() and points["paper"].notna().any()  # the paper's numbers alone
+    assert points["value"].is_nan().all() and points["paper"].is_not_nan().any()  # the paper's numbers alone
     assert all(np.isfinite(ax.get_ylim()).all() for ax in fig.axes)
 
 
-def run_rule(tmp_path: Path, rule: str, metrics: pd.DataFrame, models: dict, settings: list[str]) -> Path:
+def run_rule(tmp_path: Path, rule: str, metrics: pl.DataFrame, models: dict, settings: list[str]) -> Path:
     table = {"plot_table1_pope": "table1_pope", "plot_table2_chair": "table2_chair"}[rule]
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{table}_metrics.parquet"
@@ -258,7 +261,7 @@ def test_rule_entry_rejects_an_unknown_rule_and_a_bad_table(tmp_path):
     with pytest.raises(pr.PipelineError, match="no entry for rule"):
         pr.main(SimpleNamespace(rule="plot_something", input=None, output=None, params=None, log=[]))
     bad = tmp_path / "bad.parquet"
-    write_table(metrics.drop(columns=["accuracy_ci_low"]), bad)
+    write_table(metrics.drop("accuracy_ci_low"), bad)
     cfg = {"models": [dict(MODELS["qwen2_5_vl"])], "settings": SETTINGS,
            "scoring": {"bootstrap_resamples": 100, "confidence": 0.95}}
     out = tmp_path / "out.png"

@@ -12,8 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pandas as pd
 from conftest import SCRIPTS, run_snakemake
+from pipeline_io import read_table
 
 SNAKEFILE = """
 rule fill_disk:
@@ -62,8 +62,8 @@ def test_deleted_png_error_gives_a_command_that_rerenders(demo_run, tmp_path):
     command (run as printed, with the run's own options) brings the PNG back, and the job then succeeds."""
     work = tmp_path / "run"
     shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("locks"))
-    manifest = pd.read_parquet(work / "results/images/pope/question.parquet")
-    row = manifest.iloc[0]
+    manifest = read_table(work / "results/images/pope/question.parquet", "manifest")
+    row = manifest.row(0, named=True)
     png = work / row["image_path"]
     png.unlink()
     # on a copy only file times decide what reruns (edits to the code since the demo run must not)
@@ -77,5 +77,5 @@ def test_deleted_png_error_gives_a_command_that_rerenders(demo_run, tmp_path):
     run_snakemake(work, *command.split(), mtime)
     assert hashlib.sha256(png.read_bytes()).hexdigest() == row["image_sha256"]
     run_snakemake(work, target, mtime)
-    assert len(pd.read_parquet(work / target)) == len(manifest)
+    assert len(read_table(work / target, "inference")) == len(manifest)
     assert not Path(work / "results/inference/.partial/pope/llava_1_5/hybrid/r0").exists()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 import render
 from PIL import Image
@@ -32,7 +33,12 @@ def _samples(tmp_path, specs):
         path = _image(tmp_path / f"src{i}.png", w, h, seed=i, fmt="PNG")
         rows.append({"sample_id": f"pope-{i}", "task": "pope", "image_id": 100 + i, "image_file": f"src{i}.png",
                      "image_path": path, "question": q, "label": "yes", "question_id": i, "object": "dog"})
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
+
+
+def records(frame: pl.DataFrame) -> list[SimpleNamespace]:
+    """The rows of a frame, each with attribute access."""
+    return [SimpleNamespace(**r) for r in frame.iter_rows(named=True)]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def _px(path):
 def test_sizes_and_strip_box(rendered):
     _, samples, m = rendered
     for v in ("control", "question"):
-        for src, row in zip(samples.itertuples(), m[v].itertuples(), strict=True):
+        for src, row in zip(records(samples), records(m[v]), strict=True):
             with Image.open(src.image_path) as im:
                 w, h = im.size
             with Image.open(row.image_path) as out:
@@ -60,12 +66,12 @@ def test_sizes_and_strip_box(rendered):
             assert row.height > h
             assert (row.strip_x0, row.strip_y0, row.strip_x1, row.strip_y1) == (0, h, w, row.height)
     q, c = m["question"], m["control"]
-    assert (q["width"].tolist(), q["height"].tolist()) == (c["width"].tolist(), c["height"].tolist())
+    assert (q["width"].to_list(), q["height"].to_list()) == (c["width"].to_list(), c["height"].to_list())
 
 
 def test_original_pixels_kept_and_ink_only_in_question_strip(rendered):
     _, samples, m = rendered
-    for src, q, c in zip(samples.itertuples(), m["question"].itertuples(), m["control"].itertuples(), strict=True):
+    for src, q, c in zip(records(samples), records(m["question"]), records(m["control"]), strict=True):
         orig = _px(src.image_path)
         h = orig.shape[0]
         qa, ca = _px(q.image_path), _px(c.image_path)
@@ -84,18 +90,18 @@ def test_original_pixels_kept_and_ink_only_in_question_strip(rendered):
 
 def test_strip_height_fraction_and_text(rendered):
     _, _, m = rendered
-    q = m["question"].set_index("sample_id")
-    tall = q.loc["pope-2"]  # 640x1000 with a short question: the 5% rule decides
+    q = {r.sample_id: r for r in records(m["question"])}
+    tall = q["pope-2"]  # 640x1000 with a short question: the 5% rule decides
     assert tall.height - tall.orig_height == render.fraction_height(1000, 0.05) == 53
     assert abs((tall.height - tall.orig_height) / tall.height - 0.05) < 0.002
     assert tall.n_lines == 1
-    short = q.loc["pope-0"]  # 640x480: one 26 px line plus padding needs more than 5% (25 px)
+    short = q["pope-0"]  # 640x480: one 26 px line plus padding needs more than 5% (25 px)
     font = render.load_font(render.resolve_font("arimo"), 26)
     ascent, descent = font.getmetrics()
     assert short.height - short.orig_height == max(25, ascent + descent + 2 * CFG["padding"])
-    long_ = q.loc["pope-1"]
+    long_ = q["pope-1"]
     assert long_.n_lines >= 4 and long_.height - long_.orig_height > 3 * 26
-    assert q["text"].tolist()[1] == LONG and m["control"]["text"].eq("").all()
+    assert m["question"]["text"].to_list()[1] == LONG and (m["control"]["text"] == "").all()
 
 
 def test_manifest_fields(rendered):
@@ -105,20 +111,20 @@ def test_manifest_fields(rendered):
         df = read_table(tmp / "out" / f"{v}.parquet", "manifest")
         assert (df["font_file"] == font_path.name).all() and "/" not in df["font_file"][0]
         assert (df["font_sha256"] == sha256_file(font_path)).all() and (df["font_size"] == 26).all()
-        assert [sha256_file(p) for p in df["image_path"]] == df["image_sha256"].tolist()
-        assert df["image_path"].tolist() == [str(tmp / "out" / v / f"{s}.png") for s in samples["sample_id"]]
+        assert [sha256_file(p) for p in df["image_path"]] == df["image_sha256"].to_list()
+        assert df["image_path"].to_list() == [str(tmp / "out" / v / f"{s}.png") for s in samples["sample_id"]]
         assert read_metadata(tmp / "out" / f"{v}.parquet")["variant"] == v
     orig = read_table(tmp / "out" / "original.parquet", "manifest")
-    assert orig["image_path"].tolist() == samples["image_path"].tolist()  # no copies
-    assert orig["strip_y0"].isna().all() and orig["text"].isna().all()
-    assert orig["image_sha256"].tolist() == [sha256_file(p) for p in samples["image_path"]]
+    assert orig["image_path"].to_list() == samples["image_path"].to_list()  # no copies
+    assert orig["strip_y0"].is_null().all() and orig["text"].is_null().all()
+    assert orig["image_sha256"].to_list() == [sha256_file(p) for p in samples["image_path"]]
     assert not (tmp / "out" / "original").exists()
 
 
 def test_deterministic_bytes(rendered, tmp_path):
     _, samples, m = rendered
     again = render.render_variant(samples, "question", tmp_path / "question.parquet", CFG)
-    assert again["image_sha256"].tolist() == m["question"]["image_sha256"].tolist()
+    assert again["image_sha256"].to_list() == m["question"]["image_sha256"].to_list()
 
 
 def test_long_word_is_broken_not_clipped():
@@ -137,7 +143,7 @@ def test_too_narrow_image_is_an_error():
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated"])
 def test_bad_source_image(tmp_path, damage):
     samples = _samples(tmp_path, [(200, 150, SHORT), (200, 150, SHORT), (200, 150, SHORT)])
-    bad = samples.loc[2, "image_path"]
+    bad = samples["image_path"][2]
     if damage == "missing":
         (tmp_path / "src2.png").unlink()
     elif damage == "corrupt":
@@ -158,9 +164,11 @@ def test_bad_source_image(tmp_path, damage):
 
 def _bad_text_samples(tmp_path, question):
     samples = _samples(tmp_path, [(200, 150, SHORT), (200, 150, SHORT), (200, 150, SHORT)])
-    samples["question"] = samples["question"].astype(object)
-    samples.at[2, "question"] = question
-    return samples
+    questions = samples["question"].to_list()
+    questions[2] = question
+    # a float NaN fits no string column: an object column holds it, as a frame built in code could
+    dtype = pl.Object if isinstance(question, float) else pl.String
+    return samples.with_columns(pl.Series("question", questions, dtype=dtype))
 
 
 def test_characters_the_font_lacks_fail_before_any_output(tmp_path):
@@ -200,13 +208,13 @@ def test_tiny_image_question_fails_with_usable_advice_control_renders(tmp_path):
     no text, so it still renders (a one-line strip, the least any question gets)."""
     path = tmp_path / "dot.png"
     Image.new("RGB", (1, 1), (10, 200, 30)).save(path)
-    samples = pd.DataFrame([{"sample_id": "pope-9", "image_id": 9, "image_path": str(path), "question": SHORT}])
+    samples = pl.DataFrame([{"sample_id": "pope-9", "image_id": 9, "image_path": str(path), "question": SHORT}])
     with pytest.raises(PipelineError) as err:
         render.render_variant(samples, "question", tmp_path / "question.parquet", CFG)
     msg = str(err.value)
     assert "pope-9" in msg and "1x1" in msg and "drop" in msg and "replace" in msg
     assert "lower render.font_size" not in msg, "advice that cannot work for a 1 px wide image"
-    control = render.render_variant(samples, "control", tmp_path / "control.parquet", CFG).iloc[0]
+    control = records(render.render_variant(samples, "control", tmp_path / "control.parquet", CFG))[0]
     font = render.load_font(render.resolve_font("arimo"), 26)
     ascent, descent = font.getmetrics()
     assert (control.width, control.orig_height) == (1, 1)
@@ -255,12 +263,12 @@ def test_dag_renders_demo(root, tmp_path):
     samples = read_table(tmp_path / "results/data/pope_sample.parquet", "sample")
     for variant in render.VARIANTS:
         df = read_table(tmp_path / f"results/images/pope/{variant}.parquet", "manifest")
-        assert df["sample_id"].tolist() == samples["sample_id"].tolist()
+        assert df["sample_id"].to_list() == samples["sample_id"].to_list()
         paths = [tmp_path / p for p in df["image_path"]]
-        assert [sha256_file(p) for p in paths] == df["image_sha256"].tolist()
+        assert [sha256_file(p) for p in paths] == df["image_sha256"].to_list()
     q = read_table(tmp_path / "results/images/pope/question.parquet", "manifest")
     c = read_table(tmp_path / "results/images/pope/control.parquet", "manifest")
-    assert q["height"].tolist() == c["height"].tolist() and (q["strip_y0"] == q["orig_height"]).all()
+    assert q["height"].to_list() == c["height"].to_list() and (q["strip_y0"] == q["orig_height"]).all()
     assert (tmp_path / "results/images/pope/contact_sheet.png").stat().st_size > 0
     # a finished render must not rerun (code triggers left out: other stages' scripts may be edited meanwhile)
     dry = run_snakemake(tmp_path, "-n", "--rerun-triggers", "mtime", "params", "input",

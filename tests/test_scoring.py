@@ -8,13 +8,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pope_metrics as pm
 import pytest
 import score
 import stats as st
 import yaml
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, assign, concat, row, run_snakemake
 from pipeline_io import read_table, write_table
 
 # --- answer rules -------------------------------------------------------------------------------------------
@@ -87,35 +87,36 @@ def test_degenerate_answers_never_crash():
 
 def _pope_frame(model, setting, labels, responses):
     n = len(labels)
-    return pd.DataFrame({"sample_id": [f"pope-{i}" for i in range(n)], "task": "pope", "model": model,
+    return pl.DataFrame({"sample_id": [f"pope-{i}" for i in range(n)], "task": "pope", "model": model,
                          "setting": setting, "image_id": list(range(n)), "question": "Is there a dog?",
-                         "label": labels, "response": responses, "p_yes": [None] * n})
+                         "label": pl.Series(labels, dtype=pl.String), "response": responses,
+                         "p_yes": pl.Series([None] * n, dtype=pl.Float64)})
 
 
 def test_score_pope_all_yes_and_all_unknown_groups():
     labels = ["yes", "no"] * 5
-    df = pd.concat([_pope_frame("m", "baseline", labels, ["Yes."] * 10),
-                    _pope_frame("m", "pii", labels, ["Not sure."] * 10)])
+    df = concat([_pope_frame("m", "baseline", labels, ["Yes."] * 10),
+                 _pope_frame("m", "pii", labels, ["Not sure."] * 10)])
     metrics, answers = score.score_pope(df, seed=0, resamples=200, confidence=0.95)
-    m = metrics.set_index("setting")
-    assert m.loc["baseline", "yes_ratio"] == 1 and m.loc["baseline", "accuracy"] == 0.5
+    base, pii = row(metrics, setting="baseline"), row(metrics, setting="pii")
+    assert base["yes_ratio"] == 1 and base["accuracy"] == 0.5
     # "Not sure." is yes under the official rule, unknown under the strict parser
-    assert m.loc["pii", "accuracy"] == 0.5 and m.loc["pii", "n_unknown"] == 10
-    assert m.loc["pii", "strict_accuracy"] == 0 and math.isnan(m.loc["pii", "strict_precision"])
-    assert m.loc["pii", "accuracy_p_value"] == 1.0          # no discordant pair
-    assert m.loc["pii", "strict_accuracy_delta"] == pytest.approx(-0.5)
+    assert pii["accuracy"] == 0.5 and pii["n_unknown"] == 10
+    assert pii["strict_accuracy"] == 0 and math.isnan(pii["strict_precision"])
+    assert pii["accuracy_p_value"] == 1.0          # no discordant pair
+    assert pii["strict_accuracy_delta"] == pytest.approx(-0.5)
     assert list(answers["answer_strict"][-10:]) == ["unknown"] * 10
 
 
 def test_missing_group_is_reported_with_nan():
     df = _pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"])
     metrics, _ = score.score_pope(df, 0, 100, 0.95, groups=[("pope", "m", "baseline"), ("pope", "m", "x")])
-    assert metrics.loc[1, "n"] == 0 and math.isnan(metrics.loc[1, "accuracy"])
+    assert metrics["n"][1] == 0 and math.isnan(row(metrics, setting="x")["accuracy"])
 
 
 # --- clustered intervals and P(yes) metrics in the scorer -----------------------------------------------------
 
-def _image_frame(setting: str, correct_by_image: list[bool], per_image: int = 6, p_yes=None) -> pd.DataFrame:
+def _image_frame(setting: str, correct_by_image: list[bool], per_image: int = 6, p_yes=None) -> pl.DataFrame:
     """POPE rows where every question about an image is answered right or wrong together."""
     n = len(correct_by_image) * per_image
     image = np.repeat(np.arange(len(correct_by_image)), per_image)
@@ -123,9 +124,9 @@ def _image_frame(setting: str, correct_by_image: list[bool], per_image: int = 6,
     right = np.asarray(correct_by_image)[image]
     said_yes = (labels == "yes") == right
     df = _pope_frame("m", setting, list(labels), ["Yes." if y else "No." for y in said_yes])
-    df["image_id"] = image
+    df = assign(df, image_id=image)
     if p_yes is not None:
-        df["p_yes"] = p_yes
+        df = assign(df, p_yes=p_yes)
     return df
 
 
@@ -133,29 +134,29 @@ def test_pope_intervals_resample_images_not_rows():
     rng = np.random.default_rng(1)
     df = _image_frame("baseline", list(rng.random(40) < 0.6))
     clustered, _ = score.score_pope(df, 0, 500, 0.95)
-    by_row, _ = score.score_pope(df.assign(image_id=np.arange(len(df))), 0, 500, 0.95)
-    assert clustered.loc[0, "n_images"] == 40 and by_row.loc[0, "n_images"] == 240
-    assert clustered.loc[0, "accuracy"] == by_row.loc[0, "accuracy"]
-    width = {k: f.loc[0, "accuracy_ci_high"] - f.loc[0, "accuracy_ci_low"] for k, f in
+    by_row, _ = score.score_pope(assign(df, image_id=np.arange(len(df))), 0, 500, 0.95)
+    assert clustered["n_images"][0] == 40 and by_row["n_images"][0] == 240
+    assert clustered["accuracy"][0] == by_row["accuracy"][0]
+    width = {k: f["accuracy_ci_high"][0] - f["accuracy_ci_low"][0] for k, f in
              (("images", clustered), ("rows", by_row))}
     assert width["images"] > 1.8 * width["rows"]        # sqrt(6) in theory for perfectly correlated images
     # the interval is exactly the clustered bootstrap of stats: images drawn, all their rows along
     codes, k = st.clusters_of(df["image_id"])
     weights = st.cluster_weights(st.group_rng(0, "ci", "pope", "m", "baseline"), k, 500)
-    correct = (score.parse_answers(df)["correct_official"]).to_numpy(dtype=float)
+    correct = score.parse_answers(df)["correct_official"].to_numpy().astype(float)
     boot = weights @ st.cluster_sums(codes, k, np.column_stack([correct, np.ones_like(correct)]))
     low, high = st.percentile_interval(boot[:, 0] / boot[:, 1], 0.95)
-    assert (clustered.loc[0, "accuracy_ci_low"], clustered.loc[0, "accuracy_ci_high"]) == pytest.approx((low, high))
+    assert (clustered["accuracy_ci_low"][0], clustered["accuracy_ci_high"][0]) == pytest.approx((low, high))
 
 
 def test_paired_deltas_resample_images_and_mcnemar_stays_per_question():
     rng = np.random.default_rng(2)
     base_right = rng.random(50) < 0.5
     flip = rng.random(50) < 0.3
-    df = pd.concat([_image_frame("baseline", list(base_right)), _image_frame("pii", list(base_right ^ flip))])
+    df = concat([_image_frame("baseline", list(base_right)), _image_frame("pii", list(base_right ^ flip))])
     clustered, _ = score.score_pope(df, 0, 500, 0.95)
-    by_row, _ = score.score_pope(df.assign(image_id=np.arange(len(df)) % 300), 0, 500, 0.95)
-    c, r = clustered.set_index("setting").loc["pii"], by_row.set_index("setting").loc["pii"]
+    by_row, _ = score.score_pope(assign(df, image_id=np.arange(len(df)) % 300), 0, 500, 0.95)
+    c, r = row(clustered, setting="pii"), row(by_row, setting="pii")
     assert c["accuracy_delta"] == r["accuracy_delta"]
     assert (c["accuracy_delta_ci_high"] - c["accuracy_delta_ci_low"]
             > 1.8 * (r["accuracy_delta_ci_high"] - r["accuracy_delta_ci_low"]))
@@ -164,8 +165,8 @@ def test_paired_deltas_resample_images_and_mcnemar_stays_per_question():
 
 
 def test_paired_rows_showing_different_images_are_an_error():
-    df = pd.concat([_pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]),
-                    _pope_frame("m", "pii", ["yes", "no"], ["Yes", "No"]).assign(image_id=[5, 6])])
+    df = concat([_pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]),
+                 assign(_pope_frame("m", "pii", ["yes", "no"], ["Yes", "No"]), image_id=[5, 6])])
     with pytest.raises(score.PipelineError, match=r"sample_id 'pope-0' is image 0 in the baseline setting and image 5"):
         score.score_pope(df, 0, 10, 0.95)
 
@@ -183,14 +184,13 @@ def test_pope_pyes_columns():
     p_base[[3, 17]] = np.nan                                   # a backend could not give these two
     p_pii = np.clip(np.nan_to_num(p_base, nan=0.5) + rng.normal(0, 0.2, 120), 0, 1)
     p_pii[5] = np.nan
-    df = pd.concat([base.assign(p_yes=p_base), base.assign(setting="pii", p_yes=p_pii)])
+    df = concat([assign(base, p_yes=p_base), assign(base, setting="pii", p_yes=p_pii)])
     metrics, _ = score.score_pope(df, 0, 300, 0.95)
-    m = metrics.set_index("setting")
     has = np.isfinite(p_base)
     p, y = p_base[has], label_yes[has]
     said_yes = (base["response"] == "Yes.").to_numpy()[has]
-    b = m.loc["baseline"]
-    assert b["n_p_yes"] == 118 and m.loc["pii", "n_p_yes"] == 119 and m.loc["pii", "n_paired_p_yes"] == 117
+    b, pii = row(metrics, setting="baseline"), row(metrics, setting="pii")
+    assert b["n_p_yes"] == 118 and pii["n_p_yes"] == 119 and pii["n_paired_p_yes"] == 117
     assert b["p_yes_auroc"] == pytest.approx(_auroc_pairs(p, y))
     assert b["p_yes_brier"] == pytest.approx(np.mean((p - y) ** 2))
     assert b["p_yes_disagreement"] == pytest.approx(np.mean(said_yes != (p > 0.5)))
@@ -201,27 +201,27 @@ def test_pope_pyes_columns():
         if metric != "p_yes_ece":   # ECE's resamples are biased upwards: its interval may lie above the value
             assert b[f"{metric}_ci_low"] <= b[metric] <= b[f"{metric}_ci_high"], metric
         assert math.isnan(b[f"{metric}_delta"]) and math.isnan(b[f"{metric}_p_value"])
-        assert 0 < m.loc["pii", f"{metric}_p_value"] <= 1
+        assert 0 < pii[f"{metric}_p_value"] <= 1
     both = has & np.isfinite(p_pii)
-    assert m.loc["pii", "p_yes_brier_delta"] == pytest.approx(
+    assert pii["p_yes_brier_delta"] == pytest.approx(
         np.mean((p_pii[both] - label_yes[both]) ** 2) - np.mean((p_base[both] - label_yes[both]) ** 2))
 
 
 def test_no_p_yes_anywhere_gives_nan_metrics(tmp_path: Path):
     labels = ["yes", "no"] * 5
-    df = pd.concat([_pope_frame("m", s, labels, ["Yes."] * 10) for s in ("baseline", "pii")])
+    df = concat([_pope_frame("m", s, labels, ["Yes."] * 10) for s in ("baseline", "pii")])
     metrics, _ = score.score_pope(df, 0, 100, 0.95, groups=[("pope", "m", "baseline"), ("pope", "m", "pii"),
                                                              ("pope", "m", "empty")])
-    assert metrics["n_p_yes"].tolist() == [0, 0, 0] and metrics["n_paired_p_yes"].tolist() == [0, 0, 0]
+    assert metrics["n_p_yes"].to_list() == [0, 0, 0] and metrics["n_paired_p_yes"].to_list() == [0, 0, 0]
     for metric in score.PYES_METRICS:
         for suffix in ("", "_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high", "_p_value"):
-            assert metrics[f"{metric}{suffix}"].isna().all(), metric + suffix
+            assert np.isnan(metrics[f"{metric}{suffix}"].to_numpy()).all(), metric + suffix
     write_table(metrics, tmp_path / "pope_metrics.parquet", "pope_metrics")      # the schema takes it
 
 
 def test_p_yes_outside_zero_one_is_one_clear_error(tmp_path: Path):
-    df = _pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]).assign(
-        p_yes=[0.2, 1.5], text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
+    df = assign(
+        _pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]), p_yes=[0.2, 1.5], text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
         finish_reason="stop", seed=0, repeat=0)
     path = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
     write_table(df, path, "inference")
@@ -249,9 +249,9 @@ def test_paper_model_matching_by_hf_id_key_and_family():
 
 def test_table1_layout_puts_paper_numbers_next_to_ours():
     labels = ["yes", "no"] * 10
-    df = pd.concat([_pope_frame(m, s, labels, resp) for m in ("qwen2_5_vl", "instructblip")
-                    for s, resp in (("baseline", ["Yes"] * 20), ("prompt_in_image", ["Yes", "No"] * 10),
-                                    ("prompt_in_image_instructed", ["Yes"] * 20))])
+    df = concat([_pope_frame(m, s, labels, resp) for m in ("qwen2_5_vl", "instructblip")
+                 for s, resp in (("baseline", ["Yes"] * 20), ("prompt_in_image", ["Yes", "No"] * 10),
+                                 ("prompt_in_image_instructed", ["Yes"] * 20))])
     metrics, _ = score.score_pope(df, 0, 200, 0.95)
     models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"},
               "instructblip": {"family": "instructblip", "path": "Salesforce/instructblip-vicuna-7b"}}
@@ -259,13 +259,13 @@ def test_table1_layout_puts_paper_numbers_next_to_ours():
                                   ["baseline", "control", "prompt_in_image", "prompt_in_image_instructed"], 0.95,
                                   strict=True)
     assert list(frame["setting"]) == ["baseline", "prompt_in_image", "prompt_in_image_instructed"]  # config order
-    row = frame.set_index("setting").loc["prompt_in_image"]
-    assert row["qwen2_5_vl:accuracy"] == pytest.approx(100.0) and row["qwen2_5_vl:accuracy_paper"] == 84.3
-    assert row["qwen2_5_vl:accuracy_delta"] == pytest.approx(50.0)
+    pii = row(frame, setting="prompt_in_image")
+    assert pii["qwen2_5_vl:accuracy"] == pytest.approx(100.0) and pii["qwen2_5_vl:accuracy_paper"] == 84.3
+    assert pii["qwen2_5_vl:accuracy_delta"] == pytest.approx(50.0)
     # The paper reports Prompt-in-Image without an instruction for Qwen only; InstructBLIP's 54.0 belongs to
     # Prompt-in-Image† (the instructed setting).
-    assert math.isnan(row["instructblip:accuracy_paper"]) and math.isnan(row["instructblip:f1_paper"])
-    dagger = frame.set_index("setting").loc["prompt_in_image_instructed"]
+    assert math.isnan(pii["instructblip:accuracy_paper"]) and math.isnan(pii["instructblip:f1_paper"])
+    dagger = row(frame, setting="prompt_in_image_instructed")
     assert dagger["instructblip:accuracy_paper"] == 54.0 and dagger["instructblip:yes_ratio_paper"] == 0.99
     assert dagger["qwen2_5_vl:accuracy_paper"] == 82.1
     lines = md.splitlines()
@@ -325,12 +325,12 @@ def test_table2_layout():
                      "chair_s_delta": np.nan if setting == "baseline" else 0.027,
                      "chair_s_p_value": np.nan if setting == "baseline" else 0.2,
                      "chair_i_delta": np.nan if setting == "baseline" else 0.0, "chair_i_p_value": np.nan})
-    frame, md = score.build_table(pd.DataFrame(rows), _paper(), "table2_chair", score.TABLE2,
+    frame, md = score.build_table(pl.DataFrame(rows), _paper(), "table2_chair", score.TABLE2,
                                   {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "p"}}, ["baseline", "hybrid"], 0.95)
     hybrid = [c.strip() for c in md.splitlines()[3].strip("|").split("|")]
     assert hybrid == ["hybrid", "35.0 [33.0, 37.0] · Δ +2.7, p=0.200", "34.2",
                       "8.8 [8.0, 9.0] · Δ ±0.0", "9.9"]
-    assert frame.loc[0, "qwen2_5_vl:chair_s_paper"] == 32.3
+    assert frame["qwen2_5_vl:chair_s_paper"][0] == 32.3
 
 
 def test_pope_pyes_table_layout():
@@ -338,18 +338,18 @@ def test_pope_pyes_table_layout():
     frames = []
     for model in ("qwen2_5_vl", "instructblip"):
         for setting in ("baseline", "hybrid"):
-            f = _image_frame(setting, list(rng.random(20) < 0.7), per_image=3).assign(model=model)
-            f["p_yes"] = rng.random(len(f)) if model == "qwen2_5_vl" else np.nan   # instructblip: no P(yes)
+            f = assign(_image_frame(setting, list(rng.random(20) < 0.7), per_image=3), model=model)
+            f = assign(f, p_yes=rng.random(len(f)) if model == "qwen2_5_vl" else None)   # instructblip: no P(yes)
             frames.append(f)
-    metrics, _ = score.score_pope(pd.concat(frames), 0, 200, 0.95)
+    metrics, _ = score.score_pope(concat(frames), 0, 200, 0.95)
     models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"},
               "instructblip": {"family": "instructblip", "path": "Salesforce/instructblip-vicuna-7b"}}
     frame, md = score.build_pyes_table(metrics, _paper(), models, ["baseline", "control", "hybrid"], 0.95)
     assert list(zip(frame["model"], frame["setting"], strict=True)) == [
         ("qwen2_5_vl", "baseline"), ("qwen2_5_vl", "hybrid"), ("instructblip", "baseline"), ("instructblip", "hybrid")]
-    assert "p_yes_auroc_ci_low" in frame and "p_yes_disagreement_p_value" in frame
-    q = metrics.set_index(["model", "setting"]).loc[("qwen2_5_vl", "hybrid")]
-    assert frame.loc[1, "p_yes_ece"] == q["p_yes_ece"] and frame.loc[1, "n_p_yes"] == 60
+    assert "p_yes_auroc_ci_low" in frame.columns and "p_yes_disagreement_p_value" in frame.columns
+    q = row(metrics, model="qwen2_5_vl", setting="hybrid")
+    assert frame["p_yes_ece"][1] == q["p_yes_ece"] and frame["n_p_yes"][1] == 60
     lines = md.splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == [
         "Model", "Setting", "with P(yes) / n", "AUROC", "Brier", "ECE", "Disagree (%)"]
@@ -384,16 +384,17 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
             for repeat in range(repeats):                   # the demo config's decoding repeats, one file each
                 pope = _pope_frame(model, setting, ["yes", "no"] * 15,
                                    list(rng.choice(["Yes, there is.", "No.", "Maybe"], 30)))
-                pope["image_id"] = np.arange(30) // 3       # three questions per image
-                if model == models[0]:                      # one backend gives P(yes), the others cannot
-                    pope["p_yes"] = rng.random(30)
-                cap = pd.DataFrame({"sample_id": ["caption-1", "caption-2", "caption-3"], "task": "caption",
+                pope = assign(pope, image_id=np.arange(30) // 3)      # three questions per image
+                if model == models[0]:                                # one backend gives P(yes), the others cannot
+                    pope = assign(pope, p_yes=rng.random(30))
+                cap = pl.DataFrame({"sample_id": ["caption-1", "caption-2", "caption-3"], "task": "caption",
                                     "model": model, "setting": setting, "image_id": [1, 2, 3],
-                                    "question": "Describe.", "label": [None] * 3, "p_yes": [None] * 3,
+                                    "question": "Describe.", "label": [None] * 3,
+                                    "p_yes": pl.Series([None] * 3, dtype=pl.Float64),
                                     "response": ["A dog.", "A dog and a cat.", "A bench."]})
                 for task, df in (("pope", pope), ("caption", cap)):
-                    df = df.assign(text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1,
-                                   n_response_tokens=1, finish_reason="stop", seed=0, repeat=repeat)
+                    df = assign(df, text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1,
+                                n_response_tokens=1, finish_reason="stop", seed=0, repeat=repeat)
                     write_table(df, tmp_path / f"results/inference/{task}/{model}/{setting}/r{repeat}.parquet",
                                 "inference")
     targets = ["results/tables/table1_pope.md", "results/tables/table2_chair.md", "results/tables/table1_pope.csv",
@@ -405,16 +406,16 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
     pope = read_table(tmp_path / "results/scores/pope_metrics.parquet", "pope_metrics")
     assert len(pope) == len(models) * len(settings)
     assert set(pope["n_images"]) == {10} and set(pope["n_repeats"]) == {repeats} and set(pope["n"]) == {30 * repeats}
-    assert (pope["n_p_yes"] > 0).tolist() == [m == models[0] for m in pope["model"]]
-    assert pope.loc[pope["model"] != models[0], "p_yes_auroc"].isna().all()
-    assert pope.loc[pope["model"] == models[0], "p_yes_auroc"].notna().all()
-    pyes = pd.read_csv(tmp_path / "results/tables/pope_pyes.csv")
-    assert len(pyes) == len(models) * len(settings) and list(pyes["model"].unique()) == models
+    assert (pope["n_p_yes"] > 0).to_list() == [m == models[0] for m in pope["model"]]
+    assert pope.filter(pl.col("model") != models[0])["p_yes_auroc"].is_null().all()
+    assert pope.filter(pl.col("model") == models[0])["p_yes_auroc"].is_not_null().all()
+    pyes = pl.read_csv(tmp_path / "results/tables/pope_pyes.csv")
+    assert len(pyes) == len(models) * len(settings) and pyes["model"].unique(maintain_order=True).to_list() == models
     assert "images resampled" in (tmp_path / "results/tables/table1_pope.md").read_text()
     chair_m = read_table(tmp_path / "results/scores/chair_metrics.parquet", "chair_metrics")
     assert set(chair_m["chair_s"]) == {1 / 3} and set(chair_m["chair_i"]) == {1 / 4}
     caps = read_table(tmp_path / "results/scores/chair_captions.parquet", "chair_captions")
-    assert list(caps["hallucinated_objects"].iloc[1]) == ["dog"]
+    assert caps["hallucinated_objects"][1].to_list() == ["dog"]
     md = (tmp_path / "results/tables/table2_chair.md").read_text()
     assert "| baseline | 33.3 [" in md and "32.3" in md
     assert md.index("Qwen2.5-VL CHAIRs") < md.index("LLaVA-1.5 CHAIRs") < md.index("InstructBLIP CHAIRs")
@@ -424,8 +425,8 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
 
 
 def test_inference_without_pope_label_is_one_clear_error(tmp_path: Path):
-    df = _pope_frame("m", "baseline", ["yes", None], ["Yes", "No"]).assign(
-        text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
+    df = assign(
+        _pope_frame("m", "baseline", ["yes", None], ["Yes", "No"]), text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
         finish_reason="stop", seed=0, repeat=0)
     path = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
     write_table(df, path, "inference")
@@ -435,19 +436,19 @@ def test_inference_without_pope_label_is_one_clear_error(tmp_path: Path):
 
 # --- decoding repeats -----------------------------------------------------------------------------------------
 
-def _repeated(frames: list[pd.DataFrame]) -> pd.DataFrame:
+def _repeated(frames: list[pl.DataFrame]) -> pl.DataFrame:
     """Concatenate one frame per decoding repeat, numbering them 0, 1, ..."""
-    return pd.concat([f.assign(repeat=r) for r, f in enumerate(frames)], ignore_index=True)
+    return concat([assign(f, repeat=r) for r, f in enumerate(frames)])
 
 
 def test_pope_repeats_mean_sd_min_max_and_interval_by_hand():
     labels = ["yes", "no"] * 4                                        # 4 images x 2 questions
     r0 = ["Yes", "No", "Yes", "No", "Yes", "Yes", "No", "No"]         # right: 1,1,1,1,1,0,0,1 -> 6/8; says yes 4/8
     r1 = ["Yes", "Yes", "Yes", "Yes", "No", "No", "No", "Yes"]        # right: 1,0,1,0,0,1,0,0 -> 3/8; says yes 5/8
-    frames = [_pope_frame("m", "baseline", labels, r).assign(image_id=np.arange(8) // 2) for r in (r0, r1)]
+    frames = [assign(_pope_frame("m", "baseline", labels, r), image_id=np.arange(8) // 2) for r in (r0, r1)]
     df = _repeated(frames)
     metrics, answers = score.score_pope(df, 0, 400, 0.95)
-    m = metrics.iloc[0]
+    m = metrics.row(0, named=True)
     assert m["n_repeats"] == 2 and m["n"] == 16 and m["n_images"] == 4 and list(answers["repeat"]) == [0] * 8 + [1] * 8
     assert (m["tp"], m["fn"], m["tn"], m["fp"]) == (3 + 2, 1 + 2, 3 + 1, 1 + 3)          # summed over repeats
     acc = np.array([6 / 8, 3 / 8])
@@ -462,17 +463,17 @@ def test_pope_repeats_mean_sd_min_max_and_interval_by_hand():
     weights = st.cluster_weights(st.group_rng(0, "ci", "pope", "m", "baseline"), 4, 400)
     per_repeat = []
     for frame in frames:
-        right = (score.parse_answers(frame)["correct_official"]).to_numpy(dtype=float)
+        right = score.parse_answers(frame)["correct_official"].to_numpy().astype(float)
         sums = st.cluster_sums(np.arange(8) // 2, 4, np.column_stack([right, np.ones(8)]))
         per_repeat.append(st.ratio(*(weights @ sums).T))
     low, high = st.percentile_interval(np.mean(per_repeat, axis=0), 0.95)
     assert (m["accuracy_ci_low"], m["accuracy_ci_high"]) == pytest.approx((low, high))
     # one repeat: a repeat column of zeros changes no number, and the spread has no SD
     single, _ = score.score_pope(frames[0], 0, 400, 0.95)
-    tagged, _ = score.score_pope(frames[0].assign(repeat=0), 0, 400, 0.95)
-    pd.testing.assert_frame_equal(single, tagged)
-    assert single.loc[0, "n_repeats"] == 1 and math.isnan(single.loc[0, "accuracy_repeat_sd"])
-    assert single.loc[0, "accuracy_repeat_min"] == single.loc[0, "accuracy"] == 6 / 8
+    tagged, _ = score.score_pope(assign(frames[0], repeat=0), 0, 400, 0.95)
+    assert single.equals(tagged, null_equal=True)
+    assert single["n_repeats"][0] == 1 and math.isnan(single["accuracy_repeat_sd"][0])
+    assert single["accuracy_repeat_min"][0] == single["accuracy"][0] == 6 / 8
 
 
 def test_paired_test_with_repeats_is_the_image_bootstrap():
@@ -481,43 +482,43 @@ def test_paired_test_with_repeats_is_the_image_bootstrap():
     rng = np.random.default_rng(7)
     base = [_image_frame("baseline", list(rng.random(30) < 0.5), per_image=2) for _ in range(2)]
     other = [_image_frame("pii", list(rng.random(30) < 0.8), per_image=2) for _ in range(2)]
-    metrics, _ = score.score_pope(pd.concat([_repeated(base), _repeated(other)]), 0, 500, 0.95)
-    row = metrics.set_index("setting").loc["pii"]
+    metrics, _ = score.score_pope(concat([_repeated(base), _repeated(other)]), 0, 500, 0.95)
+    pii = row(metrics, setting="pii")
     acc = {k: [score.parse_answers(f)["correct_official"].mean() for f in frames]
            for k, frames in (("b", base), ("s", other))}
-    assert row["accuracy_delta"] == pytest.approx(np.mean(acc["s"]) - np.mean(acc["b"]))
-    assert row["n_paired"] == 60 and row["n_repeats"] == 2
+    assert pii["accuracy_delta"] == pytest.approx(np.mean(acc["s"]) - np.mean(acc["b"]))
+    assert pii["n_paired"] == 60 and pii["n_repeats"] == 2
     weights = st.cluster_weights(st.group_rng(0, "paired", "pope", "m", "pii"), 30, 500)
     boot = {}
     for k, frames in (("b", base), ("s", other)):
         per = []
         for f in frames:
-            right = score.parse_answers(f)["correct_official"].to_numpy(dtype=float)
+            right = score.parse_answers(f)["correct_official"].to_numpy().astype(float)
             per.append(st.ratio(*(weights @ st.cluster_sums(f["image_id"].to_numpy(), 30,
                                                              np.column_stack([right, np.ones(60)]))).T))
         boot[k] = np.mean(per, axis=0)
-    assert row["accuracy_p_value"] == pytest.approx(st.bootstrap_p(boot["s"] - boot["b"]))
+    assert pii["accuracy_p_value"] == pytest.approx(st.bootstrap_p(boot["s"] - boot["b"]))
     low, high = st.percentile_interval(boot["s"] - boot["b"], 0.95)
-    assert (row["accuracy_delta_ci_low"], row["accuracy_delta_ci_high"]) == pytest.approx((low, high))
+    assert (pii["accuracy_delta_ci_low"], pii["accuracy_delta_ci_high"]) == pytest.approx((low, high))
     # repeat 0 alone: McNemar, as before
-    alone, _ = score.score_pope(pd.concat([base[0], other[0]]), 0, 500, 0.95)
+    alone, _ = score.score_pope(concat([base[0], other[0]]), 0, 500, 0.95)
     b_right = score.parse_answers(base[0])["correct_official"].to_numpy()
     s_right = score.parse_answers(other[0])["correct_official"].to_numpy()
-    assert alone.set_index("setting").loc["pii", "accuracy_p_value"] == pytest.approx(
+    assert row(alone, setting="pii")["accuracy_p_value"] == pytest.approx(
         st.mcnemar_exact(b_right, s_right)[2])
 
 
 def test_chair_repeats_mean_sd_min_max_by_hand():
     def captions(setting, hallucinated, n_mentions):
         n = len(hallucinated)
-        return pd.DataFrame({"sample_id": [f"caption-{i}" for i in range(n)], "task": "caption", "model": "m",
+        return pl.DataFrame({"sample_id": [f"caption-{i}" for i in range(n)], "task": "caption", "model": "m",
                              "setting": setting, "image_id": np.arange(n), "n_hallucinated": hallucinated,
                              "hallucinated": np.asarray(hallucinated) > 0, "n_mentions": n_mentions,
                              "n_gt_mentioned": 1, "n_gt": 2, "n_words": 10})
     r0 = captions("baseline", [1, 0, 0, 2], [2, 2, 1, 4])          # CHAIRs 2/4, CHAIRi 3/9
     r1 = captions("baseline", [0, 0, 0, 1], [2, 3, 1, 2])          # CHAIRs 1/4, CHAIRi 1/8
     metrics = score.chair_metrics(_repeated([r0, r1]), 0, 300, 0.95)
-    m = metrics.iloc[0]
+    m = metrics.row(0, named=True)
     chair_s, chair_i = np.array([2 / 4, 1 / 4]), np.array([3 / 9, 1 / 8])
     assert m["n_repeats"] == 2 and m["n"] == 8 and m["n_images"] == 4 and m["n_hallucinated_mentions"] == 4
     assert m["chair_s"] == pytest.approx(chair_s.mean()) and m["chair_i"] == pytest.approx(chair_i.mean())
@@ -525,7 +526,7 @@ def test_chair_repeats_mean_sd_min_max_by_hand():
     assert (m["chair_i_repeat_min"], m["chair_i_repeat_max"]) == pytest.approx((1 / 8, 3 / 9))
     assert m["recall"] == 0.5 and m["recall_repeat_sd"] == 0
     weights = st.cluster_weights(st.group_rng(0, "ci", "caption", "m", "baseline"), 4, 300)
-    boot = np.mean([weights @ f["hallucinated"].to_numpy(dtype=float) / 4 for f in (r0, r1)], axis=0)
+    boot = np.mean([weights @ f["hallucinated"].to_numpy().astype(float) / 4 for f in (r0, r1)], axis=0)
     assert (m["chair_s_ci_low"], m["chair_s_ci_high"]) == pytest.approx(st.percentile_interval(boot, 0.95))
 
 
@@ -534,27 +535,27 @@ def test_tables_show_repeat_spread_only_with_repeats():
     runs = {"baseline": (["Yes"] * 20, ["Yes", "No"] * 10), "hybrid": (["Yes", "No"] * 10, ["No"] * 20)}
     frames = [_repeated([_pope_frame("qwen2_5_vl", s, labels, r) for r in rs]) for s, rs in runs.items()]
     models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"}}
-    metrics, _ = score.score_pope(pd.concat(frames), 0, 200, 0.95)
+    metrics, _ = score.score_pope(concat(frames), 0, 200, 0.95)
     frame, md = score.build_table(metrics, _paper(), "table1_pope", score.TABLE1, models, ["baseline", "hybrid"],
                                   0.95, score.TABLE1_NOTES_REPEATS, strict=True)
-    row = frame.set_index("setting").loc["baseline"]
-    assert row["qwen2_5_vl:accuracy"] == pytest.approx(75.0)            # mean of 50 and 100
-    assert (row["qwen2_5_vl:accuracy_repeat_min"], row["qwen2_5_vl:accuracy_repeat_max"]) == (50.0, 100.0)
-    assert row["qwen2_5_vl:accuracy_repeat_sd"] == pytest.approx(50 / math.sqrt(2))
+    base = row(frame, setting="baseline")
+    assert base["qwen2_5_vl:accuracy"] == pytest.approx(75.0)            # mean of 50 and 100
+    assert (base["qwen2_5_vl:accuracy_repeat_min"], base["qwen2_5_vl:accuracy_repeat_max"]) == (50.0, 100.0)
+    assert base["qwen2_5_vl:accuracy_repeat_sd"] == pytest.approx(50 / math.sqrt(2))
     assert "Spread over the 2 decoding repeats" in md and "| baseline | 35.4 (50.0–100.0) |" in md
     assert "run 2 times" in md and "p: paired image-level bootstrap for every metric" in md
-    single = metrics.assign(n_repeats=1)
+    single = assign(metrics, n_repeats=1)
     frame1, md1 = score.build_table(single, _paper(), "table1_pope", score.TABLE1, models, ["baseline", "hybrid"],
                                     0.95, score.TABLE1_NOTES, strict=True)
     assert not [c for c in frame1.columns if "repeat" in c] and "decoding repeats" not in md1
     pyes, pyes_md = score.build_pyes_table(metrics, _paper(), models, ["baseline", "hybrid"], 0.95)
-    assert "p_yes_auroc_repeat_sd" in pyes and "run 2 times" in pyes_md
+    assert "p_yes_auroc_repeat_sd" in pyes.columns and "run 2 times" in pyes_md
 
 
 def test_inference_file_names_carry_the_repeat(tmp_path: Path):
-    df = _pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]).assign(
-        text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
-        finish_reason="stop", seed=0, repeat=1)
+    df = assign(_pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]),
+                text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
+                finish_reason="stop", seed=0, repeat=1)
     path = tmp_path / "results/inference/pope/m/baseline/r1.parquet"
     write_table(df, path, "inference")
     data, groups = score.read_inference([str(path)], "pope")

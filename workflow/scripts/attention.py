@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 import torch  # noqa: E402
 from encoders import (  # noqa: E402
     clip_affine,
@@ -30,7 +30,15 @@ from encoders import (  # noqa: E402
 )
 from images import load_rgb  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from pipeline_io import PipelineError, log, params_config, run_main, save_figure, write_table  # noqa: E402
+from pipeline_io import (  # noqa: E402
+    PipelineError,
+    log,
+    params_config,
+    records_frame,
+    run_main,
+    save_figure,
+    write_table,
+)
 
 VARIANTS = ("question", "control")
 N_EXAMPLES = 2  # pairs drawn in attention_maps.png
@@ -60,7 +68,7 @@ def display_image(pixel_values: torch.Tensor, image_processor) -> np.ndarray:
     return np.clip(x, 0.0, 1.0)
 
 
-def analyse(pairs: pd.DataFrame, tower, image_processor, layers: list[int]):
+def analyse(pairs: pl.DataFrame, tower, image_processor, layers: list[int]):
     """All numbers for all pairs; plus the material of the figures."""
     n_layers = tower.config.num_hidden_layers
     bad = [layer for layer in layers if layer > n_layers]
@@ -69,8 +77,8 @@ def analyse(pairs: pd.DataFrame, tower, image_processor, layers: list[int]):
     probe = sorted(set(layers) | {n_layers})
     grid, patch = clip_grid(tower)
     rows, examples, diag_rows = [], [], []
-    for i, pair in pairs.iterrows():
-        example = {"sample_id": pair.sample_id}
+    for i, pair in enumerate(pairs.iter_rows(named=True)):
+        example = {"sample_id": pair["sample_id"]}
         for variant in VARIANTS:
             meta = row_of(pair, "q_" if variant == "question" else "c_")
             image = load_rgb(meta["image_path"])  # the loader inference uses
@@ -87,7 +95,7 @@ def analyse(pairs: pd.DataFrame, tower, image_processor, layers: list[int]):
             maps_by_layer = {}
             for layer in probe:
                 stats, maps = attention_stats(out.attentions[layer - 1][0], mask)
-                rows.append({"sample_id": pair.sample_id, "variant": variant, "layer": layer,
+                rows.append({"sample_id": pair["sample_id"], "variant": variant, "layer": layer,
                              "is_last_layer": layer == n_layers, **stats})
                 maps_by_layer[layer] = maps
             for value, is_text in zip(maps_by_layer[n_layers]["diag"], mask.reshape(-1), strict=True):
@@ -97,9 +105,9 @@ def analyse(pairs: pd.DataFrame, tower, image_processor, layers: list[int]):
                                                                                "strip_y1"))),
                                 "mask": mask}
         examples.append(example)
-        log.info("pair %d/%d %s: %d text-region patches", i + 1, len(pairs), pair.sample_id,
+        log.info("pair %d/%d %s: %d text-region patches", i + 1, len(pairs), pair["sample_id"],
                  int(example["question"]["mask"].sum()))
-    return pd.DataFrame(rows), examples, pd.DataFrame(diag_rows), grid, patch
+    return records_frame(rows), examples, records_frame(diag_rows), grid, patch
 
 
 def pick_examples(examples: list[dict], n: int) -> list[dict]:
@@ -145,12 +153,12 @@ def plot_attention_maps(examples: list[dict], layers: list[int], grid: int, patc
     save_figure(fig, path)
 
 
-def plot_diagonal(diag: pd.DataFrame, examples: list[dict], n_layers: int, grid: int, path) -> None:
+def plot_diagonal(diag: pl.DataFrame, examples: list[dict], n_layers: int, grid: int, path) -> None:
     fig, (ax, ax_map) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1.3, 1]})
     groups, labels = [], []
     for region in ("text", "image"):
         for variant in VARIANTS:
-            values = diag.loc[(diag.region == region) & (diag.variant == variant), "diag"].to_numpy()
+            values = diag.filter((pl.col("region") == region) & (pl.col("variant") == variant))["diag"].to_numpy()
             groups.append(values if len(values) else np.array([np.nan]))
             labels.append(f"{region}-region\n{variant} (n={len(values)})")
     box = ax.boxplot(groups, tick_labels=labels, showfliers=False, patch_artist=True)
@@ -189,8 +197,8 @@ def main(snakemake) -> None:
     image_processor = image_processor_of(loaded.processor)
     table, examples, diag, grid, patch = analyse(pairs, tower, image_processor, sorted(acfg["layers"]))
     n_layers = tower.config.num_hidden_layers
-    table.insert(0, "model", name)
-    no_text = table.loc[table.n_text_patches == 0, "sample_id"].nunique()
+    table = table.select(pl.lit(name, dtype=pl.String).alias("model"), pl.all())
+    no_text = table.filter(pl.col("n_text_patches") == 0)["sample_id"].n_unique()
     if no_text:
         log.warning("%d of %d pairs have no text-region patch after the centre crop (strip cropped away)",
                     no_text, len(pairs))

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import torch
 from pipeline_io import PipelineError, log, read_table
 
@@ -131,7 +131,7 @@ def patch_overlap(box: tuple[float, float, float, float], grid_h: int, grid_w: i
 def text_patch_mask(row, affine: Affine, grid_h: int, grid_w: int, patch: int) -> np.ndarray:
     """Boolean (grid_h, grid_w): patches whose area overlap with the manifest row's strip box, mapped onto the
     processed canvas, is > 50%. All False for a row without a strip."""
-    if row["strip_x0"] is None or pd.isna(row["strip_x0"]):
+    if row["strip_x0"] is None or row["strip_x0"] != row["strip_x0"]:  # null or NaN: no strip
         return np.zeros((grid_h, grid_w), dtype=bool)
     box = affine.box(float(row["strip_x0"]), float(row["strip_y0"]), float(row["strip_x1"]), float(row["strip_y1"]))
     return patch_overlap(box, grid_h, grid_w, patch) > TEXT_OVERLAP
@@ -243,25 +243,28 @@ def qwen_visual_of(model):
 # --- pairs and numbers ---------------------------------------------------------------------------------------
 
 
-def load_pairs(question_manifest: str, control_manifest: str, n: int) -> pd.DataFrame:
+def load_pairs(question_manifest: str, control_manifest: str, n: int) -> pl.DataFrame:
     """The first n sample_ids (sorted) present in both manifests, one row per pair with q_* and c_* columns."""
-    q = read_table(question_manifest, "manifest").set_index("sample_id")
-    c = read_table(control_manifest, "manifest").set_index("sample_id")
-    common = sorted(set(q.index) & set(c.index))
+    q = read_table(question_manifest, "manifest")
+    c = read_table(control_manifest, "manifest")
+    common = sorted(set(q["sample_id"].to_list()) & set(c["sample_id"].to_list()))
     if not common:
         raise PipelineError(f"{question_manifest} and {control_manifest} share no sample_id; rerun rendering")
     if len(common) < n:
         log.warning("only %d question/control pairs available, %d requested", len(common), n)
-    ids = common[:n]
-    pairs = q.loc[ids].add_prefix("q_").join(c.loc[ids].add_prefix("c_"))
-    bad = pairs[(pairs.q_width != pairs.c_width) | (pairs.q_height != pairs.c_height)]
+    pairs = pl.DataFrame({"sample_id": common[:n]}, schema={"sample_id": pl.String})
+    for prefix, manifest in (("q_", q), ("c_", c)):
+        side = manifest.select("sample_id", pl.exclude("sample_id").name.prefix(prefix))
+        pairs = pairs.join(side, on="sample_id", how="left", maintain_order="left")
+    bad = pairs.filter((pl.col("q_width") != pl.col("c_width")) | (pl.col("q_height") != pl.col("c_height")))
     if len(bad):
-        raise PipelineError(f"{question_manifest}: sample {bad.index[0]} has a different size from its control image "
-                            f"in {control_manifest}; rerun rendering")
-    return pairs.reset_index()
+        raise PipelineError(f"{question_manifest}: sample {bad['sample_id'][0]} has a different size from its control "
+                            f"image in {control_manifest}; rerun rendering")
+    return pairs
 
 
-def row_of(pair: pd.Series, prefix: str) -> dict:
+def row_of(pair: dict, prefix: str) -> dict:
+    """One side of a pair row (a dict, as ``iter_rows(named=True)`` gives it), its prefix taken off the keys."""
     return {k[len(prefix):]: v for k, v in pair.items() if k.startswith(prefix)}
 
 

@@ -29,7 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
+import polars as pl
+import pyarrow as pa
 from openai_backend import row_settings
 from pipeline_io import (
     PipelineError,
@@ -38,6 +40,7 @@ from pipeline_io import (
     params_config,
     read_metadata,
     read_table,
+    records_frame,
     run_main,
     run_stage,
     setup_logging,
@@ -47,6 +50,10 @@ from pipeline_io import (
 
 COLUMNS = ["sample_id", "task", "model", "setting", "repeat", "image_id", "question", "label", "text_prompt", "prompt",
            "image_path", "response", "n_prompt_tokens", "n_response_tokens", "finish_reason", "seed", "p_yes"]
+COLUMN_TYPES = {"repeat": pl.Int64, "p_yes": pl.Float64}
+# label and text_prompt are stored as Arrow ``string`` (the other text columns as ``large_string``), as inference
+# files always have been; a column of nulls only (no label in the caption task, no text turn) has the null type.
+ARROW_TYPES = {"label": pa.string(), "text_prompt": pa.string()}
 
 
 @dataclass
@@ -147,23 +154,26 @@ def rerender_hint(manifest_name: str) -> str:
             "then run snakemake again")
 
 
-def build_requests(sample: pd.DataFrame, manifest: pd.DataFrame, job: Job, manifest_name: str = "manifest"):
-    """One request per sample row, with the image of the setting's variant from the manifest."""
-    by_id = manifest.drop_duplicates("sample_id").set_index("sample_id")
-    missing = [s for s in sample["sample_id"] if s not in by_id.index]
+def build_requests(sample: pl.DataFrame, manifest: pl.DataFrame, job: Job, manifest_name: str = "manifest"):
+    """One request per sample row, with the image of the setting's variant from the manifest (its first row for
+    the sample)."""
+    by_id: dict = {}
+    for img in manifest.iter_rows(named=True):
+        by_id.setdefault(img["sample_id"], img)
+    missing = [s for s in sample["sample_id"].to_list() if s not in by_id]
     if missing:
         raise PipelineError(f"{manifest_name}: no image for sample '{missing[0]}' ({len(missing)} missing); "
                             + rerender_hint(manifest_name))
     template = job.setting_cfg["text_prompt"]
     requests = []
-    for row in sample.itertuples(index=False):
-        img = by_id.loc[row.sample_id]
-        label = getattr(row, "label", None)
+    for row in sample.iter_rows(named=True):
+        img = by_id[row["sample_id"]]
+        label, sha = row.get("label"), img.get("image_sha256")
         requests.append(Request(
-            sample_id=str(row.sample_id), task=job.task, image_id=int(row.image_id), question=str(row.question),
-            label=None if label is None or pd.isna(label) else str(label),
-            text_prompt=format_text_prompt(template, str(row.question)), image_path=str(img["image_path"]),
-            image_sha256=str(img["image_sha256"]) if "image_sha256" in img and pd.notna(img["image_sha256"]) else None,
+            sample_id=str(row["sample_id"]), task=job.task, image_id=int(row["image_id"]),
+            question=str(row["question"]), label=None if label is None else str(label),
+            text_prompt=format_text_prompt(template, str(row["question"])), image_path=str(img["image_path"]),
+            image_sha256=None if sha is None else str(sha),
         ))
     return requests
 
@@ -303,11 +313,11 @@ def batch_file(partial: Path, index: int) -> Path:
     return partial / f"batch-{index:05d}.parquet"
 
 
-def load_checkpoints(partial: Path, fp: str, batches) -> dict[int, pd.DataFrame]:
+def load_checkpoints(partial: Path, fp: str, batches) -> dict[int, pl.DataFrame]:
     """Checkpoints of this exact job (fingerprint and batch contents match); anything else is deleted."""
     if not partial.is_dir():
         return {}
-    done: dict[int, pd.DataFrame] = {}
+    done: dict[int, pl.DataFrame] = {}
     stale = 0
     for path in sorted(partial.glob("batch-*.parquet")):
         try:
@@ -330,7 +340,7 @@ def load_checkpoints(partial: Path, fp: str, batches) -> dict[int, pd.DataFrame]
     return done
 
 
-def rows_frame(job: Job, chunk: list[Request], results: list[dict], prompts: list[str]) -> pd.DataFrame:
+def rows_frame(job: Job, chunk: list[Request], results: list[dict], prompts: list[str]) -> pl.DataFrame:
     records = []
     for req, res, prompt in zip(chunk, results, prompts, strict=True):
         records.append({
@@ -341,15 +351,10 @@ def rows_frame(job: Job, chunk: list[Request], results: list[dict], prompts: lis
             "finish_reason": res["finish_reason"], "seed": int(res["seed"]),
             "p_yes": None if res.get("p_yes") is None else float(res["p_yes"]),
         })
-    df = pd.DataFrame.from_records(records, columns=COLUMNS)
-    for col in ("label", "text_prompt"):
-        df[col] = df[col].astype(object)
-    df["p_yes"] = df["p_yes"].astype("float64")
-    df["repeat"] = df["repeat"].astype("int64")
-    return df
+    return records_frame(records, COLUMNS, COLUMN_TYPES)
 
 
-def run_requests(job: Job, requests: list[Request], backend, partial: Path) -> tuple[pd.DataFrame, dict]:
+def run_requests(job: Job, requests: list[Request], backend, partial: Path) -> tuple[pl.DataFrame, dict]:
     """Run every request once (this job's repeat), batch by batch with checkpoints; returns the rows in sample
     order and run facts."""
     batch_size = job.batch_size
@@ -369,7 +374,7 @@ def run_requests(job: Job, requests: list[Request], backend, partial: Path) -> t
         prompts = [backend.prompt(r) for r in chunk]
         results, effective = run_with_oom_backoff(backend.run, chunk, start, job.run_seed, effective)
         df = rows_frame(job, chunk, results, prompts)
-        write_table(df, batch_file(partial, index), "inference",
+        write_table(df, batch_file(partial, index), "inference", types=ARROW_TYPES,
                     metadata={"fingerprint": fp, "batch": index, "sample_ids": [r.sample_id for r in chunk]})
         done[index] = df
         n_new += len(chunk)
@@ -378,10 +383,12 @@ def run_requests(job: Job, requests: list[Request], backend, partial: Path) -> t
         log.info("batch %d/%d done (%d/%d samples this run, %d/%d total): %.2f samples/s, ETA %s", k, len(todo),
                  n_new, n_todo, sum(len(d) for d in done.values()), len(requests), rate, _fmt_eta(eta))
     frames = [done[i] for i in range(len(batches))]
-    result = pd.concat(frames, ignore_index=True) if frames else rows_frame(job, [], [], [])
+    # relaxed: a checkpoint whose label or text prompt column holds only nulls has the null type
+    result = pl.concat(frames, how="vertical_relaxed") if frames else rows_frame(job, [], [], [])
     order = {r.sample_id: i for i, r in enumerate(requests)}
-    result = result.sort_values("sample_id", key=lambda s: s.map(order)).reset_index(drop=True)
-    if len(result) != len(requests) or result["sample_id"].duplicated().any():
+    position = np.array([order.get(sid, len(order)) for sid in result["sample_id"].to_list()], dtype=np.int64)
+    result = result[np.argsort(position, kind="stable")]
+    if len(result) != len(requests) or result["sample_id"].is_duplicated().any():
         raise PipelineError(f"{partial}: checkpoints do not add up to one row per sample; delete the folder and rerun")
     facts = {"n_batches": len(batches), "resumed_batches": len(batches) - len(todo), "final_batch_size": effective}
     return result, facts
@@ -398,7 +405,7 @@ def _fmt_eta(seconds: float) -> str:
 
 
 def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | None = None, device=None,
-            backend=None) -> pd.DataFrame:
+            backend=None) -> pl.DataFrame:
     if threads:
         try:
             import torch
@@ -407,7 +414,7 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
         except ImportError:
             pass
     sample = read_table(sample_path, "sample")
-    sample = sample[sample["task"] == job.task] if "task" in sample else sample
+    sample = sample.filter(pl.col("task") == job.task) if "task" in sample.columns else sample
     manifest = read_table(manifest_path, "manifest")
     requests = build_requests(sample, manifest, job, manifest_name=str(manifest_path))
     check_images(requests, str(manifest_path))
@@ -420,12 +427,12 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
         "task": job.task, "model": job.model, "setting": job.setting, "backend": backend.name,
         "model_id": job.entry["path"], "revision": job.entry.get("revision"),
         "decoding": job.decoding, "max_new_tokens": job.task_cfg["max_new_tokens"], "seed": job.seed,
-        "repeat": job.repeat, "repeat_seed": job.run_seed, "n_p_yes": int(df["p_yes"].notna().sum()),
+        "repeat": job.repeat, "repeat_seed": job.run_seed, "n_p_yes": int(df["p_yes"].fill_nan(None).is_not_null().sum()),
         "batch_size": job.batch_size, "config_hash": config_hash(row_config(job.cfg)),
         "python": platform.python_version(),
         "wall_s_this_run": round(time.monotonic() - t0, 3), **facts, **backend.metadata(),
     }
-    write_table(df, out, "inference", metadata=metadata)
+    write_table(df, out, "inference", metadata=metadata, types=ARROW_TYPES)
     shutil.rmtree(partial, ignore_errors=True)
     log.info("wrote %s (%d rows); removed checkpoints %s", out, len(df), partial)
     return df

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 import torch  # noqa: E402
 from encoders import (  # noqa: E402
     clip_affine,
@@ -35,7 +35,15 @@ from encoders import (  # noqa: E402
 from images import load_rgb  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
-from pipeline_io import PipelineError, log, params_config, run_main, save_figure, write_table  # noqa: E402
+from pipeline_io import (  # noqa: E402
+    PipelineError,
+    log,
+    params_config,
+    records_frame,
+    run_main,
+    save_figure,
+    write_table,
+)
 
 REGIONS = ("image", "text")
 ENCODER_LABEL = {"qwen2_5_vl": "Qwen2.5-VL ViT", "llava": "CLIP ViT (LLaVA)"}
@@ -92,7 +100,7 @@ def similarity_rows(model: str, family: str, sample_id: str, q_states, c_states,
     return rows
 
 
-def analyse_model(model_name: str, family: str, loaded, pairs: pd.DataFrame) -> list[dict]:
+def analyse_model(model_name: str, family: str, loaded, pairs: pl.DataFrame) -> list[dict]:
     image_processor = image_processor_of(loaded.processor)
     if family == "qwen2_5_vl":
         encoder = qwen_visual_of(loaded.model)
@@ -105,32 +113,33 @@ def analyse_model(model_name: str, family: str, loaded, pairs: pd.DataFrame) -> 
                             "use qwen2_5_vl or llava models")
     encoder.eval()
     rows = []
-    for i, pair in pairs.iterrows():
+    for i, pair in enumerate(pairs.iter_rows(named=True)):
         q_states, q_mask = states_of(encoder, image_processor, row_of(pair, "q_"))
         c_states, c_mask = states_of(encoder, image_processor, row_of(pair, "c_"))
         if not np.array_equal(q_mask, c_mask):
-            raise PipelineError(f"{pair.sample_id}: question and control strips map to different patches; "
+            raise PipelineError(f"{pair['sample_id']}: question and control strips map to different patches; "
                                 "the two variants must share size and strip box (rerun rendering)")
-        rows += similarity_rows(model_name, family, pair.sample_id, q_states, c_states, q_mask)
+        rows += similarity_rows(model_name, family, pair["sample_id"], q_states, c_states, q_mask)
         log.info("%s pair %d/%d %s: %d layers, %d text-region patches", model_name, i + 1, len(pairs),
-                 pair.sample_id, len(q_states), int(q_mask.sum()))
+                 pair["sample_id"], len(q_states), int(q_mask.sum()))
     return rows
 
 
-def plot_similarity(table: pd.DataFrame, last_n: int, path) -> None:
-    models = list(dict.fromkeys(table.model))
+def plot_similarity(table: pl.DataFrame, last_n: int, path) -> None:
+    models = list(dict.fromkeys(table["model"].to_list()))
     fig, axes = plt.subplots(1, len(models), figsize=(max(6.0, 0.75 * last_n + 2.5) * len(models), 4.8),
                              squeeze=False, sharey=True)
     colours = {"image": "tab:blue", "text": "tab:red"}
     for ax, model in zip(axes[0], models, strict=True):
-        sub = table[table.model == model]
-        n_layers = int(sub.n_layers.iloc[0])
+        sub = table.filter(pl.col("model") == model)
+        n_layers = int(sub["n_layers"][0])
         layers = list(range(max(1, n_layers - last_n + 1), n_layers + 1))
         for r_i, region in enumerate(REGIONS):
             data, positions = [], []
             for l_i, layer in enumerate(layers):
-                sel = sub[(sub.layer == layer) & (sub.region == region)]
-                values = np.concatenate([np.asarray(v, dtype=float) for v in sel["values"]]) if len(sel) else []
+                sel = sub.filter((pl.col("layer") == layer) & (pl.col("region") == region))
+                values = (np.concatenate([np.asarray(v, dtype=float) for v in sel["values"].to_list()]) if len(sel)
+                          else [])
                 data.append(values if len(values) else np.array([np.nan]))
                 positions.append(l_i + (r_i - 0.5) * 0.38)
             box = ax.boxplot(data, positions=positions, widths=0.34, showfliers=False, patch_artist=True,
@@ -140,11 +149,11 @@ def plot_similarity(table: pd.DataFrame, last_n: int, path) -> None:
                 artist.set_alpha(0.55)
         ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
         ax.set_xlabel(f"encoder layer (last {len(layers)} of {n_layers})")
-        family = sub.family.iloc[0]
+        family = sub["family"][0]
         ax.set_title(f"{ENCODER_LABEL.get(family, family)} ({model})")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("cosine similarity per patch\n(question vs control image)")
-    n_pairs = table.sample_id.nunique()
+    n_pairs = table["sample_id"].n_unique()
     axes[0, -1].legend(handles=[Patch(facecolor=colours[r], alpha=0.55, label=f"{r}-region patches") for r in REGIONS],
                        loc="lower left")
     fig.suptitle(f"Layer-wise similarity of question and control images ({n_pairs} POPE pairs)")
@@ -166,7 +175,7 @@ def main(snakemake) -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    table = pd.DataFrame(rows)
+    table = records_frame(rows)
     plot_similarity(table, scfg["last_n_layers"], snakemake.output.figure)
     meta = {"models": {m: cfg[f"models.{m}"]["path"] for m in scfg["models"]}, "text_overlap_threshold": 0.5,
             "qwen_states": "vision block outputs, window order undone, before the merger",

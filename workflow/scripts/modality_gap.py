@@ -15,15 +15,27 @@ Conditions are compared on the samples present in both: Wilcoxon signed-rank tes
 difference with a percentile bootstrap interval.
 """
 
+import math
+from types import SimpleNamespace
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 import torch  # noqa: E402
 from encoders import cosine_distance, load_vlm, mean_pairwise_cosine_distance  # noqa: E402
-from pipeline_io import PipelineError, log, params_config, read_table, run_main, save_figure, write_table  # noqa: E402
+from pipeline_io import (  # noqa: E402
+    PipelineError,
+    log,
+    params_config,
+    read_table,
+    records_frame,
+    run_main,
+    save_figure,
+    write_table,
+)
 from scipy import stats  # noqa: E402
 from vlm import build_prompt, open_image  # noqa: E402
 
@@ -74,11 +86,12 @@ def embed(model, processor, image, prompt: str, caption: str, device) -> tuple[n
     return hidden[image_pos].numpy(), hidden[n_prompt:].numpy()
 
 
-def select_rows(frames: dict[str, pd.DataFrame], n: int) -> list[str]:
+def select_rows(frames: dict[str, pl.DataFrame], n: int) -> list[str]:
     """The first n sample_ids (sorted) with a usable caption (non-empty, not an error) under both conditions."""
     ok = None
     for cond, df in frames.items():
-        good = set(df.loc[(df.finish_reason != "error") & (df.response.str.strip() != ""), "sample_id"])
+        good = {sid for sid, finish, response in df.select("sample_id", "finish_reason", "response").iter_rows()
+                if finish != "error" and (response or "").strip()}
         dropped = len(df) - len(good)
         if dropped:
             log.warning("condition %s: %d captions empty or failed, left out", cond, dropped)
@@ -124,26 +137,40 @@ def plot_pca(example: dict, path) -> None:
     save_figure(fig, path)
 
 
-def plot_gap(table: pd.DataFrame, tests: pd.DataFrame, labels: dict, path) -> None:
+def paired_values(table: pl.DataFrame, measure: str) -> tuple[np.ndarray, np.ndarray]:
+    """(condition A, condition B) values of one measure, one per sample_id (sorted), NaN where a condition has
+    none."""
+    value = {(r["sample_id"], r["condition"]): r[measure] for r in table.iter_rows(named=True)}
+    ids = sorted({sid for sid, _ in value})
+    return tuple(np.array([np.nan if value.get((sid, cond)) is None else value[(sid, cond)] for sid in ids],
+                          dtype=float) for cond in CONDITIONS)
+
+
+def _numbers(row: dict) -> SimpleNamespace:
+    """A tests row with attribute access, a missing number as NaN."""
+    return SimpleNamespace(**{k: math.nan if v is None else v for k, v in row.items()})
+
+
+def plot_gap(table: pl.DataFrame, tests: pl.DataFrame, labels: dict, path) -> None:
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(11, 4.8), squeeze=False)
-    wide = table.pivot(index="sample_id", columns="condition", values=list(MEASURES))
+    n_samples = table["sample_id"].n_unique()
     for ax, measure in zip(axes[0], MEASURES, strict=True):
-        a, b = wide[(measure, "A")].to_numpy(), wide[(measure, "B")].to_numpy()
+        a, b = paired_values(table, measure)
         for va, vb in zip(a, b, strict=True):
             ax.plot([0, 1], [va, vb], c="gray", alpha=0.5, lw=0.8)
         ax.scatter(np.zeros_like(a), a, c="tab:blue", zorder=3, label="per sample")
         ax.scatter(np.ones_like(b), b, c="tab:orange", zorder=3)
         ax.plot([0, 1], [np.nanmean(a), np.nanmean(b)], c="black", lw=2.2, marker="D", label="mean")
-        t = tests.set_index("measure").loc[measure]
-        ci = ("n/a" if pd.isna(t.ci_low) else f"[{t.ci_low:+.3f}, {t.ci_high:+.3f}]")
-        p = "n/a" if pd.isna(t.p_value) else f"{t.p_value:.3g}"
+        t = _numbers(tests.filter(pl.col("measure") == measure).row(0, named=True))
+        ci = ("n/a" if math.isnan(t.ci_low) else f"[{t.ci_low:+.3f}, {t.ci_high:+.3f}]")
+        p = "n/a" if math.isnan(t.p_value) else f"{t.p_value:.3g}"
         ax.set_title(f"{measure.replace('_', ' ')}\nB - A = {t.mean_diff:+.3f}, 95% CI {ci}, Wilcoxon p = {p}",
                      fontsize=10)
         ax.set_xticks([0, 1], [f"A: {labels['A']}", f"B: {labels['B']}"])
         ax.set_xlim(-0.4, 1.4)
         ax.set_ylabel("cosine distance (image vs caption tokens)")
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle(f"Modality gap per sample, instruction as text (A) vs in the image (B), n = {len(wide)}")
+    fig.suptitle(f"Modality gap per sample, instruction as text (A) vs in the image (B), n = {n_samples}")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -161,36 +188,35 @@ def main(snakemake) -> None:
     model, processor = loaded.model, loaded.processor
     model.eval()
     device = next(model.parameters()).device
+    by_id = {cond: {r["sample_id"]: r for r in df.iter_rows(named=True)} for cond, df in frames.items()}
     rows, example = [], None
     warned = False
     for i, sample_id in enumerate(ids):
         for cond in CONDITIONS:
-            row = frames[cond].set_index("sample_id").loc[sample_id]
-            text_prompt = None if pd.isna(row.text_prompt) else row.text_prompt
-            prompt = build_prompt(loaded.family, processor, text_prompt)
-            if prompt != row.prompt and not warned:
+            row = by_id[cond][sample_id]
+            prompt = build_prompt(loaded.family, processor, row["text_prompt"])
+            if prompt != row["prompt"] and not warned:
                 log.warning("%s: rebuilt prompt differs from the inference row's prompt; using the rebuilt one",
                             sample_id)
                 warned = True
-            image = open_image(row.image_path)
-            img_emb, cap_emb = embed(model, processor, image, prompt, row.response, device)
+            image = open_image(row["image_path"])
+            img_emb, cap_emb = embed(model, processor, image, prompt, row["response"], device)
             if len(cap_emb) == 0:
                 raise PipelineError(f"{sample_id} ({settings[cond]}): caption has no tokens")
             numbers = gap_numbers(img_emb, cap_emb)
             rows.append({"model": name, "sample_id": sample_id, "condition": cond, "setting": settings[cond],
-                         "image_path": row.image_path, "n_image_tokens": len(img_emb),
+                         "image_path": row["image_path"], "n_image_tokens": len(img_emb),
                          "n_caption_tokens": len(cap_emb), **numbers})
             if example is None or example["sample_id"] == sample_id:
                 example = example or {"sample_id": sample_id}
                 example[cond] = {"image": img_emb, "caption": cap_emb, "label": settings[cond], **numbers}
         log.info("sample %d/%d %s done", i + 1, len(ids), sample_id)
-    table = pd.DataFrame(rows)
-    wide = table.pivot(index="sample_id", columns="condition", values=list(MEASURES))
-    tests = pd.DataFrame([{"model": name, "measure": m, **paired_test(wide[(m, "A")], wide[(m, "B")],
-                                                                       gcfg["bootstrap_resamples"],
-                                                                       gcfg["confidence"], cfg["seed"])}
-                          for m in MEASURES])
-    for t in tests.itertuples():
+    table = records_frame(rows)
+    tests = records_frame([{"model": name, "measure": m, **paired_test(*paired_values(table, m),
+                                                                        gcfg["bootstrap_resamples"],
+                                                                        gcfg["confidence"], cfg["seed"])}
+                           for m in MEASURES])
+    for t in map(_numbers, tests.iter_rows(named=True)):
         log.info("%s: A %.4f B %.4f diff %+.4f CI [%s, %s] p=%s", t.measure, t.mean_a, t.mean_b, t.mean_diff,
                  t.ci_low, t.ci_high, t.p_value)
     plot_pca(example, snakemake.output.pca)

@@ -7,6 +7,7 @@ imported by the tests, so nothing here depends on Snakemake being present.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import logging
@@ -18,7 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -184,10 +187,48 @@ def check_table(table: pa.Table, schema_name: str, source: str = "table") -> Non
                 raise PipelineError(f"{source}: column '{col}' has values {sorted(map(str, bad))}, allowed {allowed}")
 
 
-def write_table(df, path: str | os.PathLike, schema_name: str | None = None, metadata: dict | None = None) -> None:
-    """Write a pandas DataFrame (or Arrow table) to Parquet atomically, after checking its schema.
-    ``metadata`` (any JSON-able dict) is stored in the file under the key ``pii``."""
-    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+def _stored_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type a column is stored with: lists as ``list`` (not ``large_list``) of ``string`` items, a
+    ``string_view`` as ``large_string``; the types the pipeline's Parquet files have always had."""
+    if pa.types.is_large_list(t) or pa.types.is_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        item = t.value_type
+        item = pa.string() if pa.types.is_large_string(item) or pa.types.is_string_view(item) else _stored_type(item)
+        return pa.list_(item)
+    if pa.types.is_string_view(t):
+        return pa.large_string()
+    return t
+
+
+def to_arrow(df, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """A polars DataFrame (or an Arrow table, or any frame ``pyarrow.table`` takes) as the Arrow table
+    ``write_table`` stores: float NaN as null (a missing number is null in every file), list and string types as
+    ``_stored_type`` gives them, and any column named in ``types`` cast to that type unless it holds only nulls (an
+    all-null column keeps Arrow's null type)."""
+    if isinstance(df, pa.Table):
+        table = df
+    elif isinstance(df, pl.DataFrame):
+        table = df.to_arrow()
+    else:  # another frame library's table, through the Arrow interface
+        table = pa.table(df)
+    types = types or {}
+    columns = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_floating(column.type) and column.length():
+            nan = pc.fill_null(pc.is_nan(column), False)
+            if pc.any(nan).as_py():
+                column = pc.if_else(nan, pa.scalar(None, column.type), column)
+        want = types.get(name) if not pa.types.is_null(column.type) else None
+        want = want or _stored_type(column.type)
+        columns.append(column if column.type == want else column.cast(want))
+    return pa.table(columns, names=table.column_names, metadata=table.schema.metadata)
+
+
+def write_table(df, path: str | os.PathLike, schema_name: str | None = None, metadata: dict | None = None,
+                types: dict[str, pa.DataType] | None = None) -> None:
+    """Write a polars DataFrame (or an Arrow table) to Parquet atomically, after checking its schema (``to_arrow``
+    says how columns are stored; ``types`` casts named columns). ``metadata`` (any JSON-able dict) is stored in
+    the file under the key ``pii``."""
+    table = to_arrow(df, types)
     if schema_name:
         check_table(table, schema_name, source=str(path))
     if metadata is not None:
@@ -198,8 +239,9 @@ def write_table(df, path: str | os.PathLike, schema_name: str | None = None, met
         pq.write_table(table, tmp)
 
 
-def read_table(path: str | os.PathLike, schema_name: str | None = None):
-    """Read a Parquet file as a pandas DataFrame, checking it against a table schema when given."""
+def read_table(path: str | os.PathLike, schema_name: str | None = None) -> pl.DataFrame:
+    """Read a Parquet file as a polars DataFrame, checking it against a table schema when given. Missing
+    numbers come back as null (files store no NaN)."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: file not found")
@@ -209,7 +251,34 @@ def read_table(path: str | os.PathLike, schema_name: str | None = None):
         raise PipelineError(f"{path}: not a readable Parquet file ({err}); delete it and rerun the rule") from err
     if schema_name:
         check_table(table, schema_name, source=str(path))
-    return table.to_pandas()
+    return pl.from_arrow(table)
+
+
+def records_frame(rows: list[dict], columns: list[str] | None = None, schema_overrides: dict | None = None
+                  ) -> pl.DataFrame:
+    """A polars DataFrame from row dicts, each column's type inferred from every row (polars alone looks at the
+    first 100, so a column that starts with nulls would lose its type): columns in ``columns`` order (missing
+    keys are null), else in order of first appearance; ``schema_overrides`` fixes types (e.g. Int64 for an
+    integer column that may be all null)."""
+    return pl.DataFrame(rows, schema=columns, schema_overrides=schema_overrides, infer_schema_length=None)
+
+
+def write_csv(frame: pl.DataFrame, f, float_format: str = "%.6g") -> None:
+    """Write a frame as CSV to an open text file: a header line, then one line per row (Unix line ends), fields
+    quoted only where needed. Floats go through ``float_format``; a missing value (null or NaN) is an empty
+    field; an integer column with missing values is written as floats (its numbers through ``float_format``);
+    booleans as True / False."""
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(frame.columns)
+    columns = []
+    for series in frame.get_columns():
+        values = series.to_list()
+        as_float = series.dtype.is_float() or (series.dtype.is_integer() and series.null_count() > 0)
+        if as_float:
+            columns.append(["" if v is None or v != v else float_format % float(v) for v in values])
+        else:
+            columns.append(["" if v is None else str(v) for v in values])
+    writer.writerows(zip(*columns, strict=True))
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

@@ -23,9 +23,17 @@ matplotlib.use("Agg")  # files only; no display on a cluster node
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from pipeline_io import PipelineError, log, params_config, read_table, run_main, save_figure  # noqa: E402
+from pipeline_io import (  # noqa: E402
+    PipelineError,
+    log,
+    params_config,
+    read_table,
+    records_frame,
+    run_main,
+    save_figure,
+)
 from score import TABLE1, TABLE2, _read_paper, match_paper_models  # noqa: E402
 
 # Which table columns each figure draws (metric keys of score.TABLE1 / TABLE2, whose labels and scales it reuses).
@@ -41,6 +49,8 @@ FIGURES = {
 DOMAIN_TOP = {"accuracy": 100.0, "yes_ratio": 1.0, "chair_s": 100.0, "chair_i": 100.0}
 CHANCE_STYLE = (0, (4, 3))
 POINT_COLUMNS = ["model", "label", "colour", "setting", "metric", "x", "value", "low", "high", "paper"]
+POINT_TYPES = {"model": pl.String, "label": pl.String, "colour": pl.Int64, "setting": pl.String, "metric": pl.String,
+               "x": pl.Int64, "value": pl.Float64, "low": pl.Float64, "high": pl.Float64, "paper": pl.Float64}
 
 
 def published_numbers(paper: dict, table_key: str) -> dict[tuple[str, str], dict]:
@@ -54,8 +64,8 @@ def published_numbers(paper: dict, table_key: str) -> dict[tuple[str, str], dict
     return published
 
 
-def plot_points(metrics: pd.DataFrame, paper: dict, table_key: str, models: dict[str, dict],
-                settings: list[str]) -> pd.DataFrame:
+def plot_points(metrics: pl.DataFrame, paper: dict, table_key: str, models: dict[str, dict],
+                settings: list[str]) -> pl.DataFrame:
     """One row per model x setting x drawn metric, in table units: ``x`` (the setting's position, config order),
     ``value``, ``low``, ``high`` (ours; NaN when missing) and ``paper`` (NaN where the paper gives no number);
     ``label`` is the paper's name of the model where matched (as in the tables), ``colour`` the model's place in
@@ -68,11 +78,11 @@ def plot_points(metrics: pd.DataFrame, paper: dict, table_key: str, models: dict
     matched = match_paper_models({m: models[m] for m in present_models}, paper.get("models") or {})
     labels = {m: paper["models"][matched[m]].get("label", m) if m in matched else m for m in present_models}
     published = published_numbers(paper, table_key)
-    by_key = {(r["model"], r["setting"]): r for r in metrics.to_dict("records")}
+    by_key = {(r["model"], r["setting"]): r for r in metrics.iter_rows(named=True)}
 
     def number(row, column, scale):
         value = row.get(column) if row is not None else None
-        return math.nan if value is None or pd.isna(value) else float(value) * scale
+        return math.nan if value is None else float(value) * scale  # NaN stays NaN
 
     rows = []
     for model in present_models:
@@ -87,7 +97,7 @@ def plot_points(metrics: pd.DataFrame, paper: dict, table_key: str, models: dict
                              "x": x, "value": number(r, metric, scale), "low": number(r, f"{metric}_ci_low", scale),
                              "high": number(r, f"{metric}_ci_high", scale),
                              "paper": math.nan if p is None else float(p)})
-    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+    return records_frame(rows, POINT_COLUMNS, POINT_TYPES)
 
 
 def setting_label(setting: str, paper: dict, width: int = 16) -> str:
@@ -109,7 +119,7 @@ def setting_label(setting: str, paper: dict, width: int = 16) -> str:
     return "\n".join(lines)
 
 
-def draw_figure(points: pd.DataFrame, table_key: str, settings: list[str], paper: dict, confidence: float):
+def draw_figure(points: pl.DataFrame, table_key: str, settings: list[str], paper: dict, confidence: float):
     """The figure (returned, not saved): one panel per metric of ``FIGURES[table_key]``."""
     fig_spec = FIGURES[table_key]
     labels = {metric: label for metric, label, _, _ in fig_spec["spec"]} | fig_spec["ylabels"]
@@ -127,18 +137,18 @@ def draw_figure(points: pd.DataFrame, table_key: str, settings: list[str], paper
                              squeeze=False, layout="constrained")
     axes = axes[:, 0]
     for ax, metric in zip(axes, metrics, strict=True):
-        rows = points[points["metric"] == metric]
+        rows = points.filter(pl.col("metric") == metric)
         for model in models:
-            mrows = rows[rows["model"] == model]
-            x = mrows["x"].to_numpy(float) + offsets[model]
-            value, low, high = (mrows[c].to_numpy(float) for c in ("value", "low", "high"))
+            mrows = rows.filter(pl.col("model") == model)
+            x = mrows["x"].to_numpy().astype(float) + offsets[model]
+            value, low, high = (mrows[c].to_numpy().astype(float) for c in ("value", "low", "high"))
             has_bar = np.isfinite(value) & np.isfinite(low) & np.isfinite(high)
             ax.vlines(x[has_bar], low[has_bar], high[has_bar], color=colors[model], lw=1.8, alpha=0.85,
                       gid=f"interval:{model}:{metric}", zorder=2)
             ok = np.isfinite(value)
             ax.plot(x[ok], value[ok], "o", color=colors[model], ms=6.5, mec="white", mew=0.8,
                     gid=f"ours:{model}:{metric}", zorder=3)
-            theirs = mrows["paper"].to_numpy(float)
+            theirs = mrows["paper"].to_numpy().astype(float)
             has_paper = np.isfinite(theirs)
             ax.plot(x[has_paper], theirs[has_paper], "D", mfc="none", mec=colors[model], mew=1.6, ms=8.5,
                     gid=f"paper:{model}:{metric}", zorder=4)
@@ -153,7 +163,7 @@ def draw_figure(points: pd.DataFrame, table_key: str, settings: list[str], paper
             ax.spines[side].set_visible(False)
         for x in range(1, n_settings):  # faint separators between settings
             ax.axvline(x - 0.5, color="0.93", lw=0.8, zorder=0)
-        if rows.empty or not np.isfinite(rows["value"].to_numpy(float)).any():
+        if rows.is_empty() or not np.isfinite(rows["value"].to_numpy().astype(float)).any():
             ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="0.5")
     axes[-1].set_xticks(range(len(present_settings)))
     axes[-1].set_xticklabels([setting_label(s, paper) for s in present_settings], fontsize=9)
@@ -162,7 +172,7 @@ def draw_figure(points: pd.DataFrame, table_key: str, settings: list[str], paper
     labels_of = dict(zip(points["model"], points["label"], strict=False))
     handles = [Line2D([], [], color=colors[m], marker="o", ms=7, mec="white", ls="none",
                       label=labels_of[m]) for m in models]  # the paper's name where matched, as in the tables
-    if points["paper"].notna().any():
+    if np.isfinite(points["paper"].to_numpy().astype(float)).any():
         handles.append(Line2D([], [], ls="none", marker="D", mfc="none", mec="0.3", mew=1.6, ms=8.5,
                               label="paper (model's colour)"))
     if fig_spec["chance"]:
@@ -187,10 +197,10 @@ def _add_legend(fig, handles) -> None:
         legend.remove()
 
 
-def _limits(ax, rows: pd.DataFrame, metric: str, chance: float | None) -> None:
+def _limits(ax, rows: pl.DataFrame, metric: str, chance: float | None) -> None:
     """Y range over ours, the intervals, the paper's numbers and the chance line, padded, clipped to the metric's
     domain (0 .. 100% or 1)."""
-    values = rows[["value", "low", "high", "paper"]].to_numpy(float).ravel()
+    values = rows.select("value", "low", "high", "paper").to_numpy().astype(float).ravel()
     values = values[np.isfinite(values)]
     if chance is not None:
         values = np.append(values, chance)
@@ -205,7 +215,7 @@ def _limits(ax, rows: pd.DataFrame, metric: str, chance: float | None) -> None:
     ax.set_ylim(lo - pad, hi + pad)  # the pad may pass the domain's ends, so points there are not cut
 
 
-def figure_for(metrics: pd.DataFrame, paper: dict, table_key: str, models: dict[str, dict], settings: list[str],
+def figure_for(metrics: pl.DataFrame, paper: dict, table_key: str, models: dict[str, dict], settings: list[str],
                confidence: float):
     """(figure, points) for one table: the points as ``plot_points`` gives them, drawn by ``draw_figure``."""
     points = plot_points(metrics, paper, table_key, models, settings)
@@ -224,9 +234,10 @@ def main(smk) -> None:
     models = {m["key"]: m for m in cfg["models"]}  # a list in params, to keep the config's order
     fig, points = figure_for(metrics, paper, table_key, models, cfg["settings"], cfg["scoring"]["confidence"])
     save_figure(fig, smk.output.png, dpi=130)
-    drawn = int(np.isfinite(points["value"]).sum())
+    drawn = int(np.isfinite(points["value"].to_numpy()).sum())
     log.info("wrote %s: %d models x %d settings, %d points, %d paper numbers", smk.output.png,
-             points["model"].nunique(), points["setting"].nunique(), drawn, int(points["paper"].notna().sum()))
+             points["model"].n_unique(), points["setting"].n_unique(), drawn,
+             int(np.isfinite(points["paper"].to_numpy()).sum()))
 
 
 if "snakemake" in globals():

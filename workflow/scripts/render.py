@@ -38,7 +38,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 from fontTools.ttLib import TTFont, TTLibError
 from images import load_rgb
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
@@ -48,6 +48,7 @@ from pipeline_io import (
     log,
     params_config,
     read_table,
+    records_frame,
     run_main,
     sha256_file,
     write_table,
@@ -271,19 +272,19 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 # --- the stage --------------------------------------------------------------------------------------------
 
 
-def _question_text(row, sample_id: str) -> str:
-    question = row.question
-    text = "" if question is None or pd.isna(question) else " ".join(str(question).split())  # NaN is no question
+def _question_text(row: dict, sample_id: str) -> str:
+    question = row["question"]
+    text = "" if question is None or question != question else " ".join(str(question).split())  # NaN: none
     if not text:
         raise PipelineError(f"sample {sample_id}: empty question in the sample table; fix the data stage's output")
     return text
 
 
-def check_questions(samples: pd.DataFrame, font: FontInfo | None) -> None:
+def check_questions(samples: pl.DataFrame, font: FontInfo | None) -> None:
     """Fail on the first sample whose question is empty or has characters the font lacks, before any output
     is written (the control strip is sized from the question's layout, so both text variants check)."""
-    for row in samples.itertuples(index=False):
-        sample_id = str(row.sample_id)
+    for row in samples.iter_rows(named=True):
+        sample_id = str(row["sample_id"])
         text = _question_text(row, sample_id)
         if font is None:
             continue
@@ -296,21 +297,21 @@ def check_questions(samples: pd.DataFrame, font: FontInfo | None) -> None:
                 "question")
 
 
-def render_one(row, variant: str, out_dir: Path, cfg: dict, font: FontInfo | None) -> dict:
+def render_one(row: dict, variant: str, out_dir: Path, cfg: dict, font: FontInfo | None) -> dict:
     """Render (or, for 'original', only describe) one sample's variant and return its manifest row."""
-    sample_id = str(row.sample_id)
-    image, data = open_source(str(row.image_path), sample_id)
+    sample_id = str(row["sample_id"])
+    image, data = open_source(str(row["image_path"]), sample_id)
     width, height = image.size
     record = {
         "sample_id": sample_id,
-        "image_id": int(row.image_id),
+        "image_id": int(row["image_id"]),
         "variant": variant,
-        "source_path": str(row.image_path),
+        "source_path": str(row["image_path"]),
         "orig_width": width,
         "orig_height": height,
     }
     if variant == "original":
-        record.update(image_path=str(row.image_path), width=width, height=height, strip_x0=None, strip_y0=None,
+        record.update(image_path=str(row["image_path"]), width=width, height=height, strip_x0=None, strip_y0=None,
                       strip_x1=None, strip_y1=None, text=None, n_lines=None, font_file=None, font_sha256=None,
                       font_size=None, image_sha256=hashlib.sha256(data).hexdigest())
         return record
@@ -319,7 +320,7 @@ def render_one(row, variant: str, out_dir: Path, cfg: dict, font: FontInfo | Non
     try:
         plan = plan_strip(width, height, text, font.font, cfg, with_text=with_text)
     except PipelineError as err:
-        raise PipelineError(f"sample {sample_id} ('{row.image_path}'): {err}") from None
+        raise PipelineError(f"sample {sample_id} ('{row['image_path']}'): {err}") from None
     png = encode_png(compose(image, plan, font.font, with_text))
     target = out_dir / f"{sample_id}.png"
     write_bytes_atomic(target, png)
@@ -334,18 +335,21 @@ def render_one(row, variant: str, out_dir: Path, cfg: dict, font: FontInfo | Non
 MANIFEST_COLUMNS = ["sample_id", "image_id", "variant", "source_path", "image_path", "width", "height",
                     "orig_width", "orig_height", "strip_x0", "strip_y0", "strip_x1", "strip_y1", "text", "n_lines",
                     "font_file", "font_sha256", "font_size", "image_sha256"]
-_NULLABLE_INT = ["strip_x0", "strip_y0", "strip_x1", "strip_y1", "n_lines", "font_size"]
+# Integer columns that are null for the 'original' variant; the text and font columns of that variant hold only
+# nulls, stored with Arrow's null type.
+_NULLABLE_INT = {c: pl.Int64 for c in ("strip_x0", "strip_y0", "strip_x1", "strip_y1", "n_lines", "font_size")}
 
 
-def render_variant(samples: pd.DataFrame, variant: str, manifest_path: str | os.PathLike, cfg: dict,
-                   task: str | None = None) -> pd.DataFrame:
+def render_variant(samples: pl.DataFrame, variant: str, manifest_path: str | os.PathLike, cfg: dict,
+                   task: str | None = None) -> pl.DataFrame:
     """Render every sample's ``variant`` and write the manifest; PNGs go to the folder named like the
     manifest without its suffix (results/images/{task}/{variant}/{sample_id}.png)."""
     if variant not in VARIANTS:
         raise PipelineError(f"unknown variant '{variant}'; use one of {list(VARIANTS)}")
     manifest_path = Path(manifest_path)
     out_dir = manifest_path.with_suffix("")
-    dupes = samples["sample_id"][samples["sample_id"].duplicated()].tolist()
+    ids = samples["sample_id"]
+    dupes = ids.filter(ids.is_duplicated() & ~ids.is_first_distinct()).to_list()
     if dupes:
         raise PipelineError(f"sample table: sample_id {dupes[0]!r} occurs more than once; fix the data stage")
     font = None if variant == "original" else font_info(cfg["font"], int(cfg["font_size"]))
@@ -353,7 +357,7 @@ def render_variant(samples: pd.DataFrame, variant: str, manifest_path: str | os.
     written: list[Path] = []
     rows = []
     try:
-        for i, row in enumerate(samples.itertuples(index=False), start=1):
+        for i, row in enumerate(samples.iter_rows(named=True), start=1):
             rows.append(render_one(row, variant, out_dir, cfg, font))
             if variant != "original":
                 written.append(Path(rows[-1]["image_path"]))
@@ -363,9 +367,7 @@ def render_variant(samples: pd.DataFrame, variant: str, manifest_path: str | os.
         for path in written:  # leave no images behind that no manifest describes
             path.unlink(missing_ok=True)
         raise
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    for col in _NULLABLE_INT:
-        manifest[col] = manifest[col].astype("Int64")
+    manifest = records_frame(rows, MANIFEST_COLUMNS, _NULLABLE_INT)
     if variant != "original":
         _remove_stale(out_dir, {p.name for p in written})
     metadata = {"task": task, "variant": variant, "render": {k: cfg[k] for k in sorted(cfg)}}
@@ -388,14 +390,14 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> None:
 # --- contact sheet ----------------------------------------------------------------------------------------
 
 
-def contact_sheet(manifests: dict[str, pd.DataFrame], n: int, font_spec: str, out_path: str | os.PathLike,
+def contact_sheet(manifests: dict[str, pl.DataFrame], n: int, font_spec: str, out_path: str | os.PathLike,
                   cell_width: int = 400) -> None:
     """One row per sample (the first ``n`` of the question manifest): original | control | question, scaled
     to at most ``cell_width`` px wide (never enlarged), with column titles and a sample label per row."""
     title_font = load_font(resolve_font(font_spec), 22)
     label_font = load_font(resolve_font(font_spec), 15)
-    by_variant = {v: df.set_index("sample_id") for v, df in manifests.items()}
-    ids = [s for s in manifests["question"]["sample_id"].tolist() if all(s in by_variant[v].index for v in VARIANTS)]
+    by_variant = {v: {r["sample_id"]: r for r in df.iter_rows(named=True)} for v, df in manifests.items()}
+    ids = [s for s in manifests["question"]["sample_id"].to_list() if all(s in by_variant[v] for v in VARIANTS)]
     ids = ids[:n]
     if not ids:
         raise PipelineError("contact sheet: no sample is present in all three manifests; rerun render_variants")
@@ -404,7 +406,7 @@ def contact_sheet(manifests: dict[str, pd.DataFrame], n: int, font_spec: str, ou
     for sample_id in ids:
         cells = []
         for v in VARIANTS:
-            path = by_variant[v].loc[sample_id, "image_path"]
+            path = by_variant[v][sample_id]["image_path"]
             img, _ = open_source(path, sample_id)
             scale = min(1.0, cell_width / img.width)
             if scale < 1.0:
@@ -422,7 +424,7 @@ def contact_sheet(manifests: dict[str, pd.DataFrame], n: int, font_spec: str, ou
         draw.text((x, title_h // 2), v, font=title_font, fill=BLACK, anchor="mm")
     y = title_h
     for sample_id, cells in rows:
-        src = by_variant["original"].loc[sample_id]
+        src = by_variant["original"][sample_id]
         draw.text((gap, y + label_h - 5), f"{sample_id}  ({src['orig_width']}x{src['orig_height']})",
                   font=label_font, fill=BLACK, anchor="ls")
         y += label_h

@@ -9,9 +9,9 @@ import random
 import re
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 from fetch_data import COCO_DOWNLOADS, check_pope_pin, http_get, network_settings
-from pipeline_io import PipelineError, atomic_output, log, params_config, run_main, write_table
+from pipeline_io import PipelineError, atomic_output, log, params_config, records_frame, run_main, write_table
 
 POPE_KEYS = ("question_id", "image", "text", "label")
 QUESTION_OBJECT = re.compile(r"^Is there (?:a|an) (.+) in the image\?$")
@@ -20,7 +20,7 @@ IMAGE_ID = re.compile(r"(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 
 # --- reading POPE ------------------------------------------------------------------------------------------
 
-def read_pope(path: str | Path) -> pd.DataFrame:
+def read_pope(path: str | Path) -> pl.DataFrame:
     """Read POPE's JSON Lines file, strictly: every problem names the file and line and says what to do."""
     path = Path(path)
     if not path.exists():
@@ -50,7 +50,7 @@ def read_pope(path: str | Path) -> pd.DataFrame:
             rows.append({k: row[k] for k in POPE_KEYS})
     if not rows:
         raise PipelineError(f"{path}: no questions in the file")
-    return pd.DataFrame(rows)
+    return records_frame(rows)
 
 
 def image_id_of(file_name: str) -> int:
@@ -63,40 +63,42 @@ def image_id_of(file_name: str) -> int:
 
 # --- sampling ----------------------------------------------------------------------------------------------
 
-def sample_pope(pope: pd.DataFrame, n: int, balanced: bool, seed: int) -> pd.DataFrame:
+def sample_pope(pope: pl.DataFrame, n: int, balanced: bool, seed: int) -> pl.DataFrame:
     """``n`` questions drawn with ``seed``; with ``balanced``, half "yes" and half "no" (the extra one "yes")."""
     if n > len(pope):
         raise PipelineError(f"sampling.pope.n = {n} but the POPE file has {len(pope)} questions; lower it")
     rng = random.Random(seed)
-    ordered = pope.sort_values("question_id")
+    ordered = pope.sort("question_id", maintain_order=True)
     if balanced:
         picked = []
         for label, k in (("yes", n - n // 2), ("no", n // 2)):
-            ids = ordered.loc[ordered["label"] == label, "question_id"].tolist()
+            ids = ordered.filter(pl.col("label") == label)["question_id"].to_list()
             if k > len(ids):
                 raise PipelineError(f"sampling.pope: {k} '{label}' questions needed, the file has {len(ids)}; "
                                     "lower sampling.pope.n or set balanced: false")
             picked += rng.sample(ids, k)
     else:
-        picked = rng.sample(ordered["question_id"].tolist(), n)
-    return ordered[ordered["question_id"].isin(set(picked))].reset_index(drop=True)
+        picked = rng.sample(ordered["question_id"].to_list(), n)
+    return ordered.filter(pl.col("question_id").is_in(picked))
 
 
-def sample_caption_images(instances_path: str | Path, n: int, seed: int) -> pd.DataFrame:
+def sample_caption_images(instances_path: str | Path, n: int, seed: int) -> pl.DataFrame:
     """``n`` images of a COCO instances file drawn with ``seed``, in image id order."""
     try:
         with open(instances_path, encoding="utf-8") as f:
             images = json.load(f)["images"]
-        table = pd.DataFrame([{"image_id": int(im["id"]), "image_file": im["file_name"]} for im in images])
+        table = records_frame([{"image_id": int(im["id"]), "image_file": im["file_name"]} for im in images],
+                              ["image_id", "image_file"], {"image_id": pl.Int64})
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise PipelineError(f"{instances_path}: not a COCO instances file ({type(err).__name__}: {err})") from err
-    if table["image_id"].duplicated().any():
-        dup = int(table.loc[table["image_id"].duplicated(), "image_id"].iloc[0])
+    duplicated = table["image_id"].is_duplicated() & ~table["image_id"].is_first_distinct()
+    if duplicated.any():
+        dup = int(table["image_id"].filter(duplicated)[0])
         raise PipelineError(f"{instances_path}: image id {dup} is listed twice; use an unmodified COCO file")
     if n > len(table):
         raise PipelineError(f"sampling.caption.n = {n} but {instances_path} has {len(table)} images; lower it")
     ids = random.Random(seed).sample(sorted(table["image_id"]), n)
-    return table[table["image_id"].isin(set(ids))].sort_values("image_id").reset_index(drop=True)
+    return table.filter(pl.col("image_id").is_in(ids)).sort("image_id", maintain_order=True)
 
 
 # --- finding (and fetching) images -------------------------------------------------------------------------
@@ -134,45 +136,49 @@ def resolve_image(coco: dict, file_name: str, image_id: int) -> str:
     return str(path)
 
 
-def attach_images(table: pd.DataFrame, coco: dict) -> pd.DataFrame:
+def attach_images(table: pl.DataFrame, coco: dict) -> pl.DataFrame:
     paths = []
     for i, (file_name, image_id) in enumerate(zip(table["image_file"], table["image_id"], strict=True), start=1):
         paths.append(resolve_image(coco, file_name, int(image_id)))
         if i % 100 == 0 or i == len(table):
             log.info("images located: %d/%d", i, len(table))
-    return table.assign(image_path=paths)
+    return table.with_columns(pl.Series("image_path", paths, dtype=pl.String))
 
 
 # --- outputs -----------------------------------------------------------------------------------------------
 
-def pope_sample_table(sampled: pd.DataFrame) -> pd.DataFrame:
+def pope_sample_table(sampled: pl.DataFrame) -> pl.DataFrame:
     objects = [m.group(1) if (m := QUESTION_OBJECT.match(t)) else None for t in sampled["text"]]
-    return pd.DataFrame({
-        "sample_id": [f"pope-{q}" for q in sampled["question_id"]],
-        "task": "pope",
-        "image_id": [image_id_of(name) for name in sampled["image"]],
-        "image_file": sampled["image"],
-        "question": sampled["text"],
-        "label": sampled["label"],
-        "question_id": sampled["question_id"].astype("int64"),
-        "object": objects,
+    n = len(sampled)
+    return pl.DataFrame({
+        "sample_id": pl.Series([f"pope-{q}" for q in sampled["question_id"]], dtype=pl.String),
+        "task": pl.Series(["pope"] * n, dtype=pl.String),
+        "image_id": pl.Series([image_id_of(name) for name in sampled["image"]], dtype=pl.Int64),
+        "image_file": sampled["image"].cast(pl.String),
+        "question": sampled["text"].cast(pl.String),
+        "label": sampled["label"].cast(pl.String),
+        "question_id": sampled["question_id"].cast(pl.Int64),
+        "object": pl.Series(objects),  # all null (no question names an object): Arrow's null type
     })
 
 
-def caption_sample_table(sampled: pd.DataFrame, question: str) -> pd.DataFrame:
-    return pd.DataFrame({
-        "sample_id": [f"caption-{i}" for i in sampled["image_id"]],
-        "task": "caption",
-        "image_id": sampled["image_id"].astype("int64"),
-        "image_file": sampled["image_file"],
-        "question": question,
-        "label": pd.Series([None] * len(sampled), dtype="object"),
-        "question_id": pd.Series([None] * len(sampled), dtype="Int64"),
-        "object": pd.Series([None] * len(sampled), dtype="object"),
+def caption_sample_table(sampled: pl.DataFrame, question: str) -> pl.DataFrame:
+    """A caption task has no label, question id or object: those columns hold only nulls (stored with Arrow's
+    null type, the question id as a null integer)."""
+    n = len(sampled)
+    return pl.DataFrame({
+        "sample_id": pl.Series([f"caption-{i}" for i in sampled["image_id"]], dtype=pl.String),
+        "task": pl.Series(["caption"] * n, dtype=pl.String),
+        "image_id": sampled["image_id"].cast(pl.Int64),
+        "image_file": sampled["image_file"].cast(pl.String),
+        "question": pl.Series([question] * n, dtype=pl.String),
+        "label": pl.Series([None] * n, dtype=pl.Null),
+        "question_id": pl.Series([None] * n, dtype=pl.Int64),
+        "object": pl.Series([None] * n, dtype=pl.Null),
     })
 
 
-def write_sample(table: pd.DataFrame, parquet: str | Path, id_list: str | Path, id_column: str,
+def write_sample(table: pl.DataFrame, parquet: str | Path, id_list: str | Path, id_column: str,
                  metadata: dict) -> None:
     write_table(table, parquet, "sample", metadata=metadata)
     with atomic_output(id_list, "w") as f:
@@ -191,7 +197,7 @@ def main(snakemake) -> None:
         table = attach_images(pope_sample_table(sampled), coco)
         id_column = "question_id"
         log.info("POPE sample: %d of %d questions, %d yes / %d no, %d images", len(table), len(pope),
-                 (table["label"] == "yes").sum(), (table["label"] == "no").sum(), table["image_id"].nunique())
+                 (table["label"] == "yes").sum(), (table["label"] == "no").sum(), table["image_id"].n_unique())
     else:
         sampled = sample_caption_images(snakemake.input.instances, cfg["sampling.caption"]["n"], seed)
         table = attach_images(caption_sample_table(sampled, cfg["tasks.caption.question"]), coco)

@@ -35,11 +35,21 @@ from pathlib import Path
 
 import chair
 import numpy as np
-import pandas as pd
+import polars as pl
 import pope_metrics as pm
 import stats as st
 import yaml
-from pipeline_io import PipelineError, atomic_output, log, params_config, read_table, run_main, write_table
+from pipeline_io import (
+    PipelineError,
+    atomic_output,
+    log,
+    params_config,
+    read_table,
+    records_frame,
+    run_main,
+    write_csv,
+    write_table,
+)
 from stats import bootstrap_p, group_rng, mcnemar_exact, percentile_interval
 
 BASELINE = "baseline"
@@ -57,31 +67,39 @@ REPEATS_METADATA = ("decoding repeats: every metric per repeat; value = mean ove
 
 # --- POPE ---------------------------------------------------------------------------------------------------
 
-def parse_answers(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-row parsed answers (official + strict) and correctness; the repeat column is kept when present."""
-    keys = ["sample_id", "task", "model", "setting"] + (["repeat"] if "repeat" in df else [])
-    out = df[keys + ["image_id", "question", "label", "response"]].copy()
-    out["p_yes"] = df["p_yes"].astype(float) if "p_yes" in df else np.nan
-    out["answer_official"] = [pm.parse_official(r) for r in out["response"]]
-    out["answer_strict"] = [pm.parse_strict(r) for r in out["response"]]
-    out["correct_official"] = out["answer_official"] == out["label"]
-    out["correct_strict"] = out["answer_strict"] == out["label"]
-    return out
+def floats(series: pl.Series) -> np.ndarray:
+    """A column as a float64 array, null as NaN."""
+    return series.cast(pl.Float64).to_numpy()
+
+
+def parse_answers(df: pl.DataFrame) -> pl.DataFrame:
+    """Per-row parsed answers (official + strict) and correctness; the repeat column is kept when present. A
+    frame without p_yes gets a p_yes column of nulls."""
+    keys = ["sample_id", "task", "model", "setting"] + (["repeat"] if "repeat" in df.columns else [])
+    responses = df["response"].to_list()
+    p_yes = pl.col("p_yes").cast(pl.Float64) if "p_yes" in df.columns else pl.lit(None, dtype=pl.Float64)
+    return df.select(*keys, "image_id", "question", "label", "response", p_yes.alias("p_yes")).with_columns(
+        answer_official=pl.Series([pm.parse_official(r) for r in responses], dtype=pl.String),
+        answer_strict=pl.Series([pm.parse_strict(r) for r in responses], dtype=pl.String),
+    ).with_columns(
+        correct_official=pl.col("answer_official").eq_missing(pl.col("label")),
+        correct_strict=pl.col("answer_strict").eq_missing(pl.col("label")),
+    )
 
 
 def _onehot(codes: np.ndarray) -> np.ndarray:
     return np.eye(pm.N_CELLS)[np.asarray(codes, dtype=np.int64)].reshape(-1, pm.N_CELLS)
 
 
-def _cells(answers: pd.DataFrame, column: str, suffix: str = "") -> np.ndarray:
+def _cells(answers: pl.DataFrame, column: str, suffix: str = "") -> np.ndarray:
     if not len(answers):
         return np.zeros(0, dtype=np.int8)
-    return pm.cell_codes(answers[f"label{suffix}"], answers[f"{column}{suffix}"])
+    return pm.cell_codes(answers[f"label{suffix}"].to_numpy(), answers[f"{column}{suffix}"].to_numpy())
 
 
-def _pyes_inputs(answers: pd.DataFrame, rows: np.ndarray, suffix: str = ""):
+def _pyes_inputs(answers: pl.DataFrame, rows: np.ndarray, suffix: str = ""):
     """(p_yes, label is yes, official answer is yes) of the chosen rows (a boolean mask)."""
-    p = answers[f"p_yes{suffix}"].to_numpy(dtype=float)
+    p = floats(answers[f"p_yes{suffix}"])
     return (p[rows], answers[f"label{suffix}"].to_numpy()[rows] == pm.YES,
             answers[f"answer_official{suffix}"].to_numpy()[rows] == pm.YES)
 
@@ -90,12 +108,12 @@ def _pyes_values(inputs, weights: np.ndarray, clusters: np.ndarray | None = None
     return {f"p_yes_{k}": v for k, v in st.pyes_metrics(*inputs, weights, clusters).items()}
 
 
-def repeats_of(frame: pd.DataFrame) -> list[np.ndarray]:
+def repeats_of(frame: pl.DataFrame) -> list[np.ndarray]:
     """Row masks of the frame's decoding repeats (one mask for a frame without a repeat column)."""
-    return st.repeat_masks(frame["repeat"].to_numpy() if "repeat" in frame else None, len(frame))
+    return st.repeat_masks(frame["repeat"].to_numpy() if "repeat" in frame.columns else None, len(frame))
 
 
-def n_repeats(frame: pd.DataFrame) -> int:
+def n_repeats(frame: pl.DataFrame) -> int:
     """Decoding repeats present in the frame (0 without rows)."""
     return len(repeats_of(frame)) if len(frame) else 0
 
@@ -105,7 +123,7 @@ def _mean_stat(per_repeat: list[dict], metric: str) -> np.ndarray:
     return st.mean_over_repeats([r[metric] for r in per_repeat])
 
 
-def _answer_stats(frame: pd.DataFrame, column: str, clusters: np.ndarray, n_images: int, weights: np.ndarray,
+def _answer_stats(frame: pl.DataFrame, column: str, clusters: np.ndarray, n_images: int, weights: np.ndarray,
                   masks: list[np.ndarray]) -> tuple[list[dict], list[dict]]:
     """Per repeat: (point metrics, bootstrap metrics) of one answer column; every repeat with the same weights."""
     codes = _cells(frame, column)
@@ -115,7 +133,7 @@ def _answer_stats(frame: pd.DataFrame, column: str, clusters: np.ndarray, n_imag
     return points, boots
 
 
-def _pyes_stats(frame: pd.DataFrame, rows: np.ndarray, clusters: np.ndarray, weights: np.ndarray,
+def _pyes_stats(frame: pl.DataFrame, rows: np.ndarray, clusters: np.ndarray, weights: np.ndarray,
                 masks: list[np.ndarray]) -> tuple[list[dict], list[dict]]:
     """Per repeat: (point, bootstrap) P(yes) metrics over the chosen rows of that repeat."""
     points, boots = [], []
@@ -133,7 +151,7 @@ def _spread_columns(spread: dict, key: str, per_repeat: list[dict], metric: str)
         spread[f"{key}_{suffix}"] = value
 
 
-def pope_group_metrics(answers: pd.DataFrame, seed: int, resamples: int, confidence: float,
+def pope_group_metrics(answers: pl.DataFrame, seed: int, resamples: int, confidence: float,
                        names: tuple[str, str, str]) -> tuple[dict, dict]:
     """Point estimates, counts and clustered-bootstrap intervals of one task/model/setting: the answer metrics
     for both parsers and the P(yes) metrics. Resampling unit: the image, with all its questions in all repeats.
@@ -158,7 +176,7 @@ def pope_group_metrics(answers: pd.DataFrame, seed: int, resamples: int, confide
             row[f"{prefix}{metric}_ci_low"], row[f"{prefix}{metric}_ci_high"] = percentile_interval(
                 _mean_stat(boots, metric), confidence)
             _spread_columns(spread, f"{prefix}{metric}", points, metric)
-    has = np.isfinite(answers["p_yes"].to_numpy(dtype=float))
+    has = np.isfinite(floats(answers["p_yes"]))
     row["n_p_yes"] = int(has.sum())
     points, boots = _pyes_stats(answers, has, clusters, weights, masks)
     for metric in PYES_METRICS:
@@ -168,34 +186,47 @@ def pope_group_metrics(answers: pd.DataFrame, seed: int, resamples: int, confide
     return row, spread
 
 
+def _values(values) -> list:
+    return values.to_list() if isinstance(values, pl.Series) else list(values)
+
+
 def member(values, pool) -> np.ndarray:
-    """values[i] in pool, by hashing (pandas' isin on Arrow strings loops in Python)."""
-    pool = pd.unique(np.asarray(pool, dtype=object))
-    return pd.Index(pool).get_indexer(np.asarray(values, dtype=object)) >= 0
+    """values[i] in pool, as a boolean array (by hashing)."""
+    pool = set(_values(pool))
+    values = _values(values)
+    return np.fromiter((v in pool for v in values), dtype=bool, count=len(values))
 
 
-def paired_frames(base: pd.DataFrame, other: pd.DataFrame, names: tuple[str, ...]):
+def first_positions(values) -> dict:
+    """Each distinct value -> its number in order of first appearance."""
+    positions: dict = {}
+    for v in _values(values):
+        positions.setdefault(v, len(positions))
+    return positions
+
+
+def paired_frames(base: pl.DataFrame, other: pl.DataFrame, names: tuple[str, ...]):
     """The rows of the samples both settings answered (matched by sample_id, every repeat of each), and the image
     cluster of each side's rows: images numbered in order of first appearance among the baseline's rows, the same
     numbers on both sides. Both sides must show the same image, or the two inference files came from different
     samples. Returns (baseline rows, setting rows, baseline clusters, setting clusters, n_images, n_paired)."""
-    b = base[member(base["sample_id"], other["sample_id"])]
-    s = other[member(other["sample_id"], base["sample_id"])]
-    image_b = b.drop_duplicates("sample_id").set_index("sample_id")["image_id"]
-    image_s = s.drop_duplicates("sample_id").set_index("sample_id")["image_id"].reindex(image_b.index)
-    differ = np.flatnonzero(image_b.to_numpy() != image_s.to_numpy())
-    if len(differ):
-        sid = image_b.index[differ[0]]
-        raise PipelineError(f"{'/'.join(names)}: sample_id '{sid}' is image {image_b.iloc[differ[0]]} in the "
-                            f"{BASELINE} setting and image {image_s.iloc[differ[0]]} here; rerun inference for both "
-                            "settings from the same sample")
+    b = base.filter(member(base["sample_id"], other["sample_id"]))
+    s = other.filter(member(other["sample_id"], base["sample_id"]))
+    image_b = dict(zip(*(b.unique("sample_id", keep="first", maintain_order=True)[c].to_list()
+                         for c in ("sample_id", "image_id")), strict=True))
+    image_s = dict(zip(*(s.unique("sample_id", keep="first", maintain_order=True)[c].to_list()
+                         for c in ("sample_id", "image_id")), strict=True))
+    for sid, image in image_b.items():
+        if image_s[sid] != image:
+            raise PipelineError(f"{'/'.join(names)}: sample_id '{sid}' is image {image} in the {BASELINE} setting and "
+                                f"image {image_s[sid]} here; rerun inference for both settings from the same sample")
     # the setting's rows in the baseline's sample order (repeats in their order within a sample), so that sums
     # over both sides run in the same order
-    position = pd.Series(np.arange(len(image_b)), index=image_b.index)
-    s = s.iloc[np.argsort(position.reindex(s["sample_id"]).to_numpy(), kind="stable")]
+    position = {sid: i for i, sid in enumerate(image_b)}
+    s = s[np.argsort(np.array([position[sid] for sid in s["sample_id"].to_list()], dtype=np.int64), kind="stable")]
     clusters_b, n_images = st.clusters_of(b["image_id"])
-    uniques = pd.unique(b["image_id"].to_numpy())
-    clusters_s = pd.Index(uniques).get_indexer(s["image_id"].to_numpy()).astype(np.int64)
+    image_number = first_positions(b["image_id"])
+    clusters_s = np.array([image_number[i] for i in s["image_id"].to_list()], dtype=np.int64)
     return b, s, clusters_b, clusters_s, n_images, len(image_b)
 
 
@@ -204,12 +235,12 @@ def _delta_columns(row: dict, key: str, point_delta: float, deltas: np.ndarray, 
     row[f"{key}_delta_ci_low"], row[f"{key}_delta_ci_high"] = percentile_interval(deltas, confidence)
 
 
-def single_repeat(*frames: pd.DataFrame) -> bool:
+def single_repeat(*frames: pl.DataFrame) -> bool:
     """True when every frame holds one decoding repeat (McNemar then has one answer per question)."""
     return all(n_repeats(f) <= 1 for f in frames)
 
 
-def pope_paired(base: pd.DataFrame, other: pd.DataFrame, seed: int, resamples: int, confidence: float,
+def pope_paired(base: pl.DataFrame, other: pl.DataFrame, seed: int, resamples: int, confidence: float,
                 names: tuple[str, str, str]) -> dict:
     """Deltas (setting - baseline, each side's mean over its repeats) on the shared samples, their paired
     clustered-bootstrap intervals (images resampled, the same images for both settings and all repeats) and
@@ -222,7 +253,8 @@ def pope_paired(base: pd.DataFrame, other: pd.DataFrame, seed: int, resamples: i
     sides = {"b": (b, clusters_b, repeats_of(b)), "s": (s, clusters_s, repeats_of(s))}
     mcnemar = single_repeat(b, s)
     if mcnemar:  # one row per sample on each side: align the setting's rows with the baseline's
-        s_aligned = s.set_index("sample_id").loc[b["sample_id"].to_numpy()]
+        row_of = {sid: i for i, sid in enumerate(s["sample_id"].to_list())}
+        s_aligned = s[[row_of[sid] for sid in b["sample_id"].to_list()]]
     for prefix, column in (("", "answer_official"), ("strict_", "answer_strict")):
         stats = {k: _answer_stats(f, column, c, n_images, weights, m) for k, (f, c, m) in sides.items()}
         for metric in POPE_METRICS:
@@ -238,9 +270,9 @@ def pope_paired(base: pd.DataFrame, other: pd.DataFrame, seed: int, resamples: i
                                                             s_aligned[column].to_numpy() == pm.YES)
             else:
                 row[f"{key}_p_value"] = bootstrap_p(deltas)
-    with_p = {k: np.isfinite(f["p_yes"].to_numpy(dtype=float)) for k, (f, _, _) in sides.items()}
-    ids = {k: np.asarray(f["sample_id"], dtype=object) for k, (f, _, _) in sides.items()}
-    both_ids = pd.unique(ids["b"][with_p["b"] & member(ids["b"], ids["s"][with_p["s"]])])
+    with_p = {k: np.isfinite(floats(f["p_yes"])) for k, (f, _, _) in sides.items()}
+    ids = {k: np.asarray(f["sample_id"].to_list(), dtype=object) for k, (f, _, _) in sides.items()}
+    both_ids = list(first_positions(ids["b"][with_p["b"] & member(ids["b"], ids["s"][with_p["s"]])]))
     row["n_paired_p_yes"] = len(both_ids)
     stats = {k: _pyes_stats(f, with_p[k] & member(ids[k], both_ids), c, weights, m)
              for k, (f, c, m) in sides.items()}
@@ -262,18 +294,18 @@ def _empty_paired(prefixes=("", "strict_"), metrics=POPE_METRICS, extra_metrics=
     return row
 
 
-def split_groups(df: pd.DataFrame, groups: list[tuple[str, str, str]] | None):
-    """(groups to report, rows by (task, model, setting), an empty frame for groups without rows); ``groups``
-    defaults to those present in ``df``."""
+def split_groups(df: pl.DataFrame, groups: list[tuple[str, str, str]] | None):
+    """(groups to report, rows by (task, model, setting) in their order, an empty frame for groups without rows);
+    ``groups`` defaults to those present in ``df``."""
     keys = ["task", "model", "setting"]
     if groups is None:
-        groups = sorted(set(map(tuple, df[keys].drop_duplicates().to_numpy().tolist())))
-    by_group = {k: g for k, g in df.groupby(keys, sort=False)}
-    return groups, by_group, df.iloc[0:0]
+        groups = sorted(set(df.select(keys).rows()))
+    by_group = df.partition_by(keys, as_dict=True, maintain_order=True) if len(df) else {}
+    return groups, by_group, df.clear()
 
 
-def score_pope(df: pd.DataFrame, seed: int, resamples: int, confidence: float,
-               groups: list[tuple[str, str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def score_pope(df: pl.DataFrame, seed: int, resamples: int, confidence: float,
+               groups: list[tuple[str, str, str]] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(metrics, answers) for POPE inference rows (every decoding repeat; a frame without a ``repeat`` column is
     one repeat). ``groups`` lists every (task, model, setting) to report, also those with no rows (their metrics
     are NaN); default: the groups present in ``df``."""
@@ -295,7 +327,7 @@ def score_pope(df: pd.DataFrame, seed: int, resamples: int, confidence: float,
         rows.append(row)
         log.info("pope %s/%s: n=%d (%d repeat(s)) accuracy=%.3f unknown(strict)=%d", model, setting, row["n"],
                  row["n_repeats"], row["accuracy"], row["n_unknown"])
-    return pd.DataFrame(rows), answers
+    return records_frame(rows), answers
 
 
 # --- CHAIR --------------------------------------------------------------------------------------------------
@@ -314,18 +346,19 @@ def chair_from_sums(sums: np.ndarray, n: np.ndarray | float) -> dict[str, np.nda
     }
 
 
-def score_captions(df: pd.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[str]]) -> pd.DataFrame:
+def score_captions(df: pl.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[str]]) -> pl.DataFrame:
     """Per-caption CHAIR detail: mentioned and hallucinated objects, ground truth, counts; the repeat column is
     kept when present."""
-    has_repeat = "repeat" in df
+    has_repeat = "repeat" in df.columns
     records = []
-    for row in df.itertuples(index=False):
-        cs = chair.score_caption(vocab, row.response, gt[int(row.image_id)])
-        record = {"sample_id": row.sample_id, "task": row.task, "model": row.model, "setting": row.setting}
+    for row in df.iter_rows(named=True):
+        cs = chair.score_caption(vocab, row["response"], gt[int(row["image_id"])])
+        record = {"sample_id": row["sample_id"], "task": row["task"], "model": row["model"],
+                  "setting": row["setting"]}
         if has_repeat:
-            record["repeat"] = int(row.repeat)
+            record["repeat"] = int(row["repeat"])
         record.update({
-            "image_id": int(row.image_id), "response": row.response,
+            "image_id": int(row["image_id"]), "response": row["response"],
             "mentioned_words": cs.mentioned_words, "mentioned_objects": cs.mentioned_objects,
             "hallucinated_words": cs.hallucinated_words, "hallucinated_objects": cs.hallucinated_objects,
             "gt_objects": cs.gt_objects, "n_words": cs.n_words, "n_mentions": cs.n_mentions,
@@ -336,15 +369,13 @@ def score_captions(df: pd.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[
     columns = ["sample_id", "task", "model", "setting"] + (["repeat"] if has_repeat else []) + [
         "image_id", "response", "mentioned_words", "mentioned_objects", "hallucinated_words", "hallucinated_objects",
         "gt_objects", "n_words", "n_mentions", "n_hallucinated", "hallucinated", "n_gt", "n_gt_mentioned"]
-    out = pd.DataFrame.from_records(records, columns=columns)
-    if has_repeat:
-        out["repeat"] = out["repeat"].astype("int64")
-    return out
+    return records_frame(records, columns, {"repeat": pl.Int64} if has_repeat else None)
 
 
-def _sums_matrix(captions: pd.DataFrame, suffix: str = "") -> np.ndarray:
+def _sums_matrix(captions: pl.DataFrame, suffix: str = "") -> np.ndarray:
     """Per-caption sums in the order of ``_CHAIR_SUMS``, then a column of ones (the caption count)."""
-    x = captions[[f"{c}{suffix}" for c in _CHAIR_SUMS]].to_numpy(dtype=float).reshape(-1, len(_CHAIR_SUMS))
+    x = np.asarray(captions.select(pl.col(f"{c}{suffix}").cast(pl.Float64) for c in _CHAIR_SUMS).to_numpy(),
+                   dtype=float).reshape(-1, len(_CHAIR_SUMS))
     return np.hstack([x, np.ones((len(x), 1))])
 
 
@@ -354,15 +385,15 @@ def _chair_point_and_boot(x: np.ndarray, clusters: np.ndarray, n_images: int, we
     return chair_from_sums(total[:-1], total[-1]), chair_from_sums(boot[:, :-1], boot[:, -1])
 
 
-def _chair_stats(captions: pd.DataFrame, clusters: np.ndarray, n_images: int, weights: np.ndarray):
+def _chair_stats(captions: pl.DataFrame, clusters: np.ndarray, n_images: int, weights: np.ndarray):
     """Per repeat: (point, bootstrap) CHAIR metrics, every repeat with the same image weights."""
     x = _sums_matrix(captions)
     per = [_chair_point_and_boot(x[m], clusters[m], n_images, weights) for m in repeats_of(captions)]
     return [p for p, _ in per], [b for _, b in per]
 
 
-def chair_metrics(captions: pd.DataFrame, seed: int, resamples: int, confidence: float,
-                  groups: list[tuple[str, str, str]] | None = None) -> pd.DataFrame:
+def chair_metrics(captions: pl.DataFrame, seed: int, resamples: int, confidence: float,
+                  groups: list[tuple[str, str, str]] | None = None) -> pl.DataFrame:
     """CHAIR metrics per task/model/setting with clustered-bootstrap intervals (the image is the unit, with all
     its repeats; with one caption per image and repeat that is the caption) and paired-bootstrap deltas and
     p-values against the baseline. Per decoding repeat, then the mean over repeats, as for POPE; the counts (n,
@@ -403,7 +434,7 @@ def chair_metrics(captions: pd.DataFrame, seed: int, resamples: int, confidence:
         rows.append(row)
         log.info("chair %s/%s: n=%d (%d repeat(s)) CHAIRs=%.3f CHAIRi=%.3f", model, setting, n, row["n_repeats"],
                  row["chair_s"], row["chair_i"])
-    return pd.DataFrame(rows)
+    return records_frame(rows)
 
 
 # --- reading inference files ----------------------------------------------------------------------------------
@@ -421,7 +452,7 @@ def key_of_path(path: str | Path) -> tuple[str, str, str, int]:
     return p.parents[2].name, p.parents[1].name, p.parent.name, int(match.group(1))
 
 
-def read_inference(paths: list[str], task: str) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
+def read_inference(paths: list[str], task: str) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
     """Every inference file of one task (all repeats), checked against its file name; (rows, groups in order)."""
     frames, groups, seen = [], [], set()
     for path in paths:
@@ -438,15 +469,18 @@ def read_inference(paths: list[str], task: str) -> tuple[pd.DataFrame, list[tupl
                                     "rerun inference for this file")
         if names[0] != task:
             raise PipelineError(f"{path}: a '{names[0]}' file given to the {task} scorer; fix the rule's input")
-        dup = df["sample_id"][df["sample_id"].duplicated()]
+        ids = df["sample_id"]
+        dup = ids.filter(ids.is_duplicated() & ~ids.is_first_distinct())
         if len(dup):
-            raise PipelineError(f"{path}: sample_id '{dup.iloc[0]}' appears twice; rerun inference for this file")
+            raise PipelineError(f"{path}: sample_id '{dup[0]}' appears twice; rerun inference for this file")
         if task == "pope":
-            bad = df.index[~df["label"].isin([pm.YES, pm.NO])] if "label" in df else df.index
+            labelled = (df["label"].cast(pl.String).is_in([pm.YES, pm.NO]).fill_null(False).to_numpy()
+                        if "label" in df.columns else np.zeros(len(df), dtype=bool))
+            bad = np.flatnonzero(~labelled)
             if len(bad):
                 raise PipelineError(f"{path}: row {int(bad[0])} has no POPE label ('yes'/'no'); "
                                     "inference must carry the sample's label column")
-            p_yes = df["p_yes"].to_numpy(dtype=float) if "p_yes" in df else np.zeros(0)
+            p_yes = floats(df["p_yes"]) if "p_yes" in df.columns else np.zeros(0)
             bad = np.flatnonzero(np.isfinite(p_yes) & ((p_yes < 0) | (p_yes > 1)))
             if len(bad):
                 raise PipelineError(f"{path}: row {int(bad[0])} has p_yes = {p_yes[bad[0]]}, not a probability in "
@@ -458,8 +492,9 @@ def read_inference(paths: list[str], task: str) -> tuple[pd.DataFrame, list[tupl
             groups.append(names)
     if not frames:
         raise PipelineError(f"no inference files given to the {task} scorer; check the rule's input")
-    data = pd.concat(frames, ignore_index=True)
-    data["response"] = data["response"].fillna("").astype(str)
+    # files of one task may differ in which columns hold only nulls (a setting without a text prompt): relaxed
+    data = pl.concat(frames, how="diagonal_relaxed")
+    data = data.with_columns(pl.col("response").cast(pl.String).fill_null(""))
     return data, groups
 
 
@@ -521,14 +556,20 @@ PYES_TABLE = [("p_yes_auroc", "AUROC", 1.0, 3), ("p_yes_brier", "Brier", 1.0, 3)
 PYES_SUFFIXES = ("", "_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high", "_p_value")
 
 
-def _cell(r, metric: str, scale: float, decimals: int) -> str:
+def metric_rows(metrics: pl.DataFrame) -> dict[tuple[str, str], dict]:
+    """(model, setting) -> that metrics row as a dict, a missing value as NaN."""
+    return {(r["model"], r["setting"]): {k: math.nan if v is None else v for k, v in r.items()}
+            for r in metrics.iter_rows(named=True)}
+
+
+def _cell(r: dict, metric: str, scale: float, decimals: int) -> str:
     """'value [low, high] · Δ delta, p' for one metric of one metrics row (— when there is no value)."""
-    value = float(getattr(r, metric)) * scale
+    value = float(r[metric]) * scale
     if not np.isfinite(value):
         return "—"
-    low, high = float(getattr(r, f"{metric}_ci_low")) * scale, float(getattr(r, f"{metric}_ci_high")) * scale
+    low, high = float(r[f"{metric}_ci_low"]) * scale, float(r[f"{metric}_ci_high"]) * scale
     cell = f"{_fmt(value, decimals)} [{_fmt(low, decimals)}, {_fmt(high, decimals)}]"
-    delta, p = float(getattr(r, f"{metric}_delta")) * scale, float(getattr(r, f"{metric}_p_value"))
+    delta, p = float(r[f"{metric}_delta"]) * scale, float(r[f"{metric}_p_value"])
     if np.isfinite(delta):
         cell += f" · Δ {_fmt(delta, decimals, sign=True)}"
         if _fmt_p(p):
@@ -536,9 +577,9 @@ def _cell(r, metric: str, scale: float, decimals: int) -> str:
     return cell
 
 
-def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models: dict[str, dict],
+def build_table(metrics: pl.DataFrame, paper: dict, table_key: str, spec, models: dict[str, dict],
                 settings: list[str], confidence: float, notes: tuple[str, ...] = (),
-                strict: bool = False, unit: str = "images resampled") -> tuple[pd.DataFrame, str]:
+                strict: bool = False, unit: str = "images resampled") -> tuple[pl.DataFrame, str]:
     """(CSV frame, markdown text): settings as rows, one column group per model (config order), for each
     metric our value with its interval, the delta vs baseline with its p-value, and the paper's number.
     ``unit`` names what the bootstrap resamples, for the table's caption."""
@@ -551,7 +592,7 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
         for row_name, values in rows.items():
             published[(theirs, setting_of_row.get(row_name, row_name))] = values or {}
     labels = {m: paper["models"][matched[m]]["label"] if m in matched else m for m in present_models}
-    by_key = {(r.model, r.setting): r for r in metrics.itertuples(index=False)}
+    by_key = metric_rows(metrics)
     repeats = repeats_in(metrics)
 
     paper_name = {ours: theirs for theirs, ours in setting_of_row.items() if theirs.lower() != ours.lower()}
@@ -565,7 +606,7 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
             r = by_key.get((model, setting))
             paper_values = published.get((matched.get(model), setting), {})
             for metric, _, scale, decimals in spec:
-                get = (lambda k, r=r: float(getattr(r, k)) if r is not None else math.nan)  # noqa: E731
+                get = (lambda k, r=r: float(r[k]) if r is not None else math.nan)  # noqa: E731
                 value, low, high = (get(metric) * scale, get(f"{metric}_ci_low") * scale,
                                     get(f"{metric}_ci_high") * scale)
                 delta, p = get(f"{metric}_delta") * scale, get(f"{metric}_p_value")
@@ -582,10 +623,11 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
                                     f"{prefix}_repeat_max": hi})
                     spread_cells.append(_spread_cell(sd, lo, hi, decimals))
             if strict and r is not None:
-                csv_row[f"{model}:strict_accuracy"] = r.strict_accuracy * 100
-                csv_row[f"{model}:n_unknown"] = int(r.n_unknown)
-                strict_cells += [f"{_fmt(r.strict_accuracy * 100, 1)} [{_fmt(r.strict_accuracy_ci_low * 100, 1)}, "
-                                 f"{_fmt(r.strict_accuracy_ci_high * 100, 1)}]", f"{int(r.n_unknown)} / {int(r.n)}"]
+                csv_row[f"{model}:strict_accuracy"] = r["strict_accuracy"] * 100
+                csv_row[f"{model}:n_unknown"] = int(r["n_unknown"])
+                strict_cells += [f"{_fmt(r['strict_accuracy'] * 100, 1)} [{_fmt(r['strict_accuracy_ci_low'] * 100, 1)}, "
+                                 f"{_fmt(r['strict_accuracy_ci_high'] * 100, 1)}]",
+                                 f"{int(r['n_unknown'])} / {int(r['n'])}"]
             elif strict:
                 strict_cells += ["—", "—"]
         csv_rows.append(csv_row)
@@ -615,12 +657,12 @@ def build_table(metrics: pd.DataFrame, paper: dict, table_key: str, spec, models
         lines += ["", "Strict parser (yes / no / unknown; unknown counts as wrong):", "",
                   "| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in strict_rows]
-    return pd.DataFrame(csv_rows), "\n".join(lines) + "\n"
+    return records_frame(csv_rows), "\n".join(lines) + "\n"
 
 
-def repeats_in(metrics: pd.DataFrame) -> int:
+def repeats_in(metrics: pl.DataFrame) -> int:
     """The most decoding repeats any group of a metrics table has (1 for a table without the column)."""
-    if "n_repeats" not in metrics or not metrics["n_repeats"].notna().any():
+    if "n_repeats" not in metrics.columns or metrics["n_repeats"].drop_nulls().is_empty():
         return 1
     return max(1, int(metrics["n_repeats"].max()))
 
@@ -639,15 +681,15 @@ def repeats_note(repeats: int, unit: str) -> str:
             "images and the decoding noise together; the per-repeat spread is shown below.")
 
 
-def build_pyes_table(metrics: pd.DataFrame, paper: dict, models: dict[str, dict], settings: list[str],
-                     confidence: float) -> tuple[pd.DataFrame, str]:
+def build_pyes_table(metrics: pl.DataFrame, paper: dict, models: dict[str, dict], settings: list[str],
+                     confidence: float) -> tuple[pl.DataFrame, str]:
     """(CSV frame, markdown text) of the P(yes) metrics: one row per model x setting (config order). The CSV
     holds the metrics table's own columns (fractions); the markdown shows disagreement in percent."""
     present_models = [m for m in models if m in set(metrics["model"])]
     present_settings = [s for s in settings if s in set(metrics["setting"])]
     matched = match_paper_models({m: models[m] for m in present_models}, paper.get("models", {}))
     labels = {m: paper["models"][matched[m]]["label"] if m in matched else m for m in present_models}
-    by_key = {(r.model, r.setting): r for r in metrics.itertuples(index=False)}
+    by_key = metric_rows(metrics)
     repeats = repeats_in(metrics)
     columns = ["model", "setting", "n", "n_p_yes"] + [f"{m}{s}" for m, *_ in PYES_TABLE for s in PYES_SUFFIXES]
     if repeats > 1:  # with one repeat the CSV keeps its old columns
@@ -659,8 +701,8 @@ def build_pyes_table(metrics: pd.DataFrame, paper: dict, models: dict[str, dict]
             r = by_key.get((model, setting))
             if r is None:
                 continue
-            csv_rows.append({c: getattr(r, c) for c in columns})
-            md_rows.append([labels[model] if first else "", setting, f"{int(r.n_p_yes)} / {int(r.n)}"]
+            csv_rows.append({c: r[c] for c in columns})
+            md_rows.append([labels[model] if first else "", setting, f"{int(r['n_p_yes'])} / {int(r['n'])}"]
                            + [_cell(r, metric, scale, decimals) for metric, _, scale, decimals in PYES_TABLE])
             first = False
     header = ["Model", "Setting", "with P(yes) / n"] + [label for _, label, _, _ in PYES_TABLE]
@@ -678,12 +720,12 @@ def build_pyes_table(metrics: pd.DataFrame, paper: dict, models: dict[str, dict]
     if repeats > 1:
         lines.append(repeats_note(repeats, "images resampled with all their questions").replace(
             "shown below", "in the CSV (*_repeat_sd, *_repeat_min, *_repeat_max)"))
-    return pd.DataFrame(csv_rows, columns=columns), "\n".join(lines) + "\n"
+    return records_frame(csv_rows, columns), "\n".join(lines) + "\n"
 
 
-def write_table_files(frame: pd.DataFrame, markdown: str, csv_path: str, md_path: str, title: str) -> None:
+def write_table_files(frame: pl.DataFrame, markdown: str, csv_path: str, md_path: str, title: str) -> None:
     with atomic_output(csv_path, "w") as f:
-        frame.to_csv(f, index=False, float_format="%.6g")
+        write_csv(frame, f, float_format="%.6g")
     with atomic_output(md_path, "w") as f:
         f.write(f"# {title}\n\n{markdown}")
 
@@ -714,13 +756,13 @@ def main_score_chair(smk) -> None:
     data, groups = read_inference(list(smk.input.inference), "caption")
     try:
         vocab = chair.Vocabulary.load(smk.input.synonyms)
-        images = sorted(set(data["image_id"].astype(int))) if len(data) else []
+        images = sorted(set(data["image_id"].cast(pl.Int64).to_list())) if len(data) else []
         gt = chair.ground_truth(vocab, chair.load_json(smk.input.instances), chair.load_json(smk.input.captions),
                                 images, str(smk.input.instances), str(smk.input.captions))
     except chair.ChairError as err:
         raise PipelineError(str(err)) from err
     log.info("CHAIR ground truth for %d images; scoring %d captions", len(gt), len(data))
-    captions = score_captions(data, vocab, gt) if len(data) else score_captions(data.iloc[0:0], vocab, gt)
+    captions = score_captions(data, vocab, gt)
     metrics = chair_metrics(captions, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups)
     meta = _metadata(cfg, CHAIR_INTERVAL, {"chair": "Rohrbach et al. 2018; every mention counts (repeats included)",
                                            "tests": "paired bootstrap over images", "repeats": REPEATS_METADATA})
