@@ -21,6 +21,7 @@ import pytest
 import vlm
 from conftest import free_port, stop_process, wait_for_port
 from families import demo_parts
+from families.base import CHECKPOINT_FILES
 from inference_fixtures import job_config, make_inputs
 from pipeline_io import PipelineError, log, read_metadata, read_table, setup_logging
 
@@ -295,12 +296,17 @@ def test_p_yes_from_logprobs_hand_cases():
         assert openai_backend.p_yes_from_logprobs(empty) is None
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
-def test_counted_token_strings_are_the_transformers_backends(family):
+@pytest.mark.parametrize("vocabulary", ["llava-hf--llava-1.5-7b-hf", "Qwen--Qwen2.5-VL-7B-Instruct", "demo"])
+def test_counted_token_strings_are_the_transformers_backends(vocabulary):
     """answer_kind counts exactly the vocabulary entries vlm.answer_token_ids counts (raw pieces with the
-    SentencePiece or byte-level space, and the same pieces as servers print them, with a plain space). The demo
-    Qwen vocabulary has no "O", so encode("NO") gives the one token "N": neither side may count it as a No."""
-    tok = demo_parts.llama_tokenizer(["<image>"]) if family == "llava" else demo_parts.qwen_tokenizer()
+    SentencePiece or byte-level space, and the same pieces as servers print them, with a plain space), over the
+    real llava-1.5 (SentencePiece) and Qwen2.5 (byte-level) vocabularies and the demo's own small one."""
+    from transformers import AutoTokenizer
+
+    if vocabulary == "demo":
+        tok = demo_parts.llama_tokenizer(["<image>"])
+    else:
+        tok = AutoTokenizer.from_pretrained(CHECKPOINT_FILES / vocabulary)
     ids = vlm.answer_token_ids(tok)
     words = {w for spellings in vlm.ANSWER_WORDS.values() for w in spellings}
     for token, token_id in tok.get_vocab().items():

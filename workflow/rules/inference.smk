@@ -38,7 +38,9 @@ rule infer:
         "results/benchmarks/infer/{task}/{model}/{setting}/r{repeat}.tsv"
     conda:
         "../../envs/inference.yaml"
-    threads: 4
+    # inference.cpu_threads (default 4): a GPU job needs few; the demo's tiny CPU models run best one thread per
+    # job, so that several jobs overlap their start-up
+    threads: config["inference"].get("cpu_threads", 4)
     resources:
         gpu=lambda wc: inference_uses_gpu(),
         mem_mb=32000,

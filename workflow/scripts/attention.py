@@ -13,6 +13,7 @@ through the processor's pad/resize/centre crop; a patch counts when > 50% of its
 import matplotlib
 
 matplotlib.use("Agg")
+import families  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
@@ -21,7 +22,6 @@ from encoders import (  # noqa: E402
     clip_affine,
     clip_grid,
     clip_outputs,
-    clip_tower_of,
     image_processor_of,
     load_pairs,
     load_vlm,
@@ -192,7 +192,7 @@ def main(snakemake) -> None:
     torch.manual_seed(cfg["seed"])
     pairs = load_pairs(snakemake.input.question, snakemake.input.control, acfg["n_pairs"])
     loaded = load_vlm(name, cfg[f"models.{name}"], attn_implementation="eager")
-    tower = clip_tower_of(loaded.model)
+    tower = families.get(loaded.family).vision_tower(loaded.model)
     tower.eval()
     image_processor = image_processor_of(loaded.processor)
     table, examples, diag, grid, patch = analyse(pairs, tower, image_processor, sorted(acfg["layers"]))

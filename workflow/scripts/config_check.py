@@ -110,10 +110,21 @@ def _check_analysis_family(key: str, model: str, family: str) -> None:
                           f"{allowed}. Name one of those")
 
 
+def _check_image_preprocess(models: dict) -> None:
+    import families
+
+    for name, entry in models.items():
+        if entry.get("image_preprocess") == "pad" and not families.get(entry["family"]).supports_pad:
+            offered = [n for n, f in families.REGISTRY.items() if f.supports_pad]
+            raise ConfigError(f"models.{name}.image_preprocess: pad is offered for the families {offered}, not "
+                              f"'{entry['family']}'. Use checkpoint")
+
+
 def _check_references(config: dict) -> None:
     _check_data(config["data"])
     _check_prompts(config["settings"])
     models = config["models"]
+    _check_image_preprocess(models)
     built = set(demo_model_paths(config).values())
     for name, entry in models.items():
         path = entry["path"]

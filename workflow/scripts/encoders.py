@@ -224,22 +224,6 @@ def image_processor_of(processor):
     return getattr(processor, "image_processor", processor)
 
 
-def clip_tower_of(model):
-    inner = getattr(model, "model", model)
-    tower = getattr(inner, "vision_tower", None) or getattr(model, "vision_tower", None)
-    if tower is None:
-        raise PipelineError(f"{type(model).__name__} has no vision_tower; the CLIP analyses need a llava-family model")
-    return tower
-
-
-def qwen_visual_of(model):
-    inner = getattr(model, "model", model)
-    visual = getattr(inner, "visual", None) or getattr(model, "visual", None)
-    if visual is None:
-        raise PipelineError(f"{type(model).__name__} has no visual tower; expected a Qwen2.5-VL model")
-    return visual
-
-
 # --- pairs and numbers ---------------------------------------------------------------------------------------
 
 

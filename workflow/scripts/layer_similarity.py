@@ -13,6 +13,7 @@ import gc
 import matplotlib
 
 matplotlib.use("Agg")
+import families  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
@@ -21,14 +22,12 @@ from encoders import (  # noqa: E402
     clip_affine,
     clip_grid,
     clip_outputs,
-    clip_tower_of,
     cosine_rows,
     image_processor_of,
     load_pairs,
     load_vlm,
     qwen_affine,
     qwen_block_states,
-    qwen_visual_of,
     row_of,
     text_patch_mask,
 )
@@ -46,7 +45,6 @@ from pipeline_io import (  # noqa: E402
 )
 
 REGIONS = ("image", "text")
-ENCODER_LABEL = {"qwen2_5_vl": "Qwen2.5-VL ViT", "llava": "CLIP ViT (LLaVA)"}
 
 
 def _open(meta: dict) -> Image.Image:
@@ -77,6 +75,10 @@ def clip_pair_states(tower, image_processor, meta: dict) -> tuple[list[torch.Ten
     return states, text_patch_mask(meta, affine, grid, grid, patch)
 
 
+# How to read each kind of vision tower (Family.vision_encoder).
+PAIR_STATES = {"qwen": qwen_pair_states, "clip": clip_pair_states}
+
+
 def similarity_rows(model: str, family: str, sample_id: str, q_states, c_states, mask: np.ndarray) -> list[dict]:
     """One row per layer and region: per-patch cosine similarities (question vs control) and their summary."""
     text = mask.reshape(-1)
@@ -102,15 +104,12 @@ def similarity_rows(model: str, family: str, sample_id: str, q_states, c_states,
 
 def analyse_model(model_name: str, family: str, loaded, pairs: pl.DataFrame) -> list[dict]:
     image_processor = image_processor_of(loaded.processor)
-    if family == "qwen2_5_vl":
-        encoder = qwen_visual_of(loaded.model)
-        states_of = qwen_pair_states
-    elif family == "llava":
-        encoder = clip_tower_of(loaded.model)
-        states_of = clip_pair_states
-    else:
-        raise PipelineError(f"analysis.layer_similarity.models: '{model_name}' has family '{family}'; "
-                            "use qwen2_5_vl or llava models")
+    kind = families.get(family).vision_encoder
+    if kind not in PAIR_STATES:
+        raise PipelineError(f"analysis.layer_similarity.models: '{model_name}' has family '{family}', whose vision "
+                            f"tower this analysis cannot read; use a model of {families.supporting('layer_similarity')}")
+    encoder = families.get(family).vision_tower(loaded.model)
+    states_of = PAIR_STATES[kind]
     encoder.eval()
     rows = []
     for i, pair in enumerate(pairs.iter_rows(named=True)):
@@ -150,7 +149,7 @@ def plot_similarity(table: pl.DataFrame, last_n: int, path) -> None:
         ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
         ax.set_xlabel(f"encoder layer (last {len(layers)} of {n_layers})")
         family = sub["family"][0]
-        ax.set_title(f"{ENCODER_LABEL.get(family, family)} ({model})")
+        ax.set_title(f"{families.get(family).encoder_label or family} ({model})")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("cosine similarity per patch\n(question vs control image)")
     n_pairs = table["sample_id"].n_unique()

@@ -100,6 +100,8 @@ def load_model(name: str, entry: dict, device=None, attn_implementation: str | N
     try:
         model = families.get(family).load_model(path, **kwargs)
         processor = families.get(family).load_processor(path, revision, model.config)
+        if entry.get("image_preprocess", "checkpoint") == "pad":
+            families.get(family).pad_to_square(processor)
     except OSError as err:
         raise PipelineError(f"models.{name}.path: cannot load '{path}' ({str(err).splitlines()[0]}); check the id, "
                             "revision and network access, or point it at a local checkpoint folder") from err

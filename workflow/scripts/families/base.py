@@ -33,6 +33,8 @@ class Family:
     # "clip" (CLS + square patch grid) or "qwen" (windowed ViT with 2x2 merge): how the analyses read the tower.
     vision_encoder: ClassVar[str | None] = None
     encoder_label: ClassVar[str] = ""
+    # Whether models.<m>.image_preprocess: pad is offered (the original LLaVA-1.5 expand-to-square).
+    supports_pad: ClassVar[bool] = False
     # Folder of CHECKPOINT_FILES whose real tokenizer, chat template and processor settings the demo model uses.
     demo_reference: ClassVar[str | None] = None
 
@@ -65,6 +67,11 @@ class Family:
     def batch_inputs(self, processor, prompts: list[str], images: list) -> dict[str, Any]:
         """Processor outputs for one left-padded batch (tensors on the CPU)."""
         return processor(text=prompts, images=images, return_tensors="pt", padding=True)
+
+    def pad_to_square(self, processor) -> None:
+        """Switch the processor to padding each image to a square before its own resizing (image_preprocess:
+        pad)."""
+        raise PipelineError(f"image_preprocess: pad is not offered for family '{self.name}'; use checkpoint")
 
     def image_processor(self, processor):
         return getattr(processor, "image_processor", processor)

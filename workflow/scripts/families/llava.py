@@ -20,11 +20,26 @@ class Llava(Family):
     vision_encoder = "clip"
     encoder_label = "CLIP ViT (LLaVA)"
     demo_reference = "llava-hf--llava-1.5-7b-hf"
+    supports_pad = True
 
     def build_prompt(self, processor, text: str | None) -> str:
         if not getattr(processor, "chat_template", None):
             return LLAVA_FORMAT.format(text=text) if text is not None else "USER: <image>\nASSISTANT:"
         return super().build_prompt(processor, text)
+
+    def pad_to_square(self, processor) -> None:
+        """The original LLaVA-1.5 evaluation (``image_aspect_ratio: pad``): expand the image to a square filled
+        with the processor's mean colour, then resize and crop as the checkpoint does, so no part of the image
+        (nor the strip below it) is cropped away. transformers' LLaVA image processor does this with
+        ``do_pad=True``; the checkpoint's own settings are kept."""
+        import transformers
+
+        current = processor.image_processor
+        settings = {k: v for k, v in current.to_dict().items()
+                    if not k.startswith("_") and k not in ("image_processor_type", "processor_class")}
+        pil = type(current).__name__.endswith("Pil")
+        cls = transformers.LlavaImageProcessorPil if pil else transformers.LlavaImageProcessor
+        processor.image_processor = cls(**{**settings, "do_pad": True})
 
     def vision_tower(self, model):
         inner = getattr(model, "model", model)
