@@ -6,6 +6,7 @@ import copy
 import subprocess
 import sys
 
+import families
 import pytest
 import yaml
 from config_check import ConfigError, validate_config
@@ -53,6 +54,10 @@ def test_paper_defaults():
     [
         (lambda c: c["render"].update(fnt_size=3), "render: unknown key(s) ['fnt_size']"),
         (lambda c: c["models"]["llava_1_5"].update(family="blip9"), "models.llava_1_5.family: 'blip9' is not one of"),
+        (lambda c: c["models"]["qwen2_5_vl"].update(image_preprocess="pad"),
+         "models.qwen2_5_vl.image_preprocess: pad is offered for the families ['llava'], not 'qwen2_5_vl'"),
+        (lambda c: c["models"]["llava_1_5"].update(image_preprocess="square"),
+         "models.llava_1_5.image_preprocess: 'square' is not one of ['checkpoint', 'pad']"),
         (lambda c: c["sampling"]["pope"].update(n="many"), "sampling.pope.n: 'many' should be of type"),
         (lambda c: c["sampling"]["pope"].update(n=0), "sampling.pope.n"),
         (lambda c: c["decoding"].pop("temperature"), "decoding: 'temperature' is a required property"),
@@ -85,7 +90,7 @@ def test_cli_reports_one_line(tmp_path):
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Config error:")]
     assert errors == ["Config error: models.llava_1_5.family: 'blip9' is not one of "
-                      "['qwen2_5_vl', 'llava', 'instructblip']. Use one of those"]
+                      f"{families.names()}. Use one of those"]
     assert "Traceback" not in proc.stderr
 
 
