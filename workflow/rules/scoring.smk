@@ -135,3 +135,46 @@ rule plot_table2_chair:
         cfg=table_params(),
     script:
         "../scripts/plot_results.py"
+
+
+# How much of the strip each model saw (inference column strip_visible_fraction): POPE and CHAIR per group.
+rule score_visibility:
+    input:
+        pope_answers="results/scores/pope_answers.parquet",
+        chair_captions="results/scores/chair_captions.parquet",
+        pope_inference=scored_inference("pope"),
+        caption_inference=scored_inference("caption"),
+    output:
+        metrics="results/scores/visibility_metrics.parquet",
+        csv="results/tables/strip_visibility.csv",
+        md="results/tables/strip_visibility.md",
+    log:
+        "logs/scoring/score_visibility.log",
+    conda:
+        "../../envs/scoring.yaml"
+    params:
+        cfg=canonical("scoring", "seed"),
+    script:
+        "../scripts/score_visibility.py"
+
+
+# Can each model read the strip? Its transcription against the rendered text.
+rule score_transcribe:
+    input:
+        inference=lambda wc: scored_inference("transcribe"),
+        manifests=lambda wc: [
+            manifest_path("transcribe", setting_variant(s))
+            for s in task_settings("transcribe")
+        ],
+    output:
+        metrics="results/scores/transcribe_metrics.parquet",
+        csv="results/tables/transcribe.csv",
+        md="results/tables/transcribe.md",
+    log:
+        "logs/scoring/score_transcribe.log",
+    conda:
+        "../../envs/scoring.yaml"
+    params:
+        cfg=canonical("scoring", "seed"),
+    script:
+        "../scripts/score_transcribe.py"

@@ -144,6 +144,11 @@ def _check_references(config: dict) -> None:
             raise ConfigError(f"{key}: '{model}' is not a key of models ({sorted(models)}). Use one of those")
     for key, model in refs:
         _check_analysis_family(key, model, models[model]["family"])
+    for task, task_cfg in config["tasks"].items():
+        for i, setting in enumerate(task_cfg.get("settings") or []):
+            if setting not in config["settings"]:
+                raise ConfigError(f"tasks.{task}.settings[{i}]: '{setting}' is not a key of settings "
+                                  f"({sorted(config['settings'])}). Use one of those")
     for i, setting in enumerate(analysis["modality_gap"]["conditions"]):
         if setting not in config["settings"]:
             raise ConfigError(f"analysis.modality_gap.conditions[{i}]: '{setting}' is not a key of settings "

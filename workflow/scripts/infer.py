@@ -22,6 +22,7 @@ openai_backend.py). Runnable without Snakemake too: ``python infer.py --help``.
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -49,8 +50,10 @@ from pipeline_io import (
 )
 
 COLUMNS = ["sample_id", "task", "model", "setting", "repeat", "image_id", "question", "label", "text_prompt", "prompt",
-           "image_path", "response", "n_prompt_tokens", "n_response_tokens", "finish_reason", "seed", "p_yes"]
-COLUMN_TYPES = {"repeat": pl.Int64, "p_yes": pl.Float64}
+           "image_path", "response", "n_prompt_tokens", "n_response_tokens", "finish_reason", "seed", "p_yes",
+           "strip_visible_fraction", "text_px_in_model"]
+COLUMN_TYPES = {"repeat": pl.Int64, "p_yes": pl.Float64, "strip_visible_fraction": pl.Float64,
+                "text_px_in_model": pl.Float64}
 # label and text_prompt are stored as Arrow ``string`` (the other text columns as ``large_string``), as inference
 # files always have been; a column of nulls only (no label in the caption task, no text turn) has the null type.
 ARROW_TYPES = {"label": pa.string(), "text_prompt": pa.string()}
@@ -66,6 +69,11 @@ class Request:
     text_prompt: str | None
     image_path: str
     image_sha256: str | None = None
+    # the manifest row's geometry: image size, strip box (None without a strip) and rendered font size
+    width: int | None = None
+    height: int | None = None
+    strip_box: tuple | None = None
+    font_size: int | None = None
 
 
 @dataclass
@@ -173,7 +181,10 @@ def build_requests(sample: pl.DataFrame, manifest: pl.DataFrame, job: Job, manif
             sample_id=str(row["sample_id"]), task=job.task, image_id=int(row["image_id"]),
             question=str(row["question"]), label=None if label is None else str(label),
             text_prompt=format_text_prompt(template, str(row["question"])), image_path=str(img["image_path"]),
-            image_sha256=None if sha is None else str(sha),
+            image_sha256=None if sha is None else str(sha), width=img.get("width"), height=img.get("height"),
+            strip_box=None if img.get("strip_x0") is None else
+            tuple(int(img[k]) for k in ("strip_x0", "strip_y0", "strip_x1", "strip_y1")),
+            font_size=img.get("font_size"),
         ))
     return requests
 
@@ -206,7 +217,7 @@ def fingerprint(job: Job, requests: list[Request]) -> str:
     exact inputs."""
     inputs = [(r.sample_id, r.image_sha256 or r.image_path, r.text_prompt) for r in requests]
     return config_hash({"cfg": row_config(job.cfg), "task": job.task, "model": job.model, "setting": job.setting,
-                        "repeat": job.repeat, "inputs": inputs})
+                        "repeat": job.repeat, "inputs": inputs, "columns": COLUMNS})
 
 
 # --- the transformers backend -------------------------------------------------------------------------------
@@ -222,6 +233,7 @@ class TransformersBackend:
         self.job = job
         self.lm = lm or vlm.load_model(job.model, job.entry, device=device)
         self.want_p_yes = job.task == "pope"
+        self._views: dict = {}
 
     def prompt(self, req: Request) -> str:
         return self.vlm.build_prompt(self.lm.family, self.lm.processor, req.text_prompt)
@@ -232,8 +244,32 @@ class TransformersBackend:
     def run(self, chunk: list[Request], seed: int) -> list[dict]:
         prompts = [self.prompt(r) for r in chunk]
         images = [self.vlm.open_image(r.image_path) for r in chunk]
-        return self.vlm.generate(self.lm, prompts, images, self.job.task_cfg["max_new_tokens"], self.job.decoding,
-                                 seed, want_p_yes=self.want_p_yes)
+        results = self.vlm.generate(self.lm, prompts, images, self.job.task_cfg["max_new_tokens"],
+                                    self.job.decoding, seed, want_p_yes=self.want_p_yes)
+        for req, res in zip(chunk, results, strict=True):
+            res.update(self.strip_seen(req))
+        return results
+
+    def strip_seen(self, req: Request) -> dict:
+        """How much of the strip this model's processor passes on, and the text size in its input pixels
+        (strip_view.py); None for an image without a strip or a processor whose geometry is not known."""
+        key = (req.width, req.height, req.strip_box, req.font_size)
+        if key not in self._views:
+            view = None
+            if req.strip_box is not None and req.width and req.height:
+                import families
+                from strip_view import strip_view
+
+                try:
+                    view = strip_view(families.get(self.lm.family).image_processor(self.lm.processor), req.width,
+                                      req.height, req.strip_box, req.font_size)
+                except PipelineError as err:
+                    log.warning("strip visibility not recorded for %s: %s", req.image_path, err)
+            self._views[key] = {
+                "strip_visible_fraction": _finite(view.strip_visible_fraction) if view else None,
+                "text_px_in_model": _finite(view.text_px_in_model) if view else None,
+            }
+        return self._views[key]
 
     def metadata(self) -> dict:
         import torch
@@ -244,6 +280,10 @@ class TransformersBackend:
                 "device": str(lm.device), "dtype": str(lm.dtype).replace("torch.", ""),
                 "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def make_backend(job: Job, device=None):
@@ -350,6 +390,7 @@ def rows_frame(job: Job, chunk: list[Request], results: list[dict], prompts: lis
             "n_prompt_tokens": int(res["n_prompt_tokens"]), "n_response_tokens": int(res["n_response_tokens"]),
             "finish_reason": res["finish_reason"], "seed": int(res["seed"]),
             "p_yes": None if res.get("p_yes") is None else float(res["p_yes"]),
+            "strip_visible_fraction": res.get("strip_visible_fraction"), "text_px_in_model": res.get("text_px_in_model"),
         })
     return records_frame(records, COLUMNS, COLUMN_TYPES)
 

@@ -1,0 +1,137 @@
+"""Can the model read the strip? Scoring of the ``transcribe`` task: the model is shown a question image and asked
+to write out the text of its white strip; its answer is compared with the text that was rendered there.
+
+- ``normalise``: case folded, punctuation removed, runs of white space made one space, ends stripped. A reply
+  that differs only in case, punctuation or spacing counts as exact.
+- ``cer``: character error rate, the Levenshtein distance (insertions, deletions, substitutions, each 1) between
+  the normalised reply and the normalised rendered text, divided by the length of the normalised rendered text.
+  It is not capped at 1: a reply much longer than the text scores above 1.
+- Metrics per model x setting, overall and per strip-visibility group (``visibility_group``), each with a
+  percentile interval from the bootstrap over images (stats.py), the mean over decoding repeats as the value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+
+import numpy as np
+import polars as pl
+import stats
+
+VISIBILITY_GROUPS = ("whole", "part", "none", "unknown")
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str | None) -> str:
+    folded = unicodedata.normalize("NFKC", text or "").casefold()
+    kept = "".join(" " if unicodedata.category(c).startswith("P") else c for c in folded)
+    return _SPACE.sub(" ", kept).strip()
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two strings (two-row dynamic programme)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def cer(reply: str | None, reference: str | None) -> float:
+    ref = normalise(reference)
+    return edit_distance(normalise(reply), ref) / max(1, len(ref))
+
+
+def exact_match(reply: str | None, reference: str | None) -> bool:
+    return normalise(reply) == normalise(reference)
+
+
+def visibility_group(fraction: float | None) -> str:
+    """whole: every strip row reached the encoder; part: some; none: the processor cut the strip off; unknown:
+    not recorded (e.g. the openai backend, whose server's processor is not known)."""
+    if fraction is None or not math.isfinite(fraction):
+        return "unknown"
+    if fraction >= 1.0 - 1e-9:
+        return "whole"
+    return "none" if fraction <= 1e-9 else "part"
+
+
+def score_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per request: exact_match, cer and the visibility group, from ``response`` and the rendered ``text``."""
+    fractions = rows["strip_visible_fraction"].to_list() if "strip_visible_fraction" in rows.columns else \
+        [None] * len(rows)
+    return rows.with_columns(
+        pl.Series("exact_match", [exact_match(r, t) for r, t in zip(rows["response"], rows["text"], strict=True)],
+                  dtype=pl.Boolean),
+        pl.Series("cer", [cer(r, t) for r, t in zip(rows["response"], rows["text"], strict=True)],
+                  dtype=pl.Float64),
+        pl.Series("visibility", [visibility_group(f) for f in fractions], dtype=pl.String),
+    )
+
+
+def ratio_with_interval(num: np.ndarray, den: np.ndarray, images: np.ndarray, repeats: np.ndarray, seed: int,
+                        names: tuple, resamples: int, confidence: float) -> tuple[float, float, float]:
+    """sum(num) / sum(den) (per repeat, then the mean over repeats) and its percentile interval from the bootstrap
+    over images: a drawn image brings all its rows in every repeat. A mean is the case den = 1."""
+    if len(num) == 0:
+        return math.nan, math.nan, math.nan
+    codes, n_images = stats.clusters_of(images)
+    weights = stats.cluster_weights(stats.group_rng(seed, *names), n_images, resamples)
+    points, boots = [], []
+    for mask in stats.repeat_masks(repeats, len(num)):
+        sums = stats.cluster_sums(codes[mask], n_images, np.c_[num[mask], den[mask]])
+        points.append(stats.ratio(sums[:, 0].sum(), sums[:, 1].sum()))
+        boot = weights @ sums
+        boots.append(stats.ratio(boot[:, 0], boot[:, 1]))
+    low, high = stats.percentile_interval(stats.mean_over_repeats(boots), confidence)
+    return float(stats.mean_over_repeats(points)), low, high
+
+
+def metrics(scored: pl.DataFrame, seed: int, resamples: int, confidence: float) -> pl.DataFrame:
+    """One row per model x setting x visibility ("all", then each group present)."""
+    out = []
+    for (model, setting), group in scored.group_by(["model", "setting"], maintain_order=True):
+        parts = [("all", group)] + [(v, group.filter(pl.col("visibility") == v)) for v in VISIBILITY_GROUPS]
+        for visibility, rows in parts:
+            if visibility != "all" and rows.is_empty():
+                continue
+            images = rows["image_id"].to_numpy()
+            repeats = rows["repeat"].to_numpy()
+            row = {"task": "transcribe", "model": model, "setting": setting, "visibility": visibility,
+                   "n": len(rows), "n_images": int(rows["image_id"].n_unique()),
+                   "n_repeats": int(rows["repeat"].n_unique())}
+            for metric in ("exact_match", "cer"):
+                values = rows[metric].cast(pl.Float64).to_numpy()
+                value, low, high = ratio_with_interval(values, np.ones_like(values), images, repeats, seed,
+                                                       ("transcribe", model, setting, visibility, metric),
+                                                       resamples, confidence)
+                row.update({metric: value, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+            out.append(row)
+    return pl.DataFrame(out, schema={"task": pl.String, "model": pl.String, "setting": pl.String,
+                                     "visibility": pl.String, "n": pl.Int64, "n_images": pl.Int64,
+                                     "n_repeats": pl.Int64, "exact_match": pl.Float64,
+                                     "exact_match_ci_low": pl.Float64, "exact_match_ci_high": pl.Float64,
+                                     "cer": pl.Float64, "cer_ci_low": pl.Float64, "cer_ci_high": pl.Float64})
+
+
+def markdown(table: pl.DataFrame, confidence: float) -> str:
+    """The metrics as a Markdown table: exact match and CER in percent with their intervals."""
+    def pct(v, lo, hi):
+        if v is None or not math.isfinite(v):
+            return "–"
+        return f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if math.isfinite(lo) else f"{100 * v:.1f}"
+
+    level = f"{round(100 * confidence)}%"
+    lines = [f"| Model | Setting | Strip seen | n | Exact match (%) [{level} CI] | CER (%) [{level} CI] |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in table.iter_rows(named=True):
+        lines.append(f"| {r['model']} | {r['setting']} | {r['visibility']} | {r['n']} | "
+                     f"{pct(r['exact_match'], r['exact_match_ci_low'], r['exact_match_ci_high'])} | "
+                     f"{pct(r['cer'], r['cer_ci_low'], r['cer_ci_high'])} |")
+    return "\n".join(lines) + "\n"
