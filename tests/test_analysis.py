@@ -306,7 +306,8 @@ def test_attention_and_similarity_mains(tiny_models, tmp_path):
     import attention
     import layer_similarity
 
-    q, c = write_manifests(tmp_path, [(200, 150), (150, 220), (180, 180)])
+    # wide images: LLaVA's centre crop keeps their whole strip (the analyses draw pairs among those only)
+    q, c = write_manifests(tmp_path, [(420, 200), (400, 220), (440, 180)])
     llava, qwen = entry("llava", tiny_models["llava"]), entry("qwen2_5_vl", tiny_models["qwen2_5_vl"])
     out = {k: tmp_path / f"att_{k}" for k in ("table", "maps", "diagonal")}
     attention.main(fake_snakemake({"question": str(q), "control": str(c)}, out,
@@ -331,6 +332,28 @@ def test_attention_and_similarity_mains(tiny_models, tmp_path):
                    for r in ("text", "image"))
     assert text.keys() == image.keys() and all(text[m] < image[m] for m in text)
     assert (sim["mean"].drop_nulls() <= 1 + 1e-6).all()
+    assert (sim.filter(pl.col("region") == "text")["n_patches"] > 0).all()  # never a text region of no patches
+
+
+def test_pairs_are_drawn_among_samples_whose_strip_the_encoder_sees(tiny_models, tmp_path):
+    """A portrait image loses its strip to LLaVA's centre crop: it is left out of the pairs, unless the model pads
+    to a square first (image_preprocess: pad); Qwen2.5-VL resizes without cropping and sees every strip."""
+    from encoders import load_pairs
+    from pipeline_io import PipelineError
+    from vlm import load_image_processor
+
+    q, c = write_manifests(tmp_path, [(420, 200), (200, 300), (440, 180)])
+    crop = {"llava": load_image_processor("llava", entry("llava", tiny_models["llava"]))}
+    pad = {"llava": load_image_processor("llava", {**entry("llava", tiny_models["llava"]), "image_preprocess": "pad"})}
+    qwen = {"qwen": load_image_processor("qwen", entry("qwen2_5_vl", tiny_models["qwen2_5_vl"]))}
+    assert load_pairs(q, c, 5, crop)["sample_id"].to_list() == ["pope-0", "pope-2"]
+    assert load_pairs(q, c, 5, pad)["sample_id"].to_list() == ["pope-0", "pope-1", "pope-2"]
+    assert load_pairs(q, c, 5, {**qwen, **crop})["sample_id"].to_list() == ["pope-0", "pope-2"]
+    assert load_pairs(q, c, 5, qwen)["sample_id"].to_list() == ["pope-0", "pope-1", "pope-2"]
+    (tmp_path / "portrait").mkdir()
+    q1, c1 = write_manifests(tmp_path / "portrait", [(200, 300)])
+    with pytest.raises(PipelineError, match="no question image shows its whole strip to \\['llava'\\]"):
+        load_pairs(q1, c1, 5, crop)
 
 
 def test_modality_gap_main(tiny_models, tmp_path):
@@ -338,7 +361,8 @@ def test_modality_gap_main(tiny_models, tmp_path):
     from vlm import build_prompt, load_model
 
     qwen = entry("qwen2_5_vl", tiny_models["qwen2_5_vl"])
-    q, c = write_manifests(tmp_path, [(200, 150), (150, 220), (180, 180)])
+    # wide images: LLaVA's centre crop keeps their whole strip (the analyses draw pairs among those only)
+    q, c = write_manifests(tmp_path, [(420, 200), (400, 220), (440, 180)])
     lm = load_model("qwen", qwen)
     paths = []
     for setting, manifest, text in (("control", c, "Describe this image in detail."), ("prompt_in_image", q, None)):

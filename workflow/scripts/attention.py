@@ -190,7 +190,11 @@ def main(snakemake) -> None:
     acfg = cfg["analysis.attention"]
     name = acfg["model"]
     torch.manual_seed(cfg["seed"])
-    pairs = load_pairs(snakemake.input.question, snakemake.input.control, acfg["n_pairs"])
+    from vlm import load_image_processor
+
+    # pairs among the samples whose whole strip this CLIP tower is shown (all of them with image_preprocess: pad)
+    seen_by = {name: load_image_processor(name, cfg[f"models.{name}"])}
+    pairs = load_pairs(snakemake.input.question, snakemake.input.control, acfg["n_pairs"], seen_by)
     loaded = load_vlm(name, cfg[f"models.{name}"], attn_implementation="eager")
     tower = families.get(loaded.family).vision_tower(loaded.model)
     tower.eval()

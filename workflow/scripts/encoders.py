@@ -227,13 +227,17 @@ def image_processor_of(processor):
 # --- pairs and numbers ---------------------------------------------------------------------------------------
 
 
-def load_pairs(question_manifest: str, control_manifest: str, n: int) -> pl.DataFrame:
-    """The first n sample_ids (sorted) present in both manifests, one row per pair with q_* and c_* columns."""
+def load_pairs(question_manifest: str, control_manifest: str, n: int, seen_by: dict | None = None) -> pl.DataFrame:
+    """The first n sample_ids (sorted) present in both manifests, one row per pair with q_* and c_* columns.
+    ``seen_by`` (model name -> image processor, as inference uses it): only samples whose whole strip reaches every
+    one of those encoders, so the text-region statistics are about text the encoder was shown."""
     q = read_table(question_manifest, "manifest")
     c = read_table(control_manifest, "manifest")
     common = sorted(set(q["sample_id"].to_list()) & set(c["sample_id"].to_list()))
     if not common:
         raise PipelineError(f"{question_manifest} and {control_manifest} share no sample_id; rerun rendering")
+    if seen_by:
+        common = whole_strip_samples(q, common, seen_by, question_manifest)
     if len(common) < n:
         log.warning("only %d question/control pairs available, %d requested", len(common), n)
     pairs = pl.DataFrame({"sample_id": common[:n]}, schema={"sample_id": pl.String})
@@ -245,6 +249,21 @@ def load_pairs(question_manifest: str, control_manifest: str, n: int) -> pl.Data
         raise PipelineError(f"{question_manifest}: sample {bad['sample_id'][0]} has a different size from its control "
                             f"image in {control_manifest}; rerun rendering")
     return pairs
+
+
+def whole_strip_samples(manifest: pl.DataFrame, sample_ids: list[str], seen_by: dict, source: str) -> list[str]:
+    """The sample_ids whose strip every processor of ``seen_by`` passes on whole (strip_view.py)."""
+    from strip_view import strip_view_of_row
+
+    rows = {r["sample_id"]: r for r in manifest.iter_rows(named=True)}
+    kept = [s for s in sample_ids
+            if all(strip_view_of_row(ip, rows[s]).strip_visible_fraction >= 1.0 - 1e-9 for ip in seen_by.values())]
+    log.info("%d of %d question images show their whole strip to %s", len(kept), len(sample_ids), sorted(seen_by))
+    if not kept:
+        raise PipelineError(f"{source}: no question image shows its whole strip to {sorted(seen_by)} (their "
+                            "processors crop it away); give the model image_preprocess: pad, or use images whose "
+                            "strip survives the crop")
+    return kept
 
 
 def row_of(pair: dict, prefix: str) -> dict:

@@ -164,7 +164,11 @@ def main(snakemake) -> None:
     cfg = params_config(snakemake)
     scfg = cfg["analysis.layer_similarity"]
     torch.manual_seed(cfg["seed"])
-    pairs = load_pairs(snakemake.input.question, snakemake.input.control, scfg["n_pairs"])
+    from vlm import load_image_processor
+
+    # the same pairs for every model: samples whose whole strip each model's encoder is shown
+    seen_by = {name: load_image_processor(name, cfg[f"models.{name}"]) for name in scfg["models"]}
+    pairs = load_pairs(snakemake.input.question, snakemake.input.control, scfg["n_pairs"], seen_by)
     rows = []
     for name in scfg["models"]:
         entry = cfg[f"models.{name}"]

@@ -80,6 +80,19 @@ def load_processor(family: str, path: str, revision: str | None = None):
     return families.get(family).load_processor(path, revision)
 
 
+def load_image_processor(name: str, entry: dict):
+    """The image processor ``load_model`` would give this entry (image_preprocess applied), without the weights."""
+    check_entry(name, entry)
+    family = families.get(entry["family"])
+    path = str(entry["path"])
+    local = is_local_model_path(path)
+    processor = family.load_processor(str(Path(path).expanduser()) if local else path,
+                                      None if local else entry.get("revision"))
+    if entry.get("image_preprocess", "checkpoint") == "pad":
+        family.pad_to_square(processor)
+    return family.image_processor(processor)
+
+
 def load_model(name: str, entry: dict, device=None, attn_implementation: str | None = None) -> LoadedModel:
     """Load ``models.<name>`` (family, path, revision, dtype) in eval mode on ``device`` (default: cuda if present).
     ``attn_implementation="eager"`` is needed to read attention maps (sdpa returns none)."""
