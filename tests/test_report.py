@@ -1,30 +1,83 @@
-"""Report: the self-contained summary page and the `snakemake --report` wiring."""
+"""Report: the self-contained summary page, read from the metrics tables as data, and the `snakemake --report`
+wiring."""
 
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
+import math
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import report
-from conftest import run_snakemake
+import yaml
+from conftest import ROOT, run_snakemake
 from PIL import Image
-from pipeline_io import config_hash, write_table
+from pipeline_io import config_hash, load_table_schema
 
-TABLE1_MD = """# Table 1: POPE adversarial
+PAPER_FILE = ROOT / "workflow" / "data" / "paper_numbers.yaml"
+ARROW_TYPES = {"integer": pa.int64(), "number": pa.float64(), "string": pa.string(), "boolean": pa.bool_()}
 
-| Setting | Qwen2.5-VL Acc (%) | paper | Qwen2.5-VL F1 | paper |
-|:---|---:|---:|---:|---:|
-| baseline | 81.0 [78.0, 84.0] | 80.2 | 0.77 [0.74, 0.80] | 0.76 |
-| prompt_in_image (PiI) | 84.0 [81.0, 87.0] · Δ +3.0, p=0.01 | 84.3 | 0.81 [0.78, 0.84] · Δ +0.04 | 0.82 |
 
-Ours: value [95% percentile bootstrap interval]; paper: the published number (— not reported).
-"""
+def write_parquet(rows: list[dict], path: Path, schema_name: str | None = None, metadata: dict | None = None) -> str:
+    """Rows as a Parquet file with the pipeline's metadata; with a schema, every column it declares (a number
+    not given is NaN, a count 0), typed as it declares."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if schema_name:
+        props = load_table_schema(schema_name)["properties"]
+        fields, full = [], []
+        for name, spec in props.items():
+            kinds = [spec["type"]] if isinstance(spec["type"], str) else [t for t in spec["type"] if t != "null"]
+            fields.append(pa.field(name, ARROW_TYPES[kinds[0]]))
+        for row in rows:
+            full.append({f.name: row.get(f.name, math.nan if f.type == pa.float64() else 0) for f in fields})
+        table = pa.Table.from_pylist(full, schema=pa.schema(fields))
+    else:
+        table = pa.Table.from_pylist(rows)
+    table = table.replace_schema_metadata({b"pii": json.dumps(metadata or {}).encode()})
+    pq.write_table(table, path)
+    return str(path)
+
+
+def metric(prefix: str, value: float, low: float, high: float, delta: float = math.nan, p: float = math.nan) -> dict:
+    return {prefix: value, f"{prefix}_ci_low": low, f"{prefix}_ci_high": high, f"{prefix}_delta": delta,
+            f"{prefix}_p_value": p}
+
+
+def pope_row(model: str, setting: str, acc: float, f1: float, delta: float = math.nan, p: float = math.nan,
+             **extra) -> dict:
+    row = {"task": "pope", "model": model, "setting": setting, "baseline": "baseline", "n": 100, "n_repeats": 1,
+           "n_unknown": 2, "n_p_yes": 100, "n_images": 40}
+    row |= metric("accuracy", acc, acc - 0.03, acc + 0.03, delta, p)
+    row |= metric("f1", f1, f1 - 0.03, f1 + 0.03, delta, p)
+    row |= metric("yes_ratio", 0.5, 0.45, 0.55)
+    row |= metric("strict_accuracy", acc - 0.01, acc - 0.04, acc + 0.02)
+    row |= metric("p_yes_auroc", 0.8, 0.7, 0.9, delta, p) | metric("p_yes_brier", 0.2, 0.15, 0.25)
+    row |= metric("p_yes_ece", 0.05, 0.01, 0.1) | metric("p_yes_disagreement", 0.1, 0.05, 0.15)
+    return row | extra
+
+
+def chair_row(model: str, setting: str, chair_s: float, delta: float = math.nan, p: float = math.nan) -> dict:
+    row = {"task": "caption", "model": model, "setting": setting, "baseline": "baseline", "n": 50, "n_repeats": 1,
+           "n_images": 50}
+    row |= metric("chair_s", chair_s, chair_s - 0.05, chair_s + 0.05, delta, p)
+    return row | metric("chair_i", 0.1, 0.08, 0.12)
+
+
+def write_csv(rows: list[dict], path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
 
 
 def png(path: Path, color=(200, 30, 30)) -> str:
@@ -33,37 +86,56 @@ def png(path: Path, color=(200, 30, 30)) -> str:
     return str(path)
 
 
+SCORING_META = {"scoring": {"bootstrap_resamples": 100, "confidence": 0.95}, "seed": 0}
+
+
 def fake_inputs(tmp: Path) -> SimpleNamespace:
+    """A small run: two models (the paper's Qwen2.5-VL and LLaVA-1.5, matched by family), two settings."""
+    scores = tmp / "scores"
+    pope = [pope_row("qwen", "baseline", 0.81, 0.77), pope_row("qwen", "prompt_in_image", 0.84, 0.81, 0.03, 0.01),
+            pope_row("llava", "baseline", 0.70, 0.70),
+            pope_row("llava", "prompt_in_image", 0.69, 0.69, -0.01, 0.0004, n_unknown=9)]
+    chair = [chair_row("qwen", "baseline", 0.301), chair_row("qwen", "prompt_in_image", 0.25, -0.051, 0.2),
+             chair_row("llava", "baseline", 0.4), chair_row("llava", "prompt_in_image", 0.45, 0.05, 0.5)]
+    metrics = [write_parquet(pope, scores / "pope_metrics.parquet", "pope_metrics", SCORING_META),
+               write_parquet(chair, scores / "chair_metrics.parquet", "chair_metrics", SCORING_META)]
     tables = tmp / "tables"
-    tables.mkdir()
-    (tables / "table1_pope.md").write_text(TABLE1_MD)
-    (tables / "table2_chair.md").write_text("# Table 2\n\n| Setting | CHAIRs | paper |\n|:--|--:|--:|\n"
-                                            "| baseline | 30.1 | 32.3 |\n")
-    samples = []
-    for task, n in (("pope", 6), ("caption", 3)):
-        p = tmp / f"{task}_sample.parquet"
-        write_table(pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)]}), p)
-        samples.append(str(p))
+    # the paper's numbers as score.py writes them beside each table: <model>:<metric>_paper, one row per setting
+    csvs = [write_csv([{"setting": "baseline", "qwen:accuracy_paper": 80.2, "qwen:f1_paper": 0.76,
+                        "llava:accuracy_paper": 84.0, "llava:f1_paper": ""},
+                       {"setting": "prompt_in_image", "qwen:accuracy_paper": 84.3, "qwen:f1_paper": 0.82,
+                        "llava:accuracy_paper": "", "llava:f1_paper": ""}], tables / "table1_pope.csv"),
+            write_csv([{"setting": "baseline", "model": "qwen"}], tables / "pope_pyes.csv"),
+            write_csv([{"setting": "baseline", "qwen:chair_s_paper": 32.3},
+                       {"setting": "prompt_in_image", "qwen:chair_s_paper": 24.7}], tables / "table2_chair.csv")]
+    samples = [write_parquet([{"sample_id": f"s{i}"} for i in range(n)], tmp / f"{task}_sample.parquet")
+               for task, n in (("pope", 6), ("caption", 3))]
     inference = []
     for model, commit in (("qwen", "abc123"), ("llava", None)):
-        p = tmp / "inference" / "pope" / model / "baseline.parquet"
-        p.parent.mkdir(parents=True)
-        write_table(pd.DataFrame({"response": ["yes"]}), p, metadata={
-            "model": model, "model_id": f"org/{model}", "revision": "main", "commit_hash": commit,
-            "dtype": "float32", "device": "cpu", "backend": "transformers", "python": "3.11.7",
-            "versions": {"torch": "2.13.0", "transformers": "5.23.0"}})
-        inference.append(str(p))
+        inference.append(write_parquet([{"response": "yes"}], tmp / "inference" / "pope" / model / "baseline.parquet",
+                                       metadata={"model": model, "model_id": f"org/{model}", "revision": "main",
+                                                 "commit_hash": commit, "dtype": "float32", "device": "cpu",
+                                                 "backend": "transformers", "python": "3.11.7",
+                                                 "versions": {"torch": "2.13.0", "transformers": "5.23.0"}}))
     figures = [png(tmp / "fig" / "gap.png"), png(tmp / "fig" / "attention_maps.png", (20, 20, 200))]
     cfg = {"seed": 0, "models": {"qwen": {"family": "qwen2_5_vl", "path": "org/qwen", "revision": "main"},
                                  "llava": {"family": "llava", "path": "org/llava", "revision": "main"}},
            "settings": {"baseline": {}, "prompt_in_image": {}}, "decoding": {"temperature": 0.7}}
     return SimpleNamespace(
-        input=SimpleNamespace(tables=[str(tables / "table1_pope.md"), str(tables / "table2_chair.md")],
+        input=SimpleNamespace(metrics=metrics, table_csvs=csvs, paper=str(PAPER_FILE),
                               contact_sheets=[png(tmp / "contact_sheet_pope.png", (0, 150, 0))],
                               samples=samples, inference=inference, figures=figures),
         output=SimpleNamespace(html=str(tmp / "out" / "index.html"), md=str(tmp / "out" / "summary.md")),
-        params=SimpleNamespace(cfg=json.dumps(cfg), tasks=["pope", "caption"]),
+        params=SimpleNamespace(cfg=json.dumps(cfg), models=["qwen", "llava"],
+                               settings=["baseline", "prompt_in_image"]),
         log=[])
+
+
+def section(page: str, title: str) -> str:
+    """The part of the page from a table's heading to the next heading of that level."""
+    start = page.index(f">{title}</h3>")
+    end = page.find("<h3", start)
+    return page[start:end if end > 0 else len(page)]
 
 
 def test_page_is_self_contained_and_complete(tmp_path):
@@ -75,10 +147,10 @@ def test_page_is_self_contained_and_complete(tmp_path):
     assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
     Image.open(io.BytesIO(base64.b64decode(srcs[0].split(",", 1)[1]))).verify()
     assert "http://" not in page and "https://" not in page
-    # both tables, with the paper's columns marked, and their numbers
-    assert page.count("<table>") == 2 and "<table class='plain'>" in page  # two results + models
+    # the three tables, with the paper's columns marked and their numbers
+    assert "Table 1 · POPE adversarial" in page and "Table 2 · CHAIR" in page and "P(yes) at the first" in page
     assert "<td class='paper'>84.3</td>" in page and "<td class='paper'>32.3</td>" in page
-    assert "Table 1 · POPE adversarial" in page and "Table 2 · CHAIR" in page
+    assert "<table class='plain'>" in page  # the models
     # what was run: config hash, checkpoint revision, sample sizes, library versions from the metadata
     digest = config_hash(json.loads(smk.params.cfg))
     assert digest in page and "abc123" in page
@@ -88,11 +160,59 @@ def test_page_is_self_contained_and_complete(tmp_path):
     assert page.index("CLIP attention") < page.index("Modality gap")
     assert "CLS-to-patch" in page
     md = Path(smk.output.md).read_text()
-    assert f"`{digest}`" in md and "| 84.0 [81.0, 87.0]" in md and "abc123" in md
+    assert f"`{digest}`" in md and "| 84.0 [81.0, 87.0] · Δ +3.0, p=0.010 | 84.3 |" in md and "abc123" in md
+
+
+def test_tables_come_from_the_metrics_and_the_paper_numbers(tmp_path):
+    """One compact table per model (settings as rows, metrics as columns, the paper's number beside ours), the
+    model named by the paper's label; each value with its interval and its change to the baseline, emphasised only
+    where p < 0.05."""
+    smk = fake_inputs(tmp_path)
+    report.main(smk)
+    page = Path(smk.output.html).read_text()
+    table1 = section(page, "Table 1 · POPE adversarial")
+    assert table1.count("<table class='results'>") == 4  # (Acc/F1/yes-ratio, strict) x 2 models
+    qwen, llava = table1.split("<h4>")[1:3]
+    assert qwen.startswith("Qwen2.5-VL</h4>") and llava.startswith("LLaVA-1.5</h4>")
+    assert "<th>Acc (%)</th>" in qwen and "<th class='paper'>paper</th>" in qwen
+    assert "<td class='paper'>84.3</td>" in qwen and "<td class='paper'>84.0</td>" not in qwen  # LLaVA's
+    assert "<td class='paper'>84.0</td>" in llava and "<td class='paper'>—</td>" in llava
+    # the setting's row names the paper's row, and may break after its underscores
+    assert "prompt_<wbr>in_<wbr>image (Prompt-in-Image)" in qwen
+    assert ("<span class='v'>84.0</span> <span class='ci'>[81.0, 87.0]</span><br>"
+            "<span class='delta sig'>Δ +3.0 · p=0.010</span>") in qwen
+    assert "<span class='delta sig'>Δ −1.0 · p&lt;0.001</span>" in llava  # a tiny p, a real minus sign
+    # narrow tables (strict parser: accuracy and unknown answers) tile side by side, without deltas
+    strict = table1.split("<div class='model-tables tiles'>")[1]
+    assert strict.count("<th>unknown / n</th>") == 2 and "9 / 100" in strict.split("<h4>")[2]
+    assert "Δ" not in strict
+    table2 = section(page, "Table 2 · CHAIR on detailed captions")
+    assert "<span class='delta'>Δ −5.1 · p=0.200</span>" in table2 and "<td class='paper'>24.7</td>" in table2
+    pyes = section(page, "POPE · P(yes) at the first token")
+    assert "<table class='results single'>" in pyes and "<span class='v'>0.800</span>" in pyes
+    assert "100 / 100" in pyes and pyes.count("Qwen2.5-VL") == 1  # the model named on its first row only
+    # one repeat: McNemar's p, no spread table
+    assert "p: exact McNemar test for accuracy" in table1 and "Spread over" not in page
+    md = Path(smk.output.md).read_text()
+    assert "| Setting | Qwen2.5-VL Acc (%) | paper | Qwen2.5-VL F1 | paper |" in md
+    assert "| Setting | Qwen2.5-VL CHAIRs (%) | paper | Qwen2.5-VL CHAIRi (%) | paper |" in md
+
+
+def test_repeats_show_their_spread(tmp_path):
+    smk = fake_inputs(tmp_path)
+    rows = pq.read_table(smk.input.metrics[0]).to_pylist()
+    for r in rows:
+        r |= {"n_repeats": 3, "accuracy_repeat_sd": 0.02, "accuracy_repeat_min": 0.79, "accuracy_repeat_max": 0.83}
+    write_parquet(rows, Path(smk.input.metrics[0]), "pope_metrics", SCORING_META)
+    report.main(smk)
+    table1 = section(Path(smk.output.html).read_text(), "Table 1 · POPE adversarial")
+    assert "Spread over the 3 decoding repeats" in table1 and "<td class='num'>2.0 (79.0–83.0)</td>" in table1
+    assert "p: paired image-level bootstrap for every metric" in table1  # McNemar needs one answer per question
 
 
 def test_markup_is_escaped_and_branches_resolve():
-    assert report.inline_markup("<b>x</b> ``a<b`` **y**") == "&lt;b&gt;x&lt;/b&gt; <code>a&lt;b</code> <strong>y</strong>"
+    assert (report.inline_markup("<b>x</b> ``a<b`` **y**")
+            == "&lt;b&gt;x&lt;/b&gt; <code>a&lt;b</code> <strong>y</strong>")
     # The captions are Jinja2 templates, rendered with the wildcards as `snakemake --report` renders them.
     table1 = report.caption_html("tables.rst", {"table": "table1_pope"})
     pyes = report.caption_html("tables.rst", {"table": "pope_pyes"})
@@ -103,38 +223,24 @@ def test_markup_is_escaped_and_branches_resolve():
     assert "{%" not in table1 + pyes + table2
 
 
-WIDE_MD = """| Setting | Qwen2.5-VL Acc (%) | paper | Qwen2.5-VL F1 | paper | LLaVA-1.5 Acc (%) | paper | LLaVA-1.5 F1 | paper |
-|:---|---:|---:|---:|---:|---:|---:|---:|---:|
-| baseline | 81.0 [78.0, 84.0] | 80.2 | 0.77 [0.74, 0.80] | 0.76 | 70.0 [66.0, 74.0] | 84.0 | 0.70 [0.66, 0.74] | — |
-| prompt_in_image | 84.0 [81.0, 87.0] · Δ +3.0, p=0.010 | 84.3 | 0.81 [0.78, 0.84] · Δ +0.04, p=0.200 | 0.82 \
-| 69.0 [65.0, 73.0] · Δ −1.0, p=0.500 | 55.0 | 0.69 [0.65, 0.73] · Δ −0.01, p=0.700 | — |
+def test_page_escapes_what_it_shows(tmp_path):
+    """The template escapes every value: a model key or a checkpoint path with markup in it shows as text."""
+    smk = fake_inputs(tmp_path)
+    cfg = json.loads(smk.params.cfg)
+    cfg["models"]["qwen"]["family"] = "<script>alert(1)</script>"
+    smk.params.cfg = json.dumps(cfg)
+    report.main(smk)
+    page = Path(smk.output.html).read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
-| Setting | Qwen2.5-VL strict Acc (%) | unknown / n | LLaVA-1.5 strict Acc (%) | unknown / n |
-|:---|---:|---:|---:|---:|
-| baseline | 80.0 [77.0, 83.0] | 2 / 100 | 60.0 [56.0, 64.0] | 9 / 100 |
-""".replace("\\\n", "")
 
-
-def test_wide_tables_become_one_compact_table_per_model():
-    """3 models x 3 metrics x (ours, paper) is unreadable in one row: each model gets its own table, metrics as
-    columns (the model's name moved to the table's heading), its paper numbers next to ours."""
-    page = report.markdown_to_html(WIDE_MD)
-    assert page.count("<table class='results'>") == 4  # (Acc/F1 table, strict table) x 2 models
-    first = page.split("<h4>")[1]
-    assert first.startswith("Qwen2.5-VL</h4>") and "<th>Acc (%)</th>" in first and "<th>F1</th>" in first
-    assert "<td class='paper'>84.3</td>" in first and "<td class='paper'>84.0</td>" not in first  # LLaVA's
-    assert "LLaVA" not in first and "70.0" not in first
-    llava = page.split("<h4>")[2]
-    assert "<td class='paper'>55.0</td>" in llava and "<span class='v'>69.0</span>" in llava
-    # the value, its interval, and its change to the baseline (emphasised only where p < 0.05)
-    assert "<span class='delta sig'>Δ +3.0 · p=0.010</span>" in first
-    assert "<span class='delta'>Δ +0.04 · p=0.200</span>" in first
-    # columns without a model name stay with the model before them, narrow tables tile side by side
-    strict = page.split("<div class='model-tables tiles'>")[1]
-    assert strict.count("<th>unknown / n</th>") == 2 and "9 / 100" in strict.split("<h4>")[2]
-    # a table with one model (or no model columns) stays as it is
-    assert report.model_groups(["Setting", "Qwen2.5-VL Acc (%)", "paper"]) is None
-    assert report.model_groups(["Model", "Family", "Checkpoint"]) is None
+def test_metrics_table_is_checked_against_its_schema(tmp_path):
+    smk = fake_inputs(tmp_path)
+    table = pq.read_table(smk.input.metrics[0])
+    pq.write_table(table.drop_columns(["accuracy_ci_low"]), smk.input.metrics[0])
+    with pytest.raises(report.PipelineError, match="accuracy_ci_low"):
+        report.main(smk)
+    assert not Path(smk.output.html).exists()
 
 
 def test_missing_figure_names_the_file(tmp_path):
@@ -145,10 +251,74 @@ def test_missing_figure_names_the_file(tmp_path):
     assert not Path(smk.output.html).exists()  # no half-written page
 
 
+def demo_report_inputs(run: Path, out: Path) -> SimpleNamespace:
+    """The report's inputs from a finished demo run, as the report rule lists them (the DAG test below checks that
+    list), with the run's own models and settings (in the metrics table's order) and the demo config's entries."""
+    r = run / "results"
+    metrics = [r / "scores" / "pope_metrics.parquet", r / "scores" / "chair_metrics.parquet"]
+    rows = pq.read_table(metrics[0], columns=["model", "setting"]).to_pylist()
+    models, settings = list(dict.fromkeys(x["model"] for x in rows)), list(dict.fromkeys(x["setting"] for x in rows))
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text())
+    entries = config["models"] | demo.get("models", {})
+    cfg = {"seed": demo.get("seed", config["seed"]), "models": {m: entries.get(m, {}) for m in models},
+           "settings": {s: {} for s in settings}, "decoding": config["decoding"]}
+    names = ["table1_pope", "pope_pyes", "table2_chair"]
+    return SimpleNamespace(
+        input=SimpleNamespace(metrics=[str(p) for p in metrics],
+                              table_csvs=[str(r / "report" / "tables" / f"{n}.csv") for n in names],
+                              paper=str(PAPER_FILE),
+                              contact_sheets=sorted(map(str, r.glob("report/figures/contact_sheet_*.png"))),
+                              samples=[str(r / "data" / f"{t}_sample.parquet") for t in ("pope", "caption")],
+                              inference=sorted(map(str, r.glob("inference/*/*/*/r*.parquet"))),
+                              figures=sorted(map(str, r.glob("analysis/*/*.png"))),
+                              result_figures=sorted(map(str, r.glob("figures/*.png")))),
+        output=SimpleNamespace(html=str(out / "index.html"), md=str(out / "summary.md")),
+        params=SimpleNamespace(cfg=json.dumps(cfg), models=models, settings=settings),
+        log=[])
+
+
+def test_report_reads_the_metrics_not_the_markdown(demo_run, tmp_path):
+    """A finished run whose metrics table changes and whose Markdown tables are garbage: the page and the summary
+    show the metrics table's number, and nothing from the Markdown."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_run / "results", run / "results", ignore=shutil.ignore_patterns(".partial", "benchmarks"))
+    metrics_path = run / "results" / "scores" / "pope_metrics.parquet"
+    table = pq.read_table(metrics_path)
+    rows = table.to_pylist()
+    for row in rows:  # every model's baseline, so the first model's table shows it
+        if row["setting"] == "baseline":
+            row["accuracy"], row["accuracy_ci_low"], row["accuracy_ci_high"] = 0.98765, 0.97111, 0.99222
+    changed = pa.Table.from_pylist(rows, schema=table.schema)
+    pq.write_table(changed.replace_schema_metadata(table.schema.metadata), metrics_path)
+    for md in [*run.glob("results/tables/*.md"), *run.glob("results/report/tables/*.md")]:
+        md.write_text("# garbage\n\n| Setting | x paper | y paper |\n|---|---|---|\n"
+                      "| baseline | 12.3 [1.0, 2.0] | 4 |\n")
+    smk = demo_report_inputs(run, run / "results" / "report")
+    report.main(smk)
+    page = Path(smk.output.html).read_text(encoding="utf-8")
+    table1 = page[page.index(">Table 1 · POPE adversarial</h3>"):page.index(">Table 2 · CHAIR")]
+    first = table1.split("<h4>")[1]
+    assert "<td class='label'>baseline</td><td class='num'><span class='v'>98.8</span> " \
+           "<span class='ci'>[97.1, 99.2]</span></td>" in first
+    assert "garbage" not in page and "12.3" not in page
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == (
+        len(smk.input.contact_sheets) + len(smk.input.figures) + len(smk.input.result_figures))
+    summary = Path(smk.output.md).read_text(encoding="utf-8")
+    assert "| baseline | 98.8 [97.1, 99.2] |" in summary and "garbage" not in summary
+
+
 def test_report_rules_in_dag(tmp_path):
-    """The report needs every table, contact sheet, figure and inference file, and runs on the submit host."""
+    """The report needs every table, contact sheet, figure and inference file, and runs on the submit host; it
+    reads the metrics tables and the tables' CSV files, never their Markdown."""
     # conftest passes --quiet=rules, which hides the per-job blocks; the later --quiet=progress replaces it
     proc = run_snakemake(tmp_path, "-n", "--forceall", "--quiet=progress", "results/report/index.html", timeout=300)
     jobs = set(re.findall(r"^rule (\w+):", proc.stdout, re.M))
     assert {"report", "report_table", "report_contact_sheet", "infer", "table1_pope", "table2_chair"} <= jobs
     assert {"attention", "layer_similarity", "modality_gap"} <= jobs
+    report_job = proc.stdout[proc.stdout.index("rule report:"):]
+    inputs = re.search(r"^\s+input: (.*)$", report_job, re.M).group(1).split(", ")
+    assert {"results/scores/pope_metrics.parquet", "results/scores/chair_metrics.parquet",
+            "results/report/tables/table1_pope.csv"} <= set(inputs)
+    assert any(p.endswith("paper_numbers.yaml") for p in inputs)
+    assert not any(p.endswith(".md") for p in inputs)

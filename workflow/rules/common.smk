@@ -252,11 +252,24 @@ def report_table_names():
 
 
 def report_inputs(wildcards):
-    """Everything the summary page shows; analyses only when their outputs are part of the run."""
+    """Everything the summary page shows; analyses only when their outputs are part of the run. The tables are
+    read as data: the metrics tables of the scoring stage, the paper's numbers from the tables' CSV files and the
+    paper's model and row names from the paper file (never the Markdown tables)."""
+    metrics_of_task = {"pope": "pope_metrics", "caption": "chair_metrics"}
     inputs = {
-        "tables": [f"results/report/tables/{name}.md" for name in report_table_names()],
+        "metrics": [
+            f"results/scores/{metrics_of_task[t]}.parquet"
+            for t in TASKS
+            if t in metrics_of_task
+        ],
         "table_csvs": [
             f"results/report/tables/{name}.csv" for name in report_table_names()
+        ],
+        "paper": scoring_data("paper_numbers.yaml"),
+        # the page's templates: editing one rebuilds the page (relative, like scoring_data)
+        "templates": [
+            os.path.relpath(f"{workflow.basedir}/workflow/report/{name}")
+            for name in ("index.html.j2", "summary.md.j2")
         ],
         "contact_sheets": [
             f"results/report/figures/contact_sheet_{t}.png" for t in TASKS

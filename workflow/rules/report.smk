@@ -1,5 +1,6 @@
-# Stage: report. A self-contained summary page (results/report/index.html + summary.md) built from the tables,
-# contact sheets, analysis figures and the inference metadata; the same files are marked for `snakemake --report`.
+# Stage: report. A self-contained summary page (results/report/index.html + summary.md) built from the metrics
+# tables, the tables' CSV files, contact sheets, analysis figures and the inference metadata, rendered with the
+# Jinja2 templates in workflow/report/; the same files are marked for `snakemake --report`.
 
 
 report: "../report/workflow.rst"
@@ -77,6 +78,7 @@ rule report:
             "render",
             ("data", "pope"),
         ),
-        tasks=TASKS,
+        models=MODELS,
+        settings=SETTINGS,
     script:
         "../scripts/report.py"

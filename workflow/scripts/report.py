@@ -1,25 +1,37 @@
 """Stage: report. One self-contained page (results/report/index.html, images embedded) and a Markdown summary.
 
 The page shows what was run (config hash, models with their revisions, sample sizes, library versions read from
-the inference files' metadata), Table 1 and Table 2 next to the paper's numbers, each followed by its figure
-(plot_results.py), the contact sheets of the rendered variants and the analysis figures, each with the caption the
-workflow ships in workflow/report/*.rst.
+the inference files' metadata), Table 1, Table 2 and the P(yes) table next to the paper's numbers, each followed by
+its figure (plot_results.py), the contact sheets of the rendered variants and the analysis figures, each with the
+caption the workflow ships in workflow/report/*.rst.
+
+The numbers are read as data, never from the Markdown tables: every value, interval, delta, p-value and spread
+comes from the scoring stage's metrics tables (results/scores/{pope,chair}_metrics.parquet, checked against their
+schemas), the paper's numbers from the tables' CSV files (``<model>:<metric>_paper``, already matched to the
+config's models by score.py), the paper's model labels and row names from workflow/data/paper_numbers.yaml. Both
+files are rendered by Jinja2 templates in workflow/report/: index.html.j2 (autoescaped) and summary.md.j2.
 """
 
-
 import base64
+import csv
 import html
 import json
+import math
 import os
 import re
 import types
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 import pipeline_io
+import pyarrow.parquet as pq
+import yaml
+from markupsafe import Markup, escape
 from pipeline_io import PipelineError, atomic_output, log, params_config, read_metadata, run_main
 
 REPORT_DIR = Path(pipeline_io.__file__).resolve().parent.parent / "report"
+SIGNIFICANT = 0.05  # a delta whose p-value is below this is emphasised
 
 # Analysis figures in reading order: file name -> (title, caption file in workflow/report/).
 FIGURES = {
@@ -39,157 +51,433 @@ TABLE_TITLES = {"table1_pope": "Table 1 · POPE adversarial", "pope_pyes": "POPE
 TASK_TITLES = {"pope": "POPE (yes/no questions)", "caption": "Captions (CHAIR)"}
 
 
-# --- small text helpers ------------------------------------------------------------------------------------------
+# --- what each table shows ----------------------------------------------------------------------------------------
 
-def inline_markup(text: str) -> str:
+@dataclass(frozen=True)
+class Metric:
+    """One column of a metrics table (a fraction there) as a table shows it: scaled, rounded."""
+    column: str
+    label: str
+    scale: float
+    decimals: int
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    metrics: str  # the metrics table it reads: results/scores/<metrics>.parquet, schema <metrics>
+    columns: tuple[Metric, ...]
+    unit: str  # what the bootstrap resamples, for the notes
+    paper: bool = True  # settings as rows, one table per model with the paper's numbers beside ours
+    strict: bool = False  # followed by the strict parser's accuracy and unknown answers
+    notes: tuple[str, ...] = ()  # (one decoding repeat, several)
+
+
+# The notes under Table 1 and Table 2: (with one decoding repeat, with several). With several, McNemar's one answer
+# per question no longer exists and every p-value is the paired bootstrap's.
+_TABLE1_NOTE = ("Answers read with POPE's official rule (text before the first '.', a word 'No'/'not'/'no' -> no). "
+                "Intervals (and Δ intervals) come from a clustered bootstrap that resamples images, each with all its "
+                "questions, because answers about one image are correlated. ")
+TABLE1_NOTES = (_TABLE1_NOTE + "p: exact McNemar test for accuracy and yes-ratio (per question, treating questions as "
+                "independent), paired image-level bootstrap for F1.",
+                _TABLE1_NOTE + "p: paired image-level bootstrap for every metric (an exact McNemar test needs one "
+                "answer per question; with several decoding repeats the bootstrap uses them all).")
+_TABLE2_NOTE = ("CHAIRs: captions with at least one hallucinated COCO object; CHAIRi: hallucinated object mentions / "
+                "object mentions (repeated mentions count). ")
+TABLE2_NOTES = (_TABLE2_NOTE + "One caption per image, so resampling captions is resampling images. p: paired "
+                "bootstrap over images.",
+                _TABLE2_NOTE + "One caption per image and repeat. p: paired bootstrap over images.")
+PYES_NOTE = ("P(yes) = P(Yes) / (P(Yes) + P(No)) at the first generated step, where the backend gives it (rows "
+             "without it are left out; — no P(yes) at all). AUROC: of P(yes) against the label (Mann–Whitney, ties "
+             "count half); Brier: mean (P(yes) − label)²; ECE: expected calibration error over 10 equal-width bins; "
+             "Disagree: answers whose parsed answer (POPE's official rule) differs from P(yes) > 0.5. ECE is biased "
+             "upwards in small samples and more so in a resample, so its interval can lie above the value.")
+
+
+STRICT = Metric("strict_accuracy", "strict Acc (%)", 100.0, 1)
+TABLES = {
+    "table1_pope": TableSpec("pope_metrics", (Metric("accuracy", "Acc (%)", 100.0, 1), Metric("f1", "F1", 1.0, 2),
+                                              Metric("yes_ratio", "Yes-ratio", 1.0, 2)),
+                             "images resampled with all their questions", strict=True, notes=TABLE1_NOTES),
+    "pope_pyes": TableSpec("pope_metrics", (Metric("p_yes_auroc", "AUROC", 1.0, 3),
+                                            Metric("p_yes_brier", "Brier", 1.0, 3),
+                                            Metric("p_yes_ece", "ECE", 1.0, 3),
+                                            Metric("p_yes_disagreement", "Disagree (%)", 100.0, 1)),
+                           "images resampled with all their questions", paper=False),
+    "table2_chair": TableSpec("chair_metrics", (Metric("chair_s", "CHAIRs (%)", 100.0, 1),
+                                                Metric("chair_i", "CHAIRi (%)", 100.0, 1)),
+                              "captions resampled (one per image)", notes=TABLE2_NOTES),
+}
+
+
+# --- reading the data --------------------------------------------------------------------------------------------
+
+def read_checked(path: str | Path, schema_name: str) -> tuple[list[dict], dict]:
+    """The rows (dicts) of a Parquet table after checking it against its schema, and the table's metadata."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: file not found; rerun the rule that writes it")
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise PipelineError(f"{path}: not a readable Parquet file ({err}); delete it and rerun the rule") from err
+    pipeline_io.check_table(table, schema_name, source=str(path))
+    return table.to_pylist(), read_metadata(path)
+
+
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        raise PipelineError(f"{path}: cannot read the table ({err}); rerun the rule that writes it") from err
+
+
+def read_paper(path: str | Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            paper = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"{path}: cannot read the paper's numbers ({err})") from err
+    if not isinstance(paper, dict):
+        raise PipelineError(f"{path}: expected a mapping with 'models' and 'settings'")
+    return paper
+
+
+def number(value) -> float:
+    """A table value as a float: NaN for a missing one (null, empty CSV cell)."""
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def sample_sizes(sample_paths: list[str]) -> dict[str, int]:
+    """Rows of each sample table (results/data/<task>_sample.parquet), by task, from the Parquet footer."""
+    sizes = {}
+    for path in sample_paths:
+        task = Path(path).stem.removesuffix("_sample")
+        try:
+            sizes[task] = pq.read_metadata(path).num_rows
+        except (OSError, ValueError) as err:  # a missing or corrupt file
+            raise PipelineError(f"{path}: cannot read the sample table ({err}); rerun the rule that writes it") \
+                from err
+    return sizes
+
+
+def match_paper_models(models: dict[str, dict], paper_models: dict[str, dict]) -> dict[str, str]:
+    """Our model key -> the paper's model key, by the rule score.py's tables use (and paper_numbers.yaml states):
+    by Hugging Face id, else by equal key, else by family when the family is unambiguous on both sides."""
+    matched: dict[str, str] = {}
+    for ours, cfg in models.items():
+        for theirs, info in paper_models.items():
+            if str(cfg.get("path", "")).lower() == str(info.get("hf_id", "")).lower():
+                matched[ours] = theirs
+                break
+    for ours in models:
+        if ours not in matched and ours in paper_models and ours not in matched.values():
+            matched[ours] = ours
+    taken = set(matched.values())
+    for ours, cfg in models.items():
+        if ours in matched:
+            continue
+        family = cfg.get("family")
+        theirs = [k for k, v in paper_models.items() if v.get("family") == family and k not in taken]
+        same_family = [k for k, v in models.items() if v.get("family") == family and k not in matched]
+        if len(theirs) == 1 and same_family == [ours]:
+            matched[ours] = theirs[0]
+            taken.add(theirs[0])
+    return matched
+
+
+def model_labels(models: dict[str, dict], paper: dict) -> dict[str, str]:
+    """Each model's name in the tables: the paper's label of the model it matches, else its config key."""
+    paper_models = paper.get("models") or {}
+    matched = match_paper_models(models, paper_models)
+    return {m: str(paper_models[matched[m]].get("label") or m) if m in matched else m for m in models}
+
+
+def setting_labels(settings: list[str], paper: dict) -> dict[str, str]:
+    """Each setting's row label: its id, with the paper's row name beside it where that differs."""
+    theirs = {str(ours): str(name) for name, ours in (paper.get("settings") or {}).items()}
+    return {s: f"{s} ({theirs[s]})" if s in theirs and theirs[s].lower() != s.lower() else s for s in settings}
+
+
+# --- table cells -------------------------------------------------------------------------------------------------
+
+def fmt(value: float, decimals: int, sign: bool = False) -> str:
+    """A number as the tables print it: fixed decimals, a real minus sign, ± for a zero change, — for none."""
+    if not math.isfinite(value):
+        return "—"
+    if sign and round(value, decimals) == 0:
+        return f"±{0:.{decimals}f}"
+    text = f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
+    return text.replace("-", "−")
+
+
+def fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return ""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell. kind: ``label`` (a row name), ``num`` (a value with its interval and change to the
+    baseline), ``text`` (shown as it is, right-aligned) or ``paper`` (the paper's number)."""
+    value: str
+    kind: str = "num"
+    ci: str = ""
+    delta: str = ""
+    p: str = ""
+    significant: bool = False
+
+    @property
+    def css(self) -> str:
+        return {"label": "label", "paper": "paper"}.get(self.kind, "num")
+
+    @property
+    def text(self) -> str:
+        """The cell in Markdown: ``value [low, high] · Δ delta, p=…``."""
+        out = self.value + (f" {self.ci}" if self.ci else "")
+        if self.delta:
+            out += f" · {self.delta}" + (f", {self.p}" if self.p else "")
+        return out
+
+
+def result_cell(row: dict | None, metric: Metric, delta: bool = True) -> Cell:
+    """A metric of one metrics row: value [interval], and (``delta``) for a setting other than the baseline its
+    change to the baseline with the p-value. — when the group has no row or no value."""
+    def get(key: str) -> float:
+        if not row:
+            return math.nan
+        return number(row.get(key)) * (1.0 if key.endswith("_p_value") else metric.scale)
+
+    value = get(metric.column)
+    if not math.isfinite(value):
+        return Cell("—", "text")
+    d = metric.decimals
+    ci = f"[{fmt(get(metric.column + '_ci_low'), d)}, {fmt(get(metric.column + '_ci_high'), d)}]"
+    change, p = get(f"{metric.column}_delta"), get(f"{metric.column}_p_value")
+    if not delta or not math.isfinite(change):  # the baseline itself has none
+        return Cell(fmt(value, d), ci=ci)
+    return Cell(fmt(value, d), ci=ci, delta=f"Δ {fmt(change, d, sign=True)}", p=fmt_p(p),
+                significant=math.isfinite(p) and p < SIGNIFICANT)
+
+
+def spread_cell(row: dict | None, metric: Metric) -> Cell:
+    """The spread over decoding repeats: SD (min–max) of the per-repeat values."""
+    if not row:
+        return Cell("—", "text")
+    sd, low, high = (number(row.get(f"{metric.column}_repeat_{k}")) * metric.scale for k in ("sd", "min", "max"))
+    if not math.isfinite(low):
+        return Cell("—", "text")
+    d = metric.decimals
+    return Cell(f"{fmt(sd, d)} ({fmt(low, d)}–{fmt(high, d)})", "text")
+
+
+def count_cell(row: dict | None, part: str, whole: str = "n") -> Cell:
+    if not row or row.get(part) is None or row.get(whole) is None:
+        return Cell("—", "text")
+    return Cell(f"{int(row[part])} / {int(row[whole])}", "text")
+
+
+def paper_cell(value: str | None, decimals: int) -> Cell:
+    return Cell(fmt(number(value), decimals), "paper")
+
+
+# --- tables ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    kind: str = "num"  # "label", "num" or "paper", as the cells below it
+    own: bool = True  # in a wide Markdown table, prefixed with the model's label ("paper" and counts are not)
+
+
+@dataclass
+class Table:
+    columns: list[Column]
+    rows: list[list[Cell]]
+    title: str = ""  # the model's label, in a group of per-model tables
+
+
+@dataclass
+class Block:
+    """A paragraph (``note``) or tables: one per model side by side (``grouped``), or a single table."""
+    note: str = ""
+    tables: list[Table] = field(default_factory=list)
+    grouped: bool = False
+
+    @property
+    def tiles(self) -> bool:
+        """Narrow per-model tables (at most two columns beside the row label) tile side by side."""
+        return self.grouped and max(len(t.columns) for t in self.tables) <= 3
+
+    def markdown(self) -> tuple[list[str], list[str], list[list[str]]]:
+        """(header, alignment, rows) of the block as one Markdown table: per-model tables side by side, each
+        column headed by the model's label (the layout of the tables under results/tables/)."""
+        if not self.grouped:
+            table = self.tables[0]
+            header = [c.label for c in table.columns]
+            kinds = [c.kind for c in table.columns]
+            rows = [[c.text for c in row] for row in table.rows]
+        else:
+            first = self.tables[0]
+            header, kinds = [first.columns[0].label], ["label"]
+            for t in self.tables:
+                header += [f"{t.title} {c.label}" if c.own else c.label for c in t.columns[1:]]
+                kinds += [c.kind for c in t.columns[1:]]
+            rows = [[row[0].text] + [c.text for t in self.tables for c in t.rows[i][1:]]
+                    for i, row in enumerate(first.rows)]
+        align = [":---" if k == "label" else "---:" for k in kinds]
+        return header, align, rows
+
+
+@dataclass
+class TableSection:
+    name: str
+    title: str
+    caption: Markup
+    blocks: list[Block]
+    figure: "Figure | None" = None
+
+
+def repeats_in(rows: list[dict]) -> int:
+    """The most decoding repeats any group of a metrics table has (1 without the column)."""
+    return max([1] + [int(r["n_repeats"]) for r in rows if r.get("n_repeats") is not None])
+
+
+def paired_tables(by_key: dict, paper_rows: dict[str, dict], models: list[str],
+                  settings: list[str], labels: dict[str, str], rows_of: dict[str, str], columns, cells) -> Block:
+    """One table per model (rows: settings): ``columns`` and ``cells(row, paper_row, model)`` give its columns."""
+    tables = []
+    for model in models:
+        body = []
+        for setting in settings:
+            row = by_key.get((model, setting))
+            body.append([Cell(rows_of[setting], "label")] + cells(row, paper_rows.get(setting, {}), model))
+        tables.append(Table([Column("Setting", "label")] + columns, body, labels[model]))
+    return Block(tables=tables, grouped=True)
+
+
+def value_note(spec: TableSpec, pct: int) -> str:
+    return (f"Ours: value [{pct}% percentile bootstrap interval, {spec.unit}]; Δ: difference to the baseline setting "
+            "of the same model on the same samples, with its p-value; paper: the published number (— not reported).")
+
+
+def repeats_note(repeats: int, unit: str, where: str = "shown below") -> str:
+    return (f"Decoding repeats: every request was run {repeats} times (repeat 0 with the config seed, the others "
+            "with seeds derived from it); each value is the mean of the per-repeat values, its interval comes from "
+            f"the same clustered bootstrap ({unit}, each image with all its repeats), so it covers the sampling of "
+            f"images and the decoding noise together; the per-repeat spread is {where}.")
+
+
+def result_blocks(spec: TableSpec, metrics: list[dict], paper_rows: dict[str, dict], models: list[str],
+                  settings: list[str], labels: dict[str, str], rows_of: dict[str, str], confidence: float
+                  ) -> list[Block]:
+    """The tables and notes of one results table, from its metrics rows (and the paper's numbers)."""
+    present = {(r["model"], r["setting"]) for r in metrics}
+    models = [m for m in models if any(k[0] == m for k in present)]
+    settings = [s for s in settings if any(k[1] == s for k in present)]
+    by_key = {(r["model"], r["setting"]): r for r in metrics}
+    repeats = repeats_in(metrics)
+    pct = round(confidence * 100)
+    if not models or not settings:
+        return [Block(note=f"No scored groups in {spec.metrics} for the configured models and settings.")]
+    if not spec.paper:
+        return pyes_blocks(spec, by_key, models, settings, labels, repeats, pct)
+    columns = [c for m in spec.columns for c in (Column(m.label), Column("paper", "paper", own=False))]
+
+    def main_cells(row, paper_row, model):
+        return [c for m in spec.columns for c in (result_cell(row, m),
+                                                  paper_cell(paper_row.get(f"{model}:{m.column}_paper"), m.decimals))]
+
+    blocks = [paired_tables(by_key, paper_rows, models, settings, labels, rows_of, columns, main_cells)]
+    blocks.append(Block(note=value_note(spec, pct)))
+    if spec.notes:
+        blocks.append(Block(note=spec.notes[0 if repeats == 1 else -1]))
+    if repeats > 1:
+        blocks.append(Block(note=repeats_note(repeats, spec.unit)))
+        blocks.append(Block(note=f"Spread over the {repeats} decoding repeats: SD (min–max) of the per-repeat values:"))
+        blocks.append(paired_tables(by_key, paper_rows, models, settings, labels, rows_of,
+                                    [Column(m.label) for m in spec.columns],
+                                    lambda row, _paper, _model: [spread_cell(row, m) for m in spec.columns]))
+    if spec.strict:
+        blocks.append(Block(note="Strict parser (yes / no / unknown; unknown counts as wrong):"))
+        blocks.append(paired_tables(by_key, paper_rows, models, settings, labels, rows_of,
+                                    [Column(STRICT.label), Column("unknown / n", own=False)],
+                                    lambda row, _paper, _model: [result_cell(row, STRICT, delta=False),
+                                                                 count_cell(row, "n_unknown")]))
+    return blocks
+
+
+def pyes_blocks(spec: TableSpec, by_key: dict, models: list[str], settings: list[str], labels: dict[str, str],
+                repeats: int, pct: int) -> list[Block]:
+    """The P(yes) table: one row per model and setting (the model named on its first row)."""
+    columns = [Column("Model", "label"), Column("Setting", "label"), Column("with P(yes) / n")]
+    columns += [Column(m.label) for m in spec.columns]
+    rows = []
+    for model in models:
+        first = True
+        for setting in settings:
+            row = by_key.get((model, setting))
+            if row is None:
+                continue
+            rows.append([Cell(labels[model] if first else "", "label"), Cell(setting, "label"),
+                         count_cell(row, "n_p_yes")] + [result_cell(row, m) for m in spec.columns])
+            first = False
+    blocks = [Block(tables=[Table(columns, rows)]), Block(note=PYES_NOTE),
+              Block(note=f"Value [{pct}% percentile bootstrap interval, {spec.unit}]; Δ: difference to the baseline "
+                         "setting of the same model on the questions both answered with a P(yes), with its paired "
+                         "image-level bootstrap p-value.")]
+    if repeats > 1:
+        blocks.append(Block(note=repeats_note(repeats, spec.unit,
+                                              "in the CSV (`*_repeat_sd`, `*_repeat_min`, `*_repeat_max`)")))
+    return blocks
+
+
+# --- captions and figures ----------------------------------------------------------------------------------------
+
+def inline_markup(text: str) -> Markup:
     """Escape HTML, then turn rst/markdown inline markup (``code``, `code`, **bold**, *em*) into tags."""
     out = html.escape(text, quote=False)
     out = re.sub(r"``(.+?)``", r"<code>\1</code>", out)
     out = re.sub(r"`([^`]+?)`", r"<code>\1</code>", out)
     out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
     out = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", out)
-    return out
+    return Markup(out)
 
 
-def caption_html(name: str, context: dict | None = None) -> str:
+def break_underscores(text: str) -> Markup:
+    """A long setting name may break after its underscores."""
+    return Markup(str(escape(text)).replace("_", "_<wbr>"))
+
+
+def caption_html(name: str, context: dict | None = None) -> Markup:
     """A caption file of workflow/report as HTML paragraphs, rendered with Jinja2 as `snakemake --report` renders
-    it (``snakemake.wildcards`` holds ``context``). Missing file: empty."""
+    it (``snakemake.wildcards`` holds ``context``), its inline markup turned into tags. Missing file: empty."""
     path = REPORT_DIR / name
-    if not path.exists():
-        return ""
+    if not name or not path.exists():
+        return Markup("")
     wildcards = types.SimpleNamespace(**(context or {}))
     text = jinja2.Template(path.read_text(encoding="utf-8")).render(
         snakemake=types.SimpleNamespace(wildcards=wildcards))
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
-    return "".join(f"<p>{inline_markup(p)}</p>" for p in paragraphs)
+    return Markup("").join(Markup("<p>{}</p>").format(inline_markup(p)) for p in paragraphs)
 
 
-def markdown_to_html(md: str) -> str:
-    """The subset of Markdown the table files use: '#' headings (dropped: the page has its own), pipe tables
-    (right-aligned numbers, 'paper' columns marked), and paragraphs."""
-    blocks, table, para = [], [], []
+@dataclass
+class Figure:
+    path: str
+    title: str
+    caption: Markup = Markup("")
 
-    def flush_para():
-        if para:
-            blocks.append(f"<p class='note'>{inline_markup(' '.join(para))}</p>")
-            para.clear()
-
-    def flush_table():
-        if table:
-            blocks.append(pipe_table_html(table))
-            table.clear()
-
-    for line in md.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("|"):
-            flush_para()
-            table.append(stripped)
-        elif not stripped:
-            flush_para()
-            flush_table()
-        elif stripped.startswith("#"):
-            flush_para()
-            flush_table()
-        else:
-            flush_table()
-            para.append(stripped)
-    flush_para()
-    flush_table()
-    return "\n".join(blocks)
-
-
-def _cells(row: str) -> list[str]:
-    return [c.strip() for c in row.strip().strip("|").split("|")]
-
-
-def model_groups(header: list[str]) -> list[tuple[str, list[int]]] | None:
-    """Split a wide results header (``Setting | <Model> <metric> | paper | <Model> <metric> | ...``) into
-    (model, column indices) groups, or None when the table is not of that shape (fewer than two models).
-
-    A header's first word is a model when another first word heads the same metric (the rest of a header);
-    columns whose first word is not a model (``paper``, ``unknown / n``) belong to the model column before them."""
-    rests: dict[str, set[str]] = {}
-    for h in header[1:]:
-        word, _, rest = h.partition(" ")
-        if h.lower() != "paper" and rest:
-            rests.setdefault(word, set()).add(rest)
-    models = {w for w, r in rests.items() if any(r & other for o, other in rests.items() if o != w)}
-    if len(models) < 2 or header[1].partition(" ")[0] not in models:
-        return None
-    groups: list[tuple[str, list[int]]] = []
-    for i, h in enumerate(header[1:], start=1):
-        word = h.partition(" ")[0]
-        if word in models and h.lower() != "paper" and (not groups or groups[-1][0] != word):
-            groups.append((word, []))
-        groups[-1][1].append(i)
-    return groups
-
-
-def result_cell_html(text: str) -> str:
-    """``50.0 [38.3, 63.3] · Δ +1.7, p=0.012``: the value, its interval in small print, the change to the baseline
-    on a second line (emphasised when p < 0.05). Anything else: escaped as it is."""
-    m = re.fullmatch(r"(?P<v>[-−+\d.]+)\s*(?P<ci>\[[^\]]*\])?\s*(?:·\s*(?P<d>Δ\s*[^,]+?)(?:,\s*p=(?P<p>[\d.]+))?)?",
-                     text.strip())
-    if not m:
-        return inline_markup(text)
-    out = f"<span class='v'>{html.escape(m['v'])}</span>"
-    if m["ci"]:
-        out += f" <span class='ci'>{html.escape(m['ci'])}</span>"
-    if m["d"]:
-        significant = m["p"] is not None and float(m["p"]) < 0.05
-        delta = html.escape(m["d"]) + (f" · p={html.escape(m['p'])}" if m["p"] else "")
-        out += f"<br><span class='delta{' sig' if significant else ''}'>{delta}</span>"
-    return out
-
-
-def grouped_tables_html(header: list[str], body: list[list[str]], groups: list[tuple[str, list[int]]]) -> str:
-    """One compact table per model (rows: settings; columns: its metrics, ours then the paper's)."""
-    narrow = max(len(cols) for _, cols in groups) <= 2
-    parts = [f"<div class='model-tables{' tiles' if narrow else ''}'>"]
-    for model, cols in groups:
-        head = [f"<th class='label'>{inline_markup(header[0])}</th>"]
-        for i in cols:
-            if header[i].lower() == "paper":
-                head.append("<th class='paper'>paper</th>")
-            else:
-                word, _, rest = header[i].partition(" ")
-                head.append(f"<th>{inline_markup(rest if word == model else header[i])}</th>")
-        rows = []
-        for cells in body:
-            label = inline_markup(cells[0]).replace("_", "_<wbr>")  # long setting names break at underscores
-            tds = [f"<td class='label'>{label}</td>"]
-            for i in cols:
-                c = cells[i] if i < len(cells) else ""
-                if header[i].lower() == "paper":
-                    tds.append(f"<td class='paper'>{inline_markup(c)}</td>")
-                else:
-                    tds.append(f"<td class='num'>{result_cell_html(c)}</td>")
-            rows.append("<tr>" + "".join(tds) + "</tr>")
-        parts.append(f"<div class='model-table'><h4>{inline_markup(model)}</h4><div class='table-wrap'>"
-                     f"<table class='results'><thead><tr>{''.join(head)}</tr></thead>"
-                     f"<tbody>{''.join(rows)}</tbody></table></div></div>")
-    parts.append("</div>")
-    return "".join(parts)
-
-
-def pipe_table_html(rows: list[str]) -> str:
-    header = _cells(rows[0])
-    body = [_cells(r) for r in rows[1:] if not re.fullmatch(r"\|?[\s:|-]+\|?", r)]
-    groups = model_groups(header)
-    if groups:
-        return grouped_tables_html(header, body, groups)
-    paper_cols = {i for i, h in enumerate(header) if h.lower() == "paper"}
-    head = "".join(f"<th class='{'paper' if i in paper_cols else ''}'>{inline_markup(h)}</th>"
-                   for i, h in enumerate(header))
-    lines = []
-    for cells in body:
-        tds = []
-        for i, c in enumerate(cells):
-            cls = "paper" if i in paper_cols else ("label" if i == 0 else "num")
-            tds.append(f"<td class='{cls}'>{inline_markup(c)}</td>")
-        lines.append("<tr>" + "".join(tds) + "</tr>")
-    return (f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(lines)}</tbody></table></div>")
+    @property
+    def src(self) -> str:
+        return data_uri(self.path)
 
 
 def data_uri(path: str | Path) -> str:
@@ -197,6 +485,20 @@ def data_uri(path: str | Path) -> str:
     if not path.exists():
         raise PipelineError(f"{path}: figure not found; rerun the rule that writes it")
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def result_figure(name: str, path: str) -> Figure:
+    title, caption_file = RESULT_FIGURES.get(name, (name.replace("_", " ").capitalize(), ""))
+    return Figure(path, title, caption_html(caption_file))
+
+
+def analysis_figures(paths: list[str]) -> list[Figure]:
+    order = {name: i for i, name in enumerate(FIGURES)}
+    out = []
+    for path in sorted(paths, key=lambda p: order.get(Path(p).name, len(order))):
+        title, caption_file = FIGURES.get(Path(path).name, (Path(path).stem.replace("_", " ").capitalize(), ""))
+        out.append(Figure(path, title, caption_html(caption_file)))
+    return out
 
 
 # --- facts about the run -----------------------------------------------------------------------------------------
@@ -224,219 +526,111 @@ def run_facts(inference_paths: list[str]) -> dict:
     return {"models": models, "versions": {k: sorted(v) for k, v in sorted(versions.items())}, "jobs": jobs}
 
 
-def sample_sizes(sample_paths: list[str], tasks: list[str]) -> dict[str, int]:
-    sizes = {}
-    for task, path in zip(tasks, sample_paths, strict=True):
-        sizes[task] = pipeline_io.read_table(path).shape[0]
-    return sizes
-
-
-# --- the page -----------------------------------------------------------------------------------------------------
-
-CSS = """
-:root { --ink:#1d2330; --muted:#5d6675; --line:#e3e6ec; --accent:#2f5fd0; --paper:#fff6e0; --bg:#f6f7fa; }
-* { box-sizing: border-box; }
-body { margin:0; font:15px/1.55 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color:var(--ink); background:var(--bg); }
-header { background:linear-gradient(120deg,#1f3c88,#2f5fd0); color:#fff; padding:34px 0 28px; }
-header h1 { margin:0 0 6px; font-size:26px; font-weight:650; }
-header p { margin:0; opacity:.9; max-width:860px; }
-main, .wrap { max-width:1120px; margin:0 auto; padding:0 24px; }
-nav { margin-top:14px; font-size:14px; }
-nav a { color:#fff; opacity:.85; margin-right:16px; text-decoration:none; border-bottom:1px solid rgba(255,255,255,.4); }
-section { background:#fff; border:1px solid var(--line); border-radius:10px; padding:22px 26px; margin:22px 0; }
-h2 { margin:0 0 12px; font-size:20px; }
-h3 { margin:22px 0 8px; font-size:16px; }
-code { background:#eef1f6; padding:1px 5px; border-radius:4px; font-size:13px; }
-.facts { display:grid; grid-template-columns:repeat(auto-fit,minmax(190px,1fr)); gap:12px; margin:6px 0 14px; }
-.fact { border:1px solid var(--line); border-radius:8px; padding:10px 12px; }
-.fact b { display:block; font-size:12px; text-transform:uppercase; letter-spacing:.04em; color:var(--muted); }
-.fact span { font-size:17px; font-weight:600; }
-.table-wrap { overflow-x:auto; margin:8px 0; }
-table { border-collapse:collapse; font-size:13px; width:100%; }
-th, td { padding:6px 9px; border-bottom:1px solid var(--line); white-space:nowrap; }
-th { text-align:right; background:#f0f3f9; font-weight:600; }
-th:first-child, td.label, table.plain th { text-align:left; }
-td.num { text-align:right; font-variant-numeric:tabular-nums; }
-th.paper, td.paper { background:var(--paper); text-align:right; color:#6b4e00; }
-tbody tr:hover td { background:#f4f7ff; }
-p.note { color:var(--muted); font-size:13px; }
-.model-tables { display:grid; grid-template-columns:1fr; gap:6px 22px; margin:6px 0 4px; }
-.model-tables.tiles { grid-template-columns:repeat(auto-fit,minmax(300px,1fr)); }
-.model-table h4 { margin:12px 0 2px; font-size:14px; color:var(--accent); }
-table.results td { vertical-align:top; }
-table.results td.label { width:30%; }
-table.results td.num { line-height:1.35; }
-.tiles table.results td.label { width:auto; white-space:normal; }
-.v { font-weight:600; }
-.ci { color:var(--muted); font-size:11.5px; }
-.delta { color:var(--muted); font-size:11.5px; }
-.delta.sig { color:#a3341f; font-weight:600; }
-figure { margin:18px 0 26px; }
-figure img { max-width:100%; border:1px solid var(--line); border-radius:6px; background:#fff; }
-figcaption { color:var(--muted); font-size:13.5px; max-width:900px; }
-figcaption strong.title { color:var(--ink); display:block; font-size:15px; margin-bottom:3px; }
-.legend { font-size:13px; color:var(--muted); }
-.legend i { display:inline-block; width:12px; height:12px; background:var(--paper); border:1px solid #e8d9a8;
-            vertical-align:-1px; margin-right:4px; }
-footer { color:var(--muted); font-size:12px; padding:10px 0 40px; }
-"""
-
-
-def facts_html(cfg: dict, facts: dict, sizes: dict, config_digest: str) -> str:
-    settings = list(cfg.get("settings", {}))
-    cards = [("Config hash", f"<code>{html.escape(config_digest)}</code>"),
-             ("Models", str(len(cfg.get("models", {})))), ("Settings", str(len(settings))),
-             ("Inference jobs", str(facts["jobs"])), ("Seed", str(cfg.get("seed")))]
+def run_summary(cfg: dict, models: list[str], settings: list[str], facts: dict, sizes: dict,
+                config_digest: str) -> dict:
+    """What the 'What was run' section shows: fact cards, one row per model, decoding, settings, libraries."""
+    cards = [("Config hash", config_digest), ("Models", len(models)), ("Settings", len(settings)),
+             ("Inference jobs", facts["jobs"]), ("Seed", cfg.get("seed"))]
     cards += [(f"{TASK_TITLES.get(t, t)} sample", f"{n:,}") for t, n in sizes.items()]
-    out = ["<div class='facts'>"]
-    out += [f"<div class='fact'><b>{html.escape(k)}</b><span>{v}</span></div>" for k, v in cards]
-    out.append("</div>")
+    cards = [{"label": label, "value": str(value), "code": label == "Config hash"} for label, value in cards]
     rows = []
-    for key, entry in cfg.get("models", {}).items():
+    for key in models:
+        entry = cfg.get("models", {}).get(key, {})
         seen = facts["models"].get(key, {})
         rows.append([key, entry.get("family", ""), seen.get("model_id", entry.get("path", "")),
                      seen.get("commit_hash") or seen.get("revision") or entry.get("revision") or "",
                      seen.get("dtype", entry.get("dtype", "")), seen.get("gpu") or seen.get("device", ""),
                      seen.get("backend", "")])
-    header = ["Model", "Family", "Checkpoint", "Revision", "dtype", "Device", "Backend"]
-    out.append(simple_table(header, rows))
-    decoding = cfg.get("decoding", {})
-    dec = ", ".join(f"{k}={v}" for k, v in sorted(decoding.items()))
-    vers = ", ".join(f"{lib} {'/'.join(v)}" for lib, v in facts["versions"].items()) or "not recorded"
-    out.append(f"<p><b>Decoding:</b> {html.escape(dec)}. <b>Settings:</b> "
-               + ", ".join(f"<code>{html.escape(s)}</code>" for s in settings)
-               + f".<br><b>Libraries (from the inference metadata):</b> {html.escape(vers)}.</p>")
-    return "\n".join(out)
+    return {"cards": cards, "model_header": ["Model", "Family", "Checkpoint", "Revision", "dtype", "Device", "Backend"],
+            "model_rows": [[str(c) for c in row] for row in rows], "settings": settings,
+            "decoding": ", ".join(f"{k}={v}" for k, v in sorted(cfg.get("decoding", {}).items())),
+            "versions": ", ".join(f"{lib} {'/'.join(v)}" for lib, v in facts["versions"].items()),
+            "samples": ", ".join(f"{TASK_TITLES.get(t, t)} {n}" for t, n in sizes.items())}
 
 
-def simple_table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td class='label'>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    return (f"<div class='table-wrap'><table class='plain'><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-            "</table></div>")
+# --- rendering ---------------------------------------------------------------------------------------------------
+
+def templates(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPORT_DIR), autoescape=autoescape,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters.update(markup=inline_markup, wbr=break_underscores,
+                       mdcell=lambda text: str(text).replace("|", "\\|").replace("\n", " "))
+    return env
 
 
-def figure_html(path: str, title: str, caption: str) -> str:
-    return (f"<figure><img src='{data_uri(path)}' alt='{html.escape(title)}'>"
-            f"<figcaption><strong class='title'>{html.escape(title)}</strong>{caption}</figcaption></figure>")
+def render_page(run: dict, n_models: int, config_digest: str, intro: Markup, tables: list[TableSection],
+                result_figures: list[Figure], contact_sheets: list[Figure], figures: list[Figure]) -> str:
+    """The page (index.html.j2); ``result_figures`` are those whose table is not shown."""
+    return templates(autoescape=True).get_template("index.html.j2").render(
+        run=run, n_models=n_models, config_digest=config_digest, intro=intro, tables=tables,
+        result_figures=result_figures, contact_intro=caption_html("contact_sheet.rst"),
+        contact_sheets=contact_sheets, figures=figures)
 
 
-def result_figure_html(name: str, path: str) -> str:
-    title, caption_file = RESULT_FIGURES.get(name, (name.replace("_", " ").capitalize(), ""))
-    return figure_html(path, title, caption_html(caption_file) if caption_file else "")
+def render_summary(run: dict, cfg: dict, config_digest: str, tables: list[TableSection],
+                   result_figures: list[Figure], other_figures: list[str], md_dir: str | Path) -> str:
+    """The Markdown summary (summary.md.j2): figures are linked relative to ``md_dir`` (the summary's folder)."""
+    def link(path: str) -> str:
+        return Path(os.path.relpath(path, md_dir)).as_posix()
+
+    return templates(autoescape=False).get_template("summary.md.j2").render(
+        run=run, seed=cfg.get("seed"), config_digest=config_digest, tables=tables, result_figures=result_figures,
+        other_figures=other_figures, link=link)
 
 
-def build_page(cfg: dict, facts: dict, sizes: dict, config_digest: str, tables: dict[str, str],
-               contact_sheets: dict[str, str], figures: list[str],
-               result_figures: dict[str, str] | None = None) -> str:
-    """The page; ``result_figures`` (table name -> PNG) are shown right after the table they draw."""
-    result_figures = dict(result_figures or {})
-    nav = ["<a href='#run'>What was run</a>"]
-    sections = [f"<section id='run'><h2>What was run</h2>{facts_html(cfg, facts, sizes, config_digest)}</section>"]
-    if tables or result_figures:
-        nav.append("<a href='#tables'>Tables</a>")
-        parts = ["<section id='tables'><h2>Results next to the paper</h2>",
-                 "<p class='legend'><i></i>shaded columns: the paper's published numbers (— where it gives none)</p>"]
-        for name, md in tables.items():
-            parts.append(f"<h3>{html.escape(TABLE_TITLES.get(name, name))}</h3>")
-            parts.append(caption_html("tables.rst", {"table": name}))
-            parts.append(markdown_to_html(md))
-            if name in result_figures:
-                parts.append(result_figure_html(name, result_figures.pop(name)))
-        parts += [result_figure_html(name, path) for name, path in result_figures.items()]  # without their table
-        parts.append("</section>")
-        sections.append("\n".join(parts))
-    if contact_sheets:
-        nav.append("<a href='#images'>Images</a>")
-        intro = caption_html("contact_sheet.rst")
-        parts = ["<section id='images'><h2>What the models see</h2>", intro]
-        for task, path in contact_sheets.items():
-            parts.append(figure_html(path, f"Contact sheet · {TASK_TITLES.get(task, task)}", ""))
-        parts.append("</section>")
-        sections.append("\n".join(parts))
-    if figures:
-        nav.append("<a href='#analyses'>Analyses</a>")
-        parts = ["<section id='analyses'><h2>Why: encoder analyses</h2>"]
-        order = {name: i for i, name in enumerate(FIGURES)}
-        for path in sorted(figures, key=lambda p: order.get(Path(p).name, len(order))):
-            title, caption_file = FIGURES.get(Path(path).name, (Path(path).stem.replace("_", " ").capitalize(), ""))
-            parts.append(figure_html(path, title, caption_html(caption_file) if caption_file else ""))
-        parts.append("</section>")
-        sections.append("\n".join(parts))
-    intro = caption_html("workflow.rst")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Prompt-in-Image: hallucination report</title><style>{CSS}</style></head>
-<body>
-<header><div class="wrap"><h1>Cure or Poison? Prompt-in-Image hallucination study</h1>
-<p>Questions rendered into the image vs given as text: POPE and CHAIR for {len(cfg.get("models", {}))} vision-language
-models, with encoder analyses.</p><nav>{''.join(nav)}</nav></div></header>
-<main>
-<section id="about"><h2>About this study</h2>{intro}</section>
-{''.join(sections)}
-</main>
-<footer class="wrap">Config {html.escape(config_digest)} · self-contained page (all images embedded) ·
-written by the workflow's <code>report</code> rule</footer>
-</body></html>
-"""
-
-
-def build_markdown(cfg: dict, facts: dict, sizes: dict, config_digest: str, tables: dict[str, str],
-                   figures: list[str], contact_sheets: dict[str, str], result_figures: dict[str, str] | None = None,
-                   md_dir: str | Path = ".") -> str:
-    """The summary; ``result_figures`` (table name -> PNG) are linked as images after their table, relative to
-    ``md_dir`` (the summary's folder)."""
-    result_figures = dict(result_figures or {})
-
-    def image(name: str, path: str) -> list[str]:
-        title = RESULT_FIGURES.get(name, (name,))[0]
-        return ["", f"![{title}]({Path(os.path.relpath(path, md_dir)).as_posix()})"]
-
-    lines = ["# Prompt-in-Image hallucination study: summary", "", "## What was run", "",
-             f"- Config hash: `{config_digest}`; seed {cfg.get('seed')}",
-             "- Samples: " + ", ".join(f"{TASK_TITLES.get(t, t)} {n}" for t, n in sizes.items()),
-             "- Settings: " + ", ".join(cfg.get("settings", {})),
-             "- Decoding: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.get("decoding", {}).items())),
-             "- Libraries: " + (", ".join(f"{k} {'/'.join(v)}" for k, v in facts["versions"].items()) or "n/a"),
-             "", "| Model | Family | Checkpoint | Revision | dtype |", "|---|---|---|---|---|"]
-    for key, entry in cfg.get("models", {}).items():
-        seen = facts["models"].get(key, {})
-        lines.append(f"| {key} | {entry.get('family', '')} | {seen.get('model_id', entry.get('path', ''))} | "
-                     f"{seen.get('commit_hash') or seen.get('revision') or entry.get('revision') or ''} | "
-                     f"{seen.get('dtype', entry.get('dtype', ''))} |")
-    for name, md in tables.items():
-        body = "\n".join(ln for ln in md.splitlines() if not ln.startswith("# "))
-        lines += ["", f"## {TABLE_TITLES.get(name, name)}", "", body.strip()]
-        if name in result_figures:
-            lines += image(name, result_figures.pop(name))
-    for name, path in result_figures.items():
-        lines += ["", f"## {RESULT_FIGURES.get(name, (name,))[0]}"] + image(name, path)
-    if contact_sheets or figures:
-        lines += ["", "## Figures", ""]
-        lines += [f"- {p}" for p in list(contact_sheets.values()) + list(figures)]
-    return "\n".join(lines) + "\n"
+def table_sections(names: list[str], metrics: dict[str, tuple[list[dict], dict]], paper_csvs: dict[str, list[dict]],
+                   models: list[str], settings: list[str], labels: dict[str, str], rows_of: dict[str, str],
+                   result_figures: dict[str, str]) -> list[TableSection]:
+    """The results tables in the order given, each with its caption and (popped from ``result_figures``) figure."""
+    sections = []
+    for name in names:
+        spec = TABLES.get(name)
+        if spec is None:
+            raise PipelineError(f"report: no layout for table '{name}' (known: {', '.join(TABLES)})")
+        if spec.metrics not in metrics:
+            raise PipelineError(f"report: table '{name}' needs results/scores/{spec.metrics}.parquet as an input")
+        rows, meta = metrics[spec.metrics]
+        confidence = number((meta.get("scoring") or {}).get("confidence"))
+        if not math.isfinite(confidence):
+            raise PipelineError(f"{spec.metrics}: no scoring.confidence in the table's metadata; rerun scoring")
+        paper_rows = {r.get("setting", ""): r for r in paper_csvs.get(name, [])}
+        blocks = result_blocks(spec, rows, paper_rows, models, settings, labels, rows_of, confidence)
+        figure = result_figure(name, result_figures.pop(name)) if name in result_figures else None
+        sections.append(TableSection(name, TABLE_TITLES.get(name, name),
+                                     caption_html("tables.rst", {"table": name}), blocks, figure))
+    return sections
 
 
 def main(smk) -> None:
     cfg = params_config(smk)
-    tasks = list(smk.params.tasks)
+    models = list(getattr(smk.params, "models", None) or cfg.get("models", {}))  # config order
+    settings = list(getattr(smk.params, "settings", None) or cfg.get("settings", {}))
     digest = pipeline_io.config_hash(cfg)  # the experiment's settings shown on the page, not how files are fetched
-    tables = {Path(p).stem: Path(p).read_text(encoding="utf-8") for p in smk.input.tables}
-    contact_sheets = {Path(p).stem.removeprefix("contact_sheet_"): p for p in smk.input.contact_sheets}
-    figures = list(smk.input.figures)
+    metrics = {Path(p).stem: read_checked(p, Path(p).stem) for p in smk.input.metrics}
+    paper_csvs = {Path(p).stem: read_csv_rows(p) for p in smk.input.table_csvs}
+    paper = read_paper(smk.input.paper)
+    labels = model_labels({m: cfg.get("models", {}).get(m, {}) for m in models}, paper)
     result_figures = {Path(p).stem: p for p in getattr(smk.input, "result_figures", [])}
+    sections = table_sections(list(paper_csvs), metrics, paper_csvs, models, settings, labels,
+                              setting_labels(settings, paper), result_figures)
+    unplaced = [result_figure(name, path) for name, path in result_figures.items()]  # figures without their table
+    contact_sheets = [Figure(p, f"Contact sheet · {TASK_TITLES.get(t, t)}")
+                      for p in smk.input.contact_sheets for t in [Path(p).stem.removeprefix("contact_sheet_")]]
+    figures = analysis_figures(list(smk.input.figures))
     facts = run_facts(list(smk.input.inference))
-    sizes = sample_sizes(list(smk.input.samples), tasks)
-    page = build_page(cfg, facts, sizes, digest, tables, contact_sheets, figures, result_figures)
+    run = run_summary(cfg, models, settings, facts, sample_sizes(list(smk.input.samples)), digest)
+    page = render_page(run, len(models), digest, caption_html("workflow.rst"), sections, unplaced,
+                       contact_sheets, figures)
+    summary = render_summary(run, cfg, digest, sections, unplaced,
+                             [f.path for f in contact_sheets] + [f.path for f in figures], Path(smk.output.md).parent)
     with atomic_output(smk.output.html, "w") as f:
         f.write(page)
     with atomic_output(smk.output.md, "w") as f:
-        f.write(build_markdown(cfg, facts, sizes, digest, tables, figures, contact_sheets, result_figures,
-                               Path(smk.output.md).parent))
-    log.info("wrote %s (%.1f MB, %d tables, %d figures) and %s", smk.output.html, len(page) / 1e6, len(tables),
-             len(figures) + len(contact_sheets) + len(result_figures), smk.output.md)
+        f.write(summary)
+    n_figures = len(figures) + len(contact_sheets) + len(unplaced) + sum(s.figure is not None for s in sections)
+    log.info("wrote %s (%.1f MB, %d tables, %d figures) and %s", smk.output.html, len(page) / 1e6, len(sections),
+             n_figures, smk.output.md)
     log.debug("facts: %s", json.dumps(facts, default=str))
 
 
