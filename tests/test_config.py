@@ -41,7 +41,9 @@ def test_shipped_configs_are_valid():
 def test_paper_defaults():
     cfg = load()
     assert cfg["sampling"]["pope"]["n"] == 1000 and cfg["sampling"]["caption"]["n"] == 500
-    assert set(cfg["settings"]) == {"baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"}
+    assert set(cfg["settings"]) == {"baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed",
+                                    "transcribe"}
+    assert cfg["tasks"]["transcribe"]["settings"] == ["transcribe"] and cfg["scoring"]["baseline"] == "baseline"
     assert cfg["settings"]["prompt_in_image"]["text_prompt"] is None
     assert cfg["decoding"]["temperature"] == 0.7 and cfg["decoding"]["do_sample"] is True
     assert cfg["render"]["font_size"] == 26
@@ -54,6 +56,10 @@ def test_paper_defaults():
     [
         (lambda c: c["render"].update(fnt_size=3), "render: unknown key(s) ['fnt_size']"),
         (lambda c: c["models"]["llava_1_5"].update(family="blip9"), "models.llava_1_5.family: 'blip9' is not one of"),
+        (lambda c: c["scoring"].update(baseline="control_v2"), "scoring.baseline: 'control_v2' is not a setting"),
+        (lambda c: c["scoring"].update(baseline="transcribe"), "scoring.baseline: 'transcribe' is not a setting"),
+        (lambda c: c["tasks"]["transcribe"].update(settings=["reading"]),
+         "tasks.transcribe.settings[0]: 'reading' is not a key of settings"),
         (lambda c: c["models"]["qwen2_5_vl"].update(image_preprocess="pad"),
          "models.qwen2_5_vl.image_preprocess: pad is offered for the families ['llava'], not 'qwen2_5_vl'"),
         (lambda c: c["models"]["llava_1_5"].update(image_preprocess="square"),

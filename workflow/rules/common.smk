@@ -64,12 +64,29 @@ def _lookup(key):
     return node
 
 
+def task_source(task):
+    """The task whose sample and rendered images a task reuses (tasks.<t>.source; transcribe reads POPE's)."""
+    return config["tasks"][task].get("source") or task
+
+
+# Tasks with their own sample and images; the others (tasks.<t>.source) reuse one of these.
+SAMPLED_TASKS = [t for t in TASKS if task_source(t) == t]
+# Settings a task names (tasks.<t>.settings) are run for those tasks only; every other setting runs for every task
+# that names none (the paper's five settings for POPE and captions).
+CLAIMED_SETTINGS = {s for t in TASKS for s in config["tasks"][t].get("settings") or []}
+STUDY_SETTINGS = [s for s in SETTINGS if s not in CLAIMED_SETTINGS]
+
+
+def task_settings(task):
+    return config["tasks"][task].get("settings") or STUDY_SETTINGS
+
+
 def sample_path(task):
-    return f"results/data/{task}_sample.parquet"
+    return f"results/data/{task_source(task)}_sample.parquet"
 
 
 def manifest_path(task, variant):
-    return f"results/images/{task}/{variant}.parquet"
+    return f"results/images/{task_source(task)}/{variant}.parquet"
 
 
 def setting_variant(setting):
@@ -96,8 +113,8 @@ def pope_build_annotations():
 
 
 def data_targets():
-    return [sample_path(t) for t in TASKS] + [
-        f"results/data/{t}_sample_ids.txt" for t in TASKS
+    return [sample_path(t) for t in SAMPLED_TASKS] + [
+        f"results/data/{t}_sample_ids.txt" for t in SAMPLED_TASKS
     ]
 
 
@@ -128,8 +145,8 @@ def render_font_inputs(wildcards):
 
 
 def render_targets():
-    return [manifest_path(t, v) for t in TASKS for v in VARIANTS] + [
-        f"results/images/{t}/contact_sheet.png" for t in TASKS
+    return [manifest_path(t, v) for t in SAMPLED_TASKS for v in VARIANTS] + [
+        f"results/images/{t}/contact_sheet.png" for t in SAMPLED_TASKS
     ]
 
 
@@ -141,7 +158,7 @@ def inference_targets():
         path
         for task in TASKS
         for model in MODELS
-        for setting in SETTINGS
+        for setting in task_settings(task)
         for path in inference_paths(task, model, setting)
     ]
 
@@ -155,7 +172,12 @@ def inference_uses_gpu():
 
 def scored_inference(task):
     """Every repeat of every model x setting: the scorers compute each metric per repeat and report the mean."""
-    return [p for m in MODELS for s in SETTINGS for p in inference_paths(task, m, s)]
+    return [
+        p
+        for m in MODELS
+        for s in task_settings(task)
+        for p in inference_paths(task, m, s)
+    ]
 
 
 def scoring_data(name):
@@ -174,10 +196,13 @@ def table_params():
             "key": m,
             "family": config["models"][m]["family"],
             "path": config["models"][m]["path"],
+            "image_preprocess": config["models"][m].get(
+                "image_preprocess", "checkpoint"
+            ),
         }
         for m in MODELS
     ]
-    return canonical("scoring", models=models, settings=SETTINGS)
+    return canonical("scoring", models=models, settings=STUDY_SETTINGS)
 
 
 def scoring_targets():
@@ -192,6 +217,17 @@ def scoring_targets():
         "results/tables/table2_chair.csv",
         "results/figures/table1_pope.png",
         "results/figures/table2_chair.png",
+        "results/scores/visibility_metrics.parquet",
+        "results/tables/strip_visibility.md",
+        "results/tables/strip_visibility.csv",
+    ] + (transcribe_targets() if "transcribe" in TASKS else [])
+
+
+def transcribe_targets():
+    return [
+        "results/scores/transcribe_metrics.parquet",
+        "results/tables/transcribe.md",
+        "results/tables/transcribe.csv",
     ]
 
 
@@ -272,9 +308,9 @@ def report_inputs(wildcards):
             for name in ("index.html.j2", "summary.md.j2")
         ],
         "contact_sheets": [
-            f"results/report/figures/contact_sheet_{t}.png" for t in TASKS
+            f"results/report/figures/contact_sheet_{t}.png" for t in SAMPLED_TASKS
         ],
-        "samples": [sample_path(t) for t in TASKS],
+        "samples": [sample_path(t) for t in SAMPLED_TASKS],
         "inference": inference_targets(),
         "figures": [p for p in analysis_targets() if p.endswith(".png")],
         # Table 1 / Table 2 drawn (plot_table1_pope, plot_table2_chair), shown after the table they draw

@@ -120,6 +120,16 @@ def _check_image_preprocess(models: dict) -> None:
                               f"'{entry['family']}'. Use checkpoint")
 
 
+def _check_baseline(config: dict) -> None:
+    """scoring.baseline names a setting that the scored tasks run (not one a task claims for itself)."""
+    baseline = config["scoring"].get("baseline", "baseline")
+    claimed = {s for task in config["tasks"].values() for s in task.get("settings") or []}
+    study = [s for s in config["settings"] if s not in claimed]
+    if baseline not in study:
+        raise ConfigError(f"scoring.baseline: '{baseline}' is not a setting POPE and captions run ({study}); the "
+                          "paired tests compare every setting with it. Use one of those")
+
+
 def _check_references(config: dict) -> None:
     _check_data(config["data"])
     _check_prompts(config["settings"])
@@ -144,6 +154,7 @@ def _check_references(config: dict) -> None:
             raise ConfigError(f"{key}: '{model}' is not a key of models ({sorted(models)}). Use one of those")
     for key, model in refs:
         _check_analysis_family(key, model, models[model]["family"])
+    _check_baseline(config)
     for task, task_cfg in config["tasks"].items():
         for i, setting in enumerate(task_cfg.get("settings") or []):
             if setting not in config["settings"]:

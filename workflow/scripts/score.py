@@ -205,7 +205,7 @@ def first_positions(values) -> dict:
     return positions
 
 
-def paired_frames(base: pl.DataFrame, other: pl.DataFrame, names: tuple[str, ...]):
+def paired_frames(base: pl.DataFrame, other: pl.DataFrame, names: tuple[str, ...], baseline: str = BASELINE):
     """The rows of the samples both settings answered (matched by sample_id, every repeat of each), and the image
     cluster of each side's rows: images numbered in order of first appearance among the baseline's rows, the same
     numbers on both sides. Both sides must show the same image, or the two inference files came from different
@@ -218,7 +218,7 @@ def paired_frames(base: pl.DataFrame, other: pl.DataFrame, names: tuple[str, ...
                          for c in ("sample_id", "image_id")), strict=True))
     for sid, image in image_b.items():
         if image_s[sid] != image:
-            raise PipelineError(f"{'/'.join(names)}: sample_id '{sid}' is image {image} in the {BASELINE} setting and "
+            raise PipelineError(f"{'/'.join(names)}: sample_id '{sid}' is image {image} in the {baseline} setting and "
                                 f"image {image_s[sid]} here; rerun inference for both settings from the same sample")
     # the setting's rows in the baseline's sample order (repeats in their order within a sample), so that sums
     # over both sides run in the same order
@@ -305,7 +305,8 @@ def split_groups(df: pl.DataFrame, groups: list[tuple[str, str, str]] | None):
 
 
 def score_pope(df: pl.DataFrame, seed: int, resamples: int, confidence: float,
-               groups: list[tuple[str, str, str]] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+               groups: list[tuple[str, str, str]] | None = None,
+               baseline: str = BASELINE) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(metrics, answers) for POPE inference rows (every decoding repeat; a frame without a ``repeat`` column is
     one repeat). ``groups`` lists every (task, model, setting) to report, also those with no rows (their metrics
     are NaN); default: the groups present in ``df``."""
@@ -315,11 +316,11 @@ def score_pope(df: pl.DataFrame, seed: int, resamples: int, confidence: float,
     for names in groups:
         task, model, setting = names
         current = by_group.get(names, empty)
-        row = {"task": task, "model": model, "setting": setting, "baseline": BASELINE}
+        row = {"task": task, "model": model, "setting": setting, "baseline": baseline}
         values, spread = pope_group_metrics(current, seed, resamples, confidence, names)
         row.update(values)
-        base = by_group.get((task, model, BASELINE))
-        if setting != BASELINE and base is not None:
+        base = by_group.get((task, model, baseline))
+        if setting != baseline and base is not None:
             row.update(pope_paired(base, current, seed, resamples, confidence, names))
         else:
             row.update(_empty_paired())
@@ -393,7 +394,7 @@ def _chair_stats(captions: pl.DataFrame, clusters: np.ndarray, n_images: int, we
 
 
 def chair_metrics(captions: pl.DataFrame, seed: int, resamples: int, confidence: float,
-                  groups: list[tuple[str, str, str]] | None = None) -> pl.DataFrame:
+                  groups: list[tuple[str, str, str]] | None = None, baseline: str = BASELINE) -> pl.DataFrame:
     """CHAIR metrics per task/model/setting with clustered-bootstrap intervals (the image is the unit, with all
     its repeats; with one caption per image and repeat that is the caption) and paired-bootstrap deltas and
     p-values against the baseline. Per decoding repeat, then the mean over repeats, as for POPE; the counts (n,
@@ -408,7 +409,7 @@ def chair_metrics(captions: pl.DataFrame, seed: int, resamples: int, confidence:
         clusters, n_images = st.clusters_of(current["image_id"])
         weights = st.cluster_weights(group_rng(seed, "ci", *names), n_images, resamples)
         points, boots = _chair_stats(current, clusters, n_images, weights)
-        row = {"task": task, "model": model, "setting": setting, "baseline": BASELINE, "n": n,
+        row = {"task": task, "model": model, "setting": setting, "baseline": baseline, "n": n,
                "n_images": n_images, "n_mentions": int(x[:, 2].sum()), "n_hallucinated_mentions": int(x[:, 1].sum()),
                "n_hallucinated_captions": int(x[:, 0].sum())}
         spread: dict = {"n_repeats": n_repeats(current)}
@@ -417,9 +418,9 @@ def chair_metrics(captions: pl.DataFrame, seed: int, resamples: int, confidence:
             row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(_mean_stat(boots, metric),
                                                                                     confidence)
             _spread_columns(spread, metric, points, metric)
-        base = by_group.get((task, model, BASELINE))
-        if setting != BASELINE and base is not None:
-            b, s, clusters_b, clusters_s, n_images, row["n_paired"] = paired_frames(base, current, names)
+        base = by_group.get((task, model, baseline))
+        if setting != baseline and base is not None:
+            b, s, clusters_b, clusters_s, n_images, row["n_paired"] = paired_frames(base, current, names, baseline)
             weights = st.cluster_weights(group_rng(seed, "paired", *names), n_images, resamples)
             sides = {"b": _chair_stats(b, clusters_b, n_images, weights),
                      "s": _chair_stats(s, clusters_s, n_images, weights)}
@@ -498,8 +499,13 @@ def read_inference(paths: list[str], task: str) -> tuple[pl.DataFrame, list[tupl
     return data, groups
 
 
+def baseline_of(cfg: dict) -> str:
+    """The setting every other is compared with (scoring.baseline, validated at start)."""
+    return cfg["scoring"].get("baseline", BASELINE)
+
+
 def _metadata(cfg: dict, interval: str, extra: dict | None = None) -> dict:
-    meta = {"seed": cfg["seed"], "scoring": cfg["scoring"], "baseline_setting": BASELINE,
+    meta = {"seed": cfg["seed"], "scoring": cfg["scoring"], "baseline_setting": baseline_of(cfg),
             "interval": interval, "numpy": np.__version__}
     meta.update(extra or {})
     return meta
@@ -737,7 +743,8 @@ def main_score_pope(smk) -> None:
     sc = cfg["scoring"]
     data, groups = read_inference(list(smk.input.inference), "pope")
     log.info("scoring %d POPE rows in %d files", len(data), len(groups))
-    metrics, answers = score_pope(data, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups)
+    metrics, answers = score_pope(data, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups,
+                                  baseline_of(cfg))
     repeats = repeats_in(metrics)
     meta = _metadata(cfg, POPE_INTERVAL, {
         "answer_rule": "POPE evaluate.py (official); strict parser beside (strict_*)",
@@ -763,7 +770,8 @@ def main_score_chair(smk) -> None:
         raise PipelineError(str(err)) from err
     log.info("CHAIR ground truth for %d images; scoring %d captions", len(gt), len(data))
     captions = score_captions(data, vocab, gt)
-    metrics = chair_metrics(captions, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups)
+    metrics = chair_metrics(captions, cfg["seed"], sc["bootstrap_resamples"], sc["confidence"], groups,
+                            baseline_of(cfg))
     meta = _metadata(cfg, CHAIR_INTERVAL, {"chair": "Rohrbach et al. 2018; every mention counts (repeats included)",
                                            "tests": "paired bootstrap over images", "repeats": REPEATS_METADATA})
     write_table(captions, smk.output.captions, "chair_captions", meta)
