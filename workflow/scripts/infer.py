@@ -234,6 +234,7 @@ class TransformersBackend:
         self.lm = lm or vlm.load_model(job.model, job.entry, device=device)
         self.want_p_yes = job.task == "pope"
         self._views: dict = {}
+        self._views_unknown = False
 
     def prompt(self, req: Request) -> str:
         return self.vlm.build_prompt(self.lm.family, self.lm.processor, req.text_prompt)
@@ -264,7 +265,9 @@ class TransformersBackend:
                     view = strip_view(families.get(self.lm.family).image_processor(self.lm.processor), req.width,
                                       req.height, req.strip_box, req.font_size)
                 except PipelineError as err:
-                    log.warning("strip visibility not recorded for %s: %s", req.image_path, err)
+                    if not self._views_unknown:  # once per job: the reason is the processor's, not the image's
+                        log.warning("strip visibility not recorded (null) for this model: %s", err)
+                    self._views_unknown = True
             self._views[key] = {
                 "strip_visible_fraction": _finite(view.strip_visible_fraction) if view else None,
                 "text_px_in_model": _finite(view.text_px_in_model) if view else None,
