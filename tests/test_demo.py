@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 
 import polars as pl
+import pytest
 import yaml
 from conftest import ROOT, run_snakemake
 from pipeline_io import read_metadata, read_table
 
 SETTINGS = ["baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"]
-MODELS = ["qwen2_5_vl", "llava_1_5", "instructblip"]
+MODELS = ["qwen2_5_vl", "llava_1_5", "llava_1_5_pad", "instructblip", "idefics3"]
 
 
 def demo_config():
@@ -67,3 +68,41 @@ def test_tables_and_report(demo_run):
 def test_rerun_has_nothing_to_do(demo_run):
     proc = run_snakemake(demo_run, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_what_each_model_saw_of_the_strip(demo_run):
+    """Every strip row records how much of the strip the model's processor passed on, recomputed here from the
+    manifest through the model's processor: LLaVA's centre crop cuts some strips (portrait images), the padded
+    LLaVA, Qwen2.5-VL and InstructBLIP see every strip; the original image has none. The scores split by it, the
+    analyses draw only pairs whose strip the CLIP tower sees, and the transcription task is scored."""
+    from snakemake.utils import update_config
+    from strip_view import strip_view_of_row
+    from vlm import load_image_processor
+
+    with open(ROOT / "config.yaml") as f:
+        cfg = yaml.safe_load(f)
+    update_config(cfg, demo_config())  # the merged config, as the workflow sees it
+    manifest = {r["sample_id"]: r for r in read_table(demo_run / "results/images/pope/question.parquet",
+                                                      "manifest").iter_rows(named=True)}
+    seen = {}
+    for model in ("qwen2_5_vl", "llava_1_5", "llava_1_5_pad", "instructblip"):
+        entry = cfg["models"][model]
+        processor = load_image_processor(model, {**entry, "path": str(demo_run / entry["path"])})
+        rows = read_table(demo_run / f"results/inference/pope/{model}/hybrid/r0.parquet", "inference")
+        want = [strip_view_of_row(processor, manifest[s]).strip_visible_fraction for s in rows["sample_id"]]
+        assert rows["strip_visible_fraction"].to_list() == pytest.approx(want), model
+        assert rows["text_px_in_model"].is_not_null().all()
+        seen[model] = rows["strip_visible_fraction"]
+        baseline = read_table(demo_run / f"results/inference/pope/{model}/baseline/r0.parquet", "inference")
+        assert baseline["strip_visible_fraction"].is_null().all()
+    assert (seen["llava_1_5"] < 1).any() and (seen["llava_1_5"] == 1).any()
+    assert (seen["llava_1_5_pad"] == 1).all() and (seen["qwen2_5_vl"] == 1).all() and (seen["instructblip"] == 1).all()
+    vis = read_table(demo_run / "results/scores/visibility_metrics.parquet", "visibility_metrics")
+    assert {"all", "whole", "none"} <= set(vis.filter(pl.col("model") == "llava_1_5")["visibility"])
+    assert set(vis.filter(pl.col("model") == "llava_1_5_pad", pl.col("setting") == "hybrid")["visibility"]) == \
+        {"all", "whole"}
+    attention = read_table(demo_run / "results/analysis/attention/attention.parquet", "attention")
+    assert (attention["n_text_patches"] > 0).all()
+    transcribe = read_table(demo_run / "results/scores/transcribe_metrics.parquet", "transcribe_metrics")
+    assert set(transcribe["model"]) == set(MODELS)
+    assert transcribe.filter(pl.col("visibility") == "all")["cer"].is_not_null().all()
