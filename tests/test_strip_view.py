@@ -1,6 +1,6 @@
 """Tests of strip_view: what share of the rendered strip each model's real image processor passes on.
 
-The processors are built from the checkpoints' own preprocessor_config.json files (tests/fixtures/checkpoint_configs,
+The processors are built from the checkpoints' own preprocessor_config.json files (workflow/data/checkpoint_files,
 see PROVENANCE.md there). Every number strip_view computes is checked against real pixels: an image whose strip is
 painted a distinctive colour goes through the processor, pixel_values are un-normalised (and, for Qwen,
 un-patchified), and the strip colour left in the output is counted row by row and column by column.
@@ -25,7 +25,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoint_configs"
+FIXTURES = Path(__file__).resolve().parent.parent / "workflow" / "data" / "checkpoint_files"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "checkpoint-configs"
 QWEN, LLAVA, CLIP = "Qwen--Qwen2.5-VL-7B-Instruct", "llava-hf--llava-1.5-7b-hf", "openai--clip-vit-large-patch14"
 SHA256 = {QWEN: "f2058c716eef96ccaed1cc1e2d0c08306b62586d535b28d9d08e691b2fab7ca0",
