@@ -1,8 +1,6 @@
 """Stage scoring / rule score_transcribe: can each model read the strip? Exact match and character error rate
 of its transcription against the rendered text (transcription.py), overall and per strip-visibility group."""
 
-from __future__ import annotations
-
 import polars as pl
 import transcription
 from pipeline_io import PipelineError, atomic_output, log, params_config, read_table, run_main, write_csv, write_table

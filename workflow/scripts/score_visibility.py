@@ -7,8 +7,6 @@ group and the headline metrics, each with an interval from the bootstrap over im
 official answer rule) and yes-ratio; CHAIR CHAIRs and CHAIRi. A group "all" repeats the overall numbers beside
 them. Baseline rows (the original image, no strip) fall in "unknown"."""
 
-from __future__ import annotations
-
 import numpy as np
 import polars as pl
 from pipeline_io import atomic_output, log, params_config, read_table, run_main, write_csv, write_table
