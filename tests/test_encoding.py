@@ -36,3 +36,21 @@ def text_opens_without_encoding(tree: ast.AST):
 def test_text_files_are_opened_with_an_encoding(script):
     found = list(text_opens_without_encoding(ast.parse(script.read_text(encoding="utf-8"))))
     assert found == [], f"{script.name}: text I/O without encoding= at lines {[line for line, _ in found]}"
+
+
+def rule_scripts() -> list[str]:
+    """Every script a rule runs through Snakemake's ``script:`` directive."""
+    import re
+
+    names = set()
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        names |= set(re.findall(r'"\.\./scripts/([\w/]+\.py)"', smk.read_text(encoding="utf-8")))
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", rule_scripts())
+def test_rule_scripts_have_no_future_import(name):
+    """Snakemake puts its preamble before a rule script's first line, so a ``from __future__`` import there is a
+    SyntaxError when the rule runs (library modules the scripts import may have one)."""
+    tree = ast.parse((ROOT / "workflow" / "scripts" / name).read_text(encoding="utf-8"))
+    assert not [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"], name
