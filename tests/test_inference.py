@@ -429,3 +429,23 @@ def test_checkpoints_are_per_repeat(tmp_path, caplog):
         rows, facts = infer.run_requests(job, reqs, backend, partial)    # repeat 0 in repeat 1's folder
     assert "discarded 2 stale checkpoint" in caplog.text and facts["resumed_batches"] == 0
     assert backend.calls == [4, 4] and set(rows["seed"]) == {0, 4} and (rows["repeat"] == 0).all()
+
+
+def test_a_task_asks_the_questions_of_its_source_sample(tmp_path, models_dir):
+    """transcribe reuses POPE's sample (tasks.transcribe.source): its job answers every POPE row under its own
+    task name and prompt, and records how much of the strip the model saw; a sample without the source task's rows
+    is an error, not an empty file."""
+    sample, manifest = make_inputs(tmp_path / "in", "pope", n=3)
+    cfg = job_config("llava_1_5", "llava", str(models_dir / "llava"), task="transcribe", setting="transcribe",
+                     text_prompt="What is written in the white strip at the bottom of the image?")
+    cfg["tasks.transcribe"].update(source="pope", settings=["transcribe"])
+    out = tmp_path / "out.parquet"
+    infer.run_job(infer.Job("transcribe", "llava_1_5", "transcribe", cfg), sample, manifest, out, tmp_path / ".p")
+    rows = read_table(out, "inference")
+    assert len(rows) == 3 and set(rows["task"]) == {"transcribe"}
+    assert set(rows["text_prompt"]) == {"What is written in the white strip at the bottom of the image?"}
+    cfg["tasks.transcribe"]["source"] = "caption"
+    with pytest.raises(PipelineError, match="no sampled row of task 'caption'"):
+        infer.run_job(infer.Job("transcribe", "llava_1_5", "transcribe", cfg), sample, manifest,
+                      tmp_path / "out2.parquet", tmp_path / ".p2")
+    assert not (tmp_path / "out2.parquet").exists()

@@ -458,7 +458,11 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
         except ImportError:
             pass
     sample = read_table(sample_path, "sample")
-    sample = sample.filter(pl.col("task") == job.task) if "task" in sample.columns else sample
+    source = job.task_cfg.get("source") or job.task  # a task may ask the questions of another's sample
+    sample = sample.filter(pl.col("task") == source) if "task" in sample.columns else sample
+    if sample.is_empty():
+        raise PipelineError(f"{sample_path}: no sampled row of task '{source}'; rerun sampling "
+                            f"(snakemake {sample_path} --forcerun)")
     manifest = read_table(manifest_path, "manifest")
     requests = build_requests(sample, manifest, job, manifest_name=str(manifest_path))
     check_images(requests, str(manifest_path))
