@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import report
 import yaml
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, copy_project, run_snakemake
 from PIL import Image
 from pipeline_io import config_hash, load_table_schema
 
@@ -120,7 +120,8 @@ def fake_inputs(tmp: Path) -> SimpleNamespace:
     figures = [png(tmp / "fig" / "gap.png"), png(tmp / "fig" / "attention_maps.png", (20, 20, 200))]
     cfg = {"seed": 0, "models": {"qwen": {"family": "qwen2_5_vl", "path": "org/qwen", "revision": "main"},
                                  "llava": {"family": "llava", "path": "org/llava", "revision": "main"}},
-           "settings": {"baseline": {}, "prompt_in_image": {}}, "decoding": {"temperature": 0.7}}
+           "settings": {"baseline": {"image": "original"}, "prompt_in_image": {"image": "question"}},
+           "decoding": {"temperature": 0.7}}
     return SimpleNamespace(
         input=SimpleNamespace(metrics=metrics, table_csvs=csvs, paper=str(PAPER_FILE),
                               contact_sheets=[png(tmp / "contact_sheet_pope.png", (0, 150, 0))],
@@ -129,6 +130,66 @@ def fake_inputs(tmp: Path) -> SimpleNamespace:
         params=SimpleNamespace(cfg=json.dumps(cfg), models=["qwen", "llava"],
                                settings=["baseline", "prompt_in_image"]),
         log=[])
+
+
+def visibility_row(task: str, model: str, setting: str, visibility: str, n: int, share: float, value: float) -> dict:
+    """A visibility_metrics row: POPE accuracy (and yes-ratio) or CHAIRs (and CHAIRi) of one group."""
+    row = {"task": task, "model": model, "setting": setting, "visibility": visibility, "n": n, "share": share,
+           "n_images": max(1, n // 3)}
+    first, second = ("accuracy", "yes_ratio") if task == "pope" else ("chair_s", "chair_i")
+    row |= {first: value, f"{first}_ci_low": value - 0.05, f"{first}_ci_high": value + 0.05}
+    return row | {second: 0.5, f"{second}_ci_low": 0.4, f"{second}_ci_high": 0.6}
+
+
+def transcribe_row(model: str, visibility: str, n: int, exact: float, cer: float) -> dict:
+    return {"task": "transcribe", "model": model, "setting": "transcribe", "visibility": visibility, "n": n,
+            "n_images": n, "n_repeats": 1, "exact_match": exact, "exact_match_ci_low": max(0.0, exact - 0.1),
+            "exact_match_ci_high": min(1.0, exact + 0.1), "cer": cer, "cer_ci_low": cer / 2, "cer_ci_high": cer * 1.5}
+
+
+STRIP_META = {"interval": "percentile bootstrap over images", "confidence": 0.9, "resamples": 100}
+
+
+def add_strip_tables(smk: SimpleNamespace, tmp: Path, transcribe: bool = True) -> SimpleNamespace:
+    """The metrics of score_visibility (and score_transcribe) added to a fake run: Qwen sees every strip, LLaVA's
+    crop cuts part or all of it off for some images; the baseline (no strip) falls in unknown."""
+    scores = tmp / "scores"
+    rows = [visibility_row("pope", "qwen", "baseline", "all", 100, 1.0, 0.81),
+            visibility_row("pope", "qwen", "baseline", "unknown", 100, 1.0, 0.81),
+            visibility_row("pope", "qwen", "prompt_in_image", "all", 100, 1.0, 0.84),
+            visibility_row("pope", "qwen", "prompt_in_image", "whole", 100, 1.0, 0.84),
+            visibility_row("pope", "llava", "baseline", "all", 100, 1.0, 0.70),
+            visibility_row("pope", "llava", "baseline", "unknown", 100, 1.0, 0.70),
+            visibility_row("pope", "llava", "prompt_in_image", "all", 100, 1.0, 0.69),
+            visibility_row("pope", "llava", "prompt_in_image", "whole", 60, 0.6, 0.733),
+            visibility_row("pope", "llava", "prompt_in_image", "part", 10, 0.1, 0.6),
+            visibility_row("pope", "llava", "prompt_in_image", "none", 30, 0.3, 0.642),
+            visibility_row("caption", "qwen", "prompt_in_image", "all", 50, 1.0, 0.25),
+            visibility_row("caption", "qwen", "prompt_in_image", "whole", 50, 1.0, 0.25),
+            visibility_row("caption", "llava", "prompt_in_image", "all", 50, 1.0, 0.45),
+            visibility_row("caption", "llava", "prompt_in_image", "whole", 20, 0.4, 0.35),
+            visibility_row("caption", "llava", "prompt_in_image", "none", 30, 0.6, 0.517)]
+    smk.input.metrics.append(write_parquet(rows, scores / "visibility_metrics.parquet", "visibility_metrics",
+                                           STRIP_META))
+    smk.input.table_csvs.append(write_csv([{"task": "pope", "visibility": "all"}],
+                                          tmp / "tables" / "strip_visibility.csv"))
+    if transcribe:
+        rows = [transcribe_row("qwen", "all", 60, 0.9, 0.05), transcribe_row("qwen", "whole", 60, 0.9, 0.05),
+                transcribe_row("llava", "all", 60, 0.4, 0.5), transcribe_row("llava", "whole", 36, 0.667, 0.2),
+                transcribe_row("llava", "none", 24, 0.0, 0.95)]
+        smk.input.metrics.append(write_parquet(rows, scores / "transcribe_metrics.parquet", "transcribe_metrics",
+                                               STRIP_META))
+        smk.input.table_csvs.append(write_csv([{"model": "qwen"}], tmp / "tables" / "transcribe.csv"))
+    return smk
+
+
+VISIBILITY_TITLE, TRANSCRIBE_TITLE = "What each model saw of the question", "Can the model read the strip?"
+
+
+def page_section(page: str, title: str) -> str:
+    """A whole <section> of the page, found by its heading."""
+    start = page.rindex("<section", 0, page.index(f"<h2>{title}</h2>"))
+    return page[start:page.index("</section>", start)]
 
 
 def section(page: str, title: str) -> str:
@@ -210,6 +271,91 @@ def test_repeats_show_their_spread(tmp_path):
     assert "p: paired image-level bootstrap for every metric" in table1  # McNemar needs one answer per question
 
 
+def test_strip_sections_show_the_visibility_and_transcription_metrics(tmp_path):
+    """What each model saw of the strip (question settings only: the baseline's unknown rows stay out) and how well
+    it reads it, with the numbers of visibility_metrics and transcribe_metrics."""
+    smk = add_strip_tables(fake_inputs(tmp_path), tmp_path)
+    report.main(smk)
+    page = Path(smk.output.html).read_text()
+    assert page.index(">Table 2 · CHAIR") < page.index(VISIBILITY_TITLE) < page.index(TRANSCRIBE_TITLE)
+    assert "<a href='#strip_visibility'>" in page and "<a href='#transcribe'>" in page
+    seen = page_section(page, VISIBILITY_TITLE)
+    assert "centre crop" in seen  # the caption file
+    counts = seen.split("<table")[1]
+    assert [h in counts for h in ("<th>whole</th>", "<th>part</th>", "<th>none</th>", "<th>unknown</th>")] == [
+        True, True, True, False]
+    llava = counts.split("LLaVA-1.5")[1]
+    assert ("<span class='v'>60</span> <span class='ci'>(60%)</span>" in llava
+            and "<span class='v'>30</span> <span class='ci'>(30%)</span>" in llava)
+    assert "Captions" in llava and "<span class='ci'>(40%)</span>" in llava
+    accuracy = seen.split("POPE accuracy (%) by how much")[1].split("CHAIRs (%) by how much")[0]
+    assert "<span class='v'>73.3</span> <span class='ci'>[68.3, 78.3]</span>" in accuracy  # llava, whole
+    assert "<span class='v'>64.2</span>" in accuracy and "<span class='v'>69.0</span>" in accuracy  # none, all
+    assert "baseline" not in accuracy and "Δ" not in seen and "<span class='v'>81.0</span>" not in seen
+    chair = seen.split("CHAIRs (%) by how much")[1]
+    assert "<span class='v'>51.7</span> <span class='ci'>[46.7, 56.7]</span>" in chair
+    assert "<td class='num'>—</td>" in chair.split("LLaVA-1.5")[0]  # Qwen has no request without the strip
+    assert "90% percentile bootstrap interval" in seen  # the level from the table's metadata
+    read = page_section(page, TRANSCRIBE_TITLE)
+    assert "Exact match" in read and "character error" in read  # the caption file
+    llava = read.split("<table")[1].split("LLaVA-1.5")[1]
+    assert "<span class='v'>40.0</span> <span class='ci'>[30.0, 50.0]</span>" in llava  # exact match, all
+    assert "<span class='v'>95.0</span> <span class='ci'>[47.5, 142.5]</span>" in llava  # CER, none
+    assert "<span class='v'>24</span> <span class='ci'>(40%)</span>" in llava
+    md = Path(smk.output.md).read_text()
+    assert f"## {VISIBILITY_TITLE}" in md and f"## {TRANSCRIBE_TITLE}" in md
+    assert "| LLaVA-1.5 | transcribe |" not in md  # one transcribe setting: no setting column
+    assert "| LLaVA-1.5 | all | 60 | 40.0 [30.0, 50.0] | 50.0 [25.0, 75.0] |" in md
+    assert "|  | none | 24 (40%) | 0.0 [0.0, 10.0] | 95.0 [47.5, 142.5] |" in md
+
+
+def test_strip_sections_read_their_parquet_files(tmp_path):
+    """A value changed in the metrics tables is the value on the page."""
+    smk = add_strip_tables(fake_inputs(tmp_path), tmp_path)
+    for name, column, visibility in (("visibility_metrics", "accuracy", "none"),
+                                     ("transcribe_metrics", "cer", "all")):
+        path = next(p for p in smk.input.metrics if Path(p).stem == name)
+        table = pq.read_table(path)
+        rows = table.to_pylist()
+        for row in rows:
+            if row["model"] == "llava" and row["visibility"] == visibility:
+                row[column], row[f"{column}_ci_low"], row[f"{column}_ci_high"] = 0.12345, 0.11111, 0.13999
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    report.main(smk)
+    page = Path(smk.output.html).read_text()
+    cell = "<span class='v'>12.3</span> <span class='ci'>[11.1, 14.0]</span>"
+    accuracy = page_section(page, VISIBILITY_TITLE).split("POPE accuracy (%) by how much")[1]
+    assert cell in accuracy.split("CHAIRs (%)")[0].split("LLaVA-1.5")[1]
+    assert cell in page_section(page, TRANSCRIBE_TITLE).split("<table")[1].split("LLaVA-1.5")[1]
+    assert "<span class='v'>64.2</span>" not in page and "<span class='v'>50.0</span>" not in page
+
+
+def test_strip_sections_absent_without_their_tables(tmp_path):
+    """Without the transcribe task (no transcribe_metrics among the inputs) its section is not on the page; a run
+    without the visibility table (older) shows neither."""
+    smk = add_strip_tables(fake_inputs(tmp_path / "a"), tmp_path / "a", transcribe=False)
+    report.main(smk)
+    page = Path(smk.output.html).read_text()
+    assert VISIBILITY_TITLE in page and TRANSCRIBE_TITLE not in page and "#transcribe'" not in page
+    assert TRANSCRIBE_TITLE not in Path(smk.output.md).read_text()
+    smk = fake_inputs(tmp_path / "b")
+    report.main(smk)
+    page, md = Path(smk.output.html).read_text(), Path(smk.output.md).read_text()
+    assert VISIBILITY_TITLE not in page + md and TRANSCRIBE_TITLE not in page + md
+
+
+def test_strip_tables_are_checked_against_their_schemas(tmp_path):
+    smk = add_strip_tables(fake_inputs(tmp_path), tmp_path)
+    for name, column in (("visibility_metrics", "share"), ("transcribe_metrics", "cer_ci_high")):
+        path = next(p for p in smk.input.metrics if Path(p).stem == name)
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns([column]), path)
+        with pytest.raises(report.PipelineError, match=f"{name}.parquet.*{column}"):
+            report.main(smk)
+        pq.write_table(table, path)
+    assert not Path(smk.output.html).exists()
+
+
 def test_markup_is_escaped_and_branches_resolve():
     assert (report.inline_markup("<b>x</b> ``a<b`` **y**")
             == "&lt;b&gt;x&lt;/b&gt; <code>a&lt;b</code> <strong>y</strong>")
@@ -220,7 +366,11 @@ def test_markup_is_escaped_and_branches_resolve():
     assert "Table 1: POPE" in table1 and "AUROC" not in table1 and "CHAIRs" not in table1
     assert "AUROC" in pyes and "Table 1" not in pyes
     assert "CHAIRs" in table2 and "POPE" not in table2
-    assert "{%" not in table1 + pyes + table2
+    visibility = report.caption_html("tables.rst", {"table": "strip_visibility"})
+    transcribe = report.caption_html("tables.rst", {"table": "transcribe"})
+    assert "strip-visibility group" in visibility and "Table 2" not in visibility
+    assert "transcribe task" in transcribe and "Table 2" not in transcribe
+    assert "{%" not in table1 + pyes + table2 + visibility + transcribe
 
 
 def test_page_escapes_what_it_shows(tmp_path):
@@ -256,13 +406,16 @@ def demo_report_inputs(run: Path, out: Path) -> SimpleNamespace:
     list), with the run's own models and settings (in the metrics table's order) and the demo config's entries."""
     r = run / "results"
     metrics = [r / "scores" / "pope_metrics.parquet", r / "scores" / "chair_metrics.parquet"]
+    # the strip sections' tables, where the run wrote them
+    metrics += [p for p in (r / "scores" / f"{n}_metrics.parquet" for n in ("visibility", "transcribe")) if p.exists()]
     rows = pq.read_table(metrics[0], columns=["model", "setting"]).to_pylist()
     models, settings = list(dict.fromkeys(x["model"] for x in rows)), list(dict.fromkeys(x["setting"] for x in rows))
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text())
     entries = config["models"] | demo.get("models", {})
+    setting_entries = config["settings"] | (demo.get("settings") or {})
     cfg = {"seed": demo.get("seed", config["seed"]), "models": {m: entries.get(m, {}) for m in models},
-           "settings": {s: {} for s in settings}, "decoding": config["decoding"]}
+           "settings": {s: setting_entries.get(s, {}) for s in settings}, "decoding": config["decoding"]}
     names = ["table1_pope", "pope_pyes", "table2_chair"]
     return SimpleNamespace(
         input=SimpleNamespace(metrics=[str(p) for p in metrics],
@@ -308,6 +461,49 @@ def test_report_reads_the_metrics_not_the_markdown(demo_run, tmp_path):
     assert "| baseline | 98.8 [97.1, 99.2] |" in summary and "garbage" not in summary
 
 
+def test_demo_strip_sections_read_their_tables(demo_run, tmp_path):
+    """A finished demo run: the strip sections show the run's visibility and transcription metrics, and a value
+    changed in those tables is the value on the page."""
+    scores = tmp_path / "scores"
+    shutil.copytree(demo_run / "results" / "scores", scores)
+    for name in ("visibility_metrics", "transcribe_metrics"):
+        if not (scores / f"{name}.parquet").exists():
+            pytest.skip(f"the demo run has no {name}.parquet (a run of an older workflow)")
+    smk = demo_report_inputs(demo_run, tmp_path / "out")
+    smk.input.metrics = [str(scores / Path(p).name) for p in smk.input.metrics]
+    first = smk.params.models[0]
+    setting = report.question_settings(json.loads(smk.params.cfg), smk.params.settings)[0]  # the first shown
+    for name, column, where in (("visibility_metrics", "accuracy", {"task": "pope", "setting": setting,
+                                                                     "visibility": "all"}),
+                                ("transcribe_metrics", "exact_match", {"visibility": "all"})):
+        path = scores / f"{name}.parquet"
+        table = pq.read_table(path)
+        rows = table.to_pylist()
+        changed = 0
+        for row in rows:
+            if row["model"] == first and all(row[k] == v for k, v in where.items()):
+                row[column], row[f"{column}_ci_low"], row[f"{column}_ci_high"] = 0.98765, 0.97111, 0.99222
+                changed += 1
+        assert changed == 1, (name, first, where)
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema).replace_schema_metadata(
+            table.schema.metadata), path)
+    report.main(smk)
+    page = Path(smk.output.html).read_text(encoding="utf-8")
+    cell = "<span class='v'>98.8</span> <span class='ci'>[97.1, 99.2]</span>"
+    seen = page_section(page, VISIBILITY_TITLE)
+    accuracy = seen.split("POPE accuracy (%) by how much")[1].split("CHAIRs (%)")[0].split("<tbody>")[1]
+    first_row = accuracy.split("</tr>")[0]  # the first model's first question setting
+    assert str(report.break_underscores(setting)) in first_row and cell in first_row
+    read = page_section(page, TRANSCRIBE_TITLE).split("<tbody>")[1].split("</tr>")[0]
+    assert ">all</td>" in read and cell in read
+    # every configured model has its counts and its transcription
+    labels = report.model_labels({m: json.loads(smk.params.cfg)["models"][m] for m in smk.params.models},
+                                 report.read_paper(PAPER_FILE))
+    for model in smk.params.models:
+        label = f"<td class='label'>{report.break_underscores(labels[model])}</td>"
+        assert label in seen.split("</table>")[0] and label in page_section(page, TRANSCRIBE_TITLE)
+
+
 def test_report_rules_in_dag(tmp_path):
     """The report needs every table, contact sheet, figure and inference file, and runs on the submit host; it
     reads the metrics tables and the tables' CSV files, never their Markdown."""
@@ -322,3 +518,27 @@ def test_report_rules_in_dag(tmp_path):
             "results/report/tables/table1_pope.csv"} <= set(inputs)
     assert any(p.endswith("paper_numbers.yaml") for p in inputs)
     assert not any(p.endswith(".md") for p in inputs)
+    # the strip sections' tables (the demo config has the transcribe task), and their CSVs for `snakemake --report`
+    assert {"results/scores/visibility_metrics.parquet", "results/scores/transcribe_metrics.parquet",
+            "results/report/tables/strip_visibility.csv", "results/report/tables/transcribe.csv"} <= set(inputs)
+    assert {"score_visibility", "score_transcribe"} <= jobs
+
+
+def test_report_without_the_transcribe_task(tmp_path):
+    """A config without the transcribe task: the report neither needs its metrics nor copies its table (and so
+    does not show its section), and still shows the strip visibility."""
+    project = copy_project(tmp_path / "project")
+    for name in ("config.yaml", "config.demo.yaml"):
+        cfg = yaml.safe_load((project / name).read_text(encoding="utf-8"))
+        cfg["tasks"].pop("transcribe")
+        cfg.get("settings", {}).pop("transcribe", None)
+        (project / name).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_snakemake(work, "-n", "--forceall", "--quiet=progress", "results/report/index.html",
+                         project=project, timeout=300)
+    report_job = proc.stdout[proc.stdout.index("rule report:"):]
+    inputs = set(re.search(r"^\s+input: (.*)$", report_job, re.M).group(1).split(", "))
+    assert {"results/scores/visibility_metrics.parquet", "results/report/tables/strip_visibility.csv"} <= inputs
+    assert not any("transcribe" in p for p in inputs)
+    assert "score_transcribe" not in set(re.findall(r"^rule (\w+):", proc.stdout, re.M))

@@ -280,24 +280,41 @@ def analysis_targets():
 # --- report ----------------------------------------------------------------------------------------------
 
 
-REPORT_TABLES = {"pope": ["table1_pope", "pope_pyes"], "caption": ["table2_chair"]}
+# The tables copied for `snakemake --report` (rule report_table), by the task they need. strip_visibility reads
+# POPE and captions, which every config has; the page shows it and transcribe from their metrics tables.
+REPORT_TABLES = {
+    "pope": ["table1_pope", "pope_pyes"],
+    "caption": ["table2_chair", "strip_visibility"],
+    "transcribe": ["transcribe"],
+}
 
 
 def report_table_names():
     return [name for t in TASKS for name in REPORT_TABLES.get(t, [])]
 
 
+def report_metrics():
+    """The metrics tables the page reads: POPE, CHAIR, the strip-visibility groups and, with the transcribe task,
+    the transcriptions."""
+    metrics_of_task = {
+        "pope": ["pope_metrics"],
+        "caption": ["chair_metrics", "visibility_metrics"],
+        "transcribe": ["transcribe_metrics"],
+    }
+    return [
+        f"results/scores/{name}.parquet"
+        for t in TASKS
+        for name in metrics_of_task.get(t, [])
+    ]
+
+
 def report_inputs(wildcards):
     """Everything the summary page shows; analyses only when their outputs are part of the run. The tables are
     read as data: the metrics tables of the scoring stage, the paper's numbers from the tables' CSV files and the
     paper's model and row names from the paper file (never the Markdown tables)."""
-    metrics_of_task = {"pope": "pope_metrics", "caption": "chair_metrics"}
     inputs = {
-        "metrics": [
-            f"results/scores/{metrics_of_task[t]}.parquet"
-            for t in TASKS
-            if t in metrics_of_task
-        ],
+        "metrics": report_metrics(),
+        # every table's copy (for `snakemake --report`); the page reads the paper's numbers from Table 1 / 2's
         "table_csvs": [
             f"results/report/tables/{name}.csv" for name in report_table_names()
         ],

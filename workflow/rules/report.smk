@@ -1,6 +1,7 @@
 # Stage: report. A self-contained summary page (results/report/index.html + summary.md) built from the metrics
-# tables, the tables' CSV files, contact sheets, analysis figures and the inference metadata, rendered with the
-# Jinja2 templates in workflow/report/; the same files are marked for `snakemake --report`.
+# tables (POPE, CHAIR, strip visibility, transcription), the tables' CSV files, contact sheets, analysis figures and
+# the inference metadata, rendered with the Jinja2 templates in workflow/report/; the same files are marked for
+# `snakemake --report`.
 
 
 report: "../report/workflow.rst"

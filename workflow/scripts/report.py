@@ -2,14 +2,16 @@
 
 The page shows what was run (config hash, models with their revisions, sample sizes, library versions read from
 the inference files' metadata), Table 1, Table 2 and the P(yes) table next to the paper's numbers, each followed by
-its figure (plot_results.py), the contact sheets of the rendered variants and the analysis figures, each with the
-caption the workflow ships in workflow/report/*.rst.
+its figure (plot_results.py), what each model saw of the question strip and whether it can read it, the contact
+sheets of the rendered variants and the analysis figures, each with the caption the workflow ships in
+workflow/report/*.rst.
 
 The numbers are read as data, never from the Markdown tables: every value, interval, delta, p-value and spread
-comes from the scoring stage's metrics tables (results/scores/{pope,chair}_metrics.parquet, checked against their
-schemas), the paper's numbers from the tables' CSV files (``<model>:<metric>_paper``, already matched to the
-config's models by score.py), the paper's model labels and row names from workflow/data/paper_numbers.yaml. Both
-files are rendered by Jinja2 templates in workflow/report/: index.html.j2 (autoescaped) and summary.md.j2.
+comes from the scoring stage's metrics tables (results/scores/{pope,chair,visibility,transcribe}_metrics.parquet,
+checked against their schemas; transcribe only with that task), the paper's numbers from the tables' CSV files
+(``<model>:<metric>_paper``, already matched to the config's models by score.py), the paper's model labels and row
+names from workflow/data/paper_numbers.yaml. Both files are rendered by Jinja2 templates in workflow/report/:
+index.html.j2 (autoescaped) and summary.md.j2.
 """
 
 import base64
@@ -343,6 +345,7 @@ class TableSection:
     caption: Markup
     blocks: list[Block]
     figure: "Figure | None" = None
+    nav: str = ""  # its link in the page's header (sections of their own)
 
 
 def repeats_in(rows: list[dict]) -> int:
@@ -437,6 +440,141 @@ def pyes_blocks(spec: TableSpec, by_key: dict, models: list[str], settings: list
         blocks.append(Block(note=repeats_note(repeats, spec.unit,
                                               "in the CSV (`*_repeat_sd`, `*_repeat_min`, `*_repeat_max`)")))
     return blocks
+
+
+# --- strip visibility and transcription ---------------------------------------------------------------------------
+
+# Tables the page shows from their metrics table, each in its own section; their CSV copies (results/report/tables/)
+# are for `snakemake --report` and are not read here. Table name -> metrics table.
+METRICS_SECTIONS = {"strip_visibility": "visibility_metrics", "transcribe": "transcribe_metrics"}
+VISIBILITY = ("all", "whole", "part", "none", "unknown")  # the groups in reading order ("all": every request)
+SEEN = ("whole", "part", "none", "unknown")
+VISIBILITY_TASKS = {"pope": "POPE questions", "caption": "Captions"}
+ACCURACY = Metric("accuracy", "Acc (%)", 100.0, 1)
+CHAIR_S = Metric("chair_s", "CHAIRs (%)", 100.0, 1)
+TRANSCRIBE_METRICS = (Metric("exact_match", "Exact match (%)", 100.0, 1), Metric("cer", "CER (%)", 100.0, 1))
+
+
+def interval_level(name: str, meta: dict) -> int:
+    """The interval level (%) a metrics table's metadata states (``confidence``, or ``scoring.confidence``)."""
+    confidence = number(meta.get("confidence", (meta.get("scoring") or {}).get("confidence")))
+    if not math.isfinite(confidence):
+        raise PipelineError(f"{name}: no confidence in the table's metadata; rerun scoring")
+    return round(confidence * 100)
+
+
+def share_text(part: int, whole: int) -> str:
+    if whole <= 0:
+        return ""
+    share = 100 * part / whole
+    return "(<1%)" if 0 < share < 0.5 else f"({share:.0f}%)"
+
+
+def question_settings(cfg: dict, settings: list[str]) -> list[str]:
+    """The settings whose image is the question image (the strip with the question rendered in it)."""
+    entries = cfg.get("settings") or {}
+    return [s for s in settings if (entries.get(s) or {}).get("image") == "question"]
+
+
+def visibility_section(rows: list[dict], meta: dict, models: list[str], settings: list[str],
+                       labels: dict[str, str], rows_of: dict[str, str]) -> TableSection:
+    """What each model saw of the question: its question-image requests per visibility group (counts and shares,
+    per task), then POPE accuracy and CHAIRs per group beside the overall number, per model and setting."""
+    title, nav = "What each model saw of the question", "Strip seen"
+    caption = caption_html("strip_visibility.rst")
+    pct = interval_level("visibility_metrics", meta)
+    rows = [r for r in rows if r["model"] in models and r["setting"] in settings]
+    by_key = {(r["task"], r["model"], r["setting"], r["visibility"]): r for r in rows}
+    models = [m for m in models if any(r["model"] == m for r in rows)]
+    settings = [s for s in settings if any(r["setting"] == s for r in rows)]
+    if not models or not settings:
+        return TableSection("strip_visibility", title, caption, [Block(
+            note="No scored question-image requests in visibility_metrics for the configured models and settings.")],
+            nav=nav)
+
+    # requests per group, summed over the question settings (and repeats), per model and task
+    seen = [g for g in SEEN if any(r["visibility"] == g and r["n"] for r in rows)]
+    columns = [Column("Model", "label"), Column("Task", "label"), Column("Requests")] + [Column(g) for g in seen]
+    count_rows = []
+    for model in models:
+        first = True
+        for task, task_title in VISIBILITY_TASKS.items():
+            total = sum(int(r["n"]) for r in rows if (r["task"], r["model"], r["visibility"]) == (task, model, "all"))
+            if not total:
+                continue
+            cells = [Cell(labels[model] if first else "", "label"), Cell(task_title, "label"), Cell(f"{total:,}")]
+            for group in seen:
+                n = sum(int(r["n"]) for r in rows if (r["task"], r["model"], r["visibility"]) == (task, model, group))
+                cells.append(Cell(f"{n:,}", ci=share_text(n, total)))
+            count_rows.append(cells)
+            first = False
+    named = ", ".join(f"`{s}`" for s in settings)
+    blocks = [Block(note=f"Question-image requests ({named}, every decoding repeat) by how much of the strip reached "
+                         "the model's vision encoder, with their share of the model's requests:"),
+              Block(tables=[Table(columns, count_rows)])]
+
+    # the headline metric per group, beside the overall number ("all")
+    for task, metric, what in (("pope", ACCURACY, "POPE accuracy (%)"), ("caption", CHAIR_S, "CHAIRs (%)")):
+        groups = [g for g in VISIBILITY if any(k[0] == task and k[3] == g for k in by_key)]
+        if not groups:
+            continue
+        body = []
+        for model in models:
+            first = True
+            for setting in settings:
+                if (task, model, setting, "all") not in by_key:
+                    continue
+                body.append([Cell(labels[model] if first else "", "label"), Cell(rows_of[setting], "label")]
+                            + [result_cell(by_key.get((task, model, setting, g)), metric, delta=False)
+                               for g in groups])
+                first = False
+        header = [Column("Model", "label"), Column("Setting", "label")] + [Column(g) for g in groups]
+        blocks += [Block(note=f"{what} by how much of the strip the model saw; all: every request of the setting:"),
+                   Block(tables=[Table(header, body)])]
+    blocks.append(Block(note=f"Value [{pct}% percentile bootstrap interval, images resampled]; — no request of the "
+                             "model and setting in the group. Every group, both tasks, yes-ratio and CHAIRi: "
+                             "`results/tables/strip_visibility.csv`."))
+    return TableSection("strip_visibility", title, caption, blocks, nav=nav)
+
+
+def transcribe_section(rows: list[dict], meta: dict, models: list[str], labels: dict[str, str]) -> TableSection:
+    """Can the model read the strip? Exact match and CER of its transcription, overall ("all") and per visibility
+    group, per model (and transcribe setting, where there are several)."""
+    title, nav = "Can the model read the strip?", "Strip read"
+    caption = caption_html("transcribe.rst")
+    pct = interval_level("transcribe_metrics", meta)
+    rows = [r for r in rows if r["model"] in models]
+    models = [m for m in models if any(r["model"] == m for r in rows)]
+    if not models:
+        return TableSection("transcribe", title, caption, [Block(
+            note="No scored transcriptions in transcribe_metrics for the configured models.")], nav=nav)
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    by_key = {(r["model"], r["setting"], r["visibility"]): r for r in rows}
+    columns = [Column("Model", "label")] + ([Column("Setting", "label")] if len(settings) > 1 else [])
+    columns += [Column("Strip seen", "label"), Column("Requests")] + [Column(m.label) for m in TRANSCRIBE_METRICS]
+    body = []
+    for model in models:
+        first = True
+        for setting in settings:
+            total = by_key.get((model, setting, "all"), {}).get("n")
+            first_of_setting = True
+            for group in VISIBILITY:
+                row = by_key.get((model, setting, group))
+                if row is None:
+                    continue
+                n = int(row["n"])
+                cells = [Cell(labels[model] if first else "", "label")]
+                if len(settings) > 1:
+                    cells.append(Cell(setting if first_of_setting else "", "label"))
+                requests = Cell(f"{n:,}") if group == "all" or not total else Cell(f"{n:,}", ci=share_text(n, total))
+                cells += [Cell(group, "label"), requests] + [result_cell(row, m, delta=False)
+                                                             for m in TRANSCRIBE_METRICS]
+                body.append(cells)
+                first = first_of_setting = False
+    note = (f"Value [{pct}% percentile bootstrap interval, images resampled]; all: every request of the model, then "
+            "the requests by how much of the strip reached its vision encoder, with their share.")
+    return TableSection("transcribe", title, caption, [Block(tables=[Table(columns, body)]), Block(note=note)],
+                        nav=nav)
 
 
 # --- captions and figures ----------------------------------------------------------------------------------------
@@ -560,23 +698,26 @@ def templates(autoescape: bool) -> jinja2.Environment:
 
 
 def render_page(run: dict, n_models: int, config_digest: str, intro: Markup, tables: list[TableSection],
-                result_figures: list[Figure], contact_sheets: list[Figure], figures: list[Figure]) -> str:
-    """The page (index.html.j2); ``result_figures`` are those whose table is not shown."""
+                result_figures: list[Figure], contact_sheets: list[Figure], figures: list[Figure],
+                strip: list[TableSection] = ()) -> str:
+    """The page (index.html.j2); ``result_figures`` are those whose table is not shown, ``strip`` the sections on
+    what the models saw of the strip and whether they can read it."""
     return templates(autoescape=True).get_template("index.html.j2").render(
         run=run, n_models=n_models, config_digest=config_digest, intro=intro, tables=tables,
-        result_figures=result_figures, contact_intro=caption_html("contact_sheet.rst"),
+        result_figures=result_figures, strip=list(strip), contact_intro=caption_html("contact_sheet.rst"),
         contact_sheets=contact_sheets, figures=figures)
 
 
 def render_summary(run: dict, cfg: dict, config_digest: str, tables: list[TableSection],
-                   result_figures: list[Figure], other_figures: list[str], md_dir: str | Path) -> str:
+                   result_figures: list[Figure], other_figures: list[str], md_dir: str | Path,
+                   strip: list[TableSection] = ()) -> str:
     """The Markdown summary (summary.md.j2): figures are linked relative to ``md_dir`` (the summary's folder)."""
     def link(path: str) -> str:
         return Path(os.path.relpath(path, md_dir)).as_posix()
 
     return templates(autoescape=False).get_template("summary.md.j2").render(
         run=run, seed=cfg.get("seed"), config_digest=config_digest, tables=tables, result_figures=result_figures,
-        other_figures=other_figures, link=link)
+        strip=list(strip), other_figures=other_figures, link=link)
 
 
 def table_sections(names: list[str], metrics: dict[str, tuple[list[dict], dict]], paper_csvs: dict[str, list[dict]],
@@ -608,12 +749,20 @@ def main(smk) -> None:
     settings = list(getattr(smk.params, "settings", None) or cfg.get("settings", {}))
     digest = pipeline_io.config_hash(cfg)  # the experiment's settings shown on the page, not how files are fetched
     metrics = {Path(p).stem: read_checked(p, Path(p).stem) for p in smk.input.metrics}
-    paper_csvs = {Path(p).stem: read_csv_rows(p) for p in smk.input.table_csvs}
+    paper_csvs = {Path(p).stem: read_csv_rows(p) for p in smk.input.table_csvs
+                  if Path(p).stem not in METRICS_SECTIONS}
     paper = read_paper(smk.input.paper)
     labels = model_labels({m: cfg.get("models", {}).get(m, {}) for m in models}, paper)
+    rows_of = setting_labels(settings, paper)
     result_figures = {Path(p).stem: p for p in getattr(smk.input, "result_figures", [])}
-    sections = table_sections(list(paper_csvs), metrics, paper_csvs, models, settings, labels,
-                              setting_labels(settings, paper), result_figures)
+    sections = table_sections(list(paper_csvs), metrics, paper_csvs, models, settings, labels, rows_of,
+                              result_figures)
+    strip = []
+    if "visibility_metrics" in metrics:
+        strip.append(visibility_section(*metrics["visibility_metrics"], models, question_settings(cfg, settings),
+                                        labels, rows_of))
+    if "transcribe_metrics" in metrics:
+        strip.append(transcribe_section(*metrics["transcribe_metrics"], models, labels))
     unplaced = [result_figure(name, path) for name, path in result_figures.items()]  # figures without their table
     contact_sheets = [Figure(p, f"Contact sheet · {TASK_TITLES.get(t, t)}")
                       for p in smk.input.contact_sheets for t in [Path(p).stem.removeprefix("contact_sheet_")]]
@@ -621,16 +770,17 @@ def main(smk) -> None:
     facts = run_facts(list(smk.input.inference))
     run = run_summary(cfg, models, settings, facts, sample_sizes(list(smk.input.samples)), digest)
     page = render_page(run, len(models), digest, caption_html("workflow.rst"), sections, unplaced,
-                       contact_sheets, figures)
+                       contact_sheets, figures, strip)
     summary = render_summary(run, cfg, digest, sections, unplaced,
-                             [f.path for f in contact_sheets] + [f.path for f in figures], Path(smk.output.md).parent)
+                             [f.path for f in contact_sheets] + [f.path for f in figures], Path(smk.output.md).parent,
+                             strip)
     with atomic_output(smk.output.html, "w") as f:
         f.write(page)
     with atomic_output(smk.output.md, "w") as f:
         f.write(summary)
     n_figures = len(figures) + len(contact_sheets) + len(unplaced) + sum(s.figure is not None for s in sections)
-    log.info("wrote %s (%.1f MB, %d tables, %d figures) and %s", smk.output.html, len(page) / 1e6, len(sections),
-             n_figures, smk.output.md)
+    log.info("wrote %s (%.1f MB, %d tables, %d figures) and %s", smk.output.html, len(page) / 1e6,
+             len(sections) + len(strip), n_figures, smk.output.md)
     log.debug("facts: %s", json.dumps(facts, default=str))
 
 
