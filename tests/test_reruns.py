@@ -17,7 +17,7 @@ from conftest import ROOT, run_snakemake
 
 # Aggregations downstream of every inference job (those present in the DAG).
 AGGREGATES = {"score_pope", "score_chair", "table1_pope", "table_pope_pyes", "table2_chair", "plot_table1_pope",
-              "plot_table2_chair", "report", "report_table", "modality_gap"}
+              "plot_table2_chair", "report", "report_table", "modality_gap", "score_visibility", "score_transcribe"}
 
 
 def all_outputs(workdir: Path, *extra: str) -> list[tuple[str, str]]:
@@ -95,16 +95,18 @@ def completed(tmp_path_factory) -> Path:
 
 DEMO = yaml.safe_load((ROOT / "config.demo.yaml").read_text(encoding="utf-8"))
 REPEATS = DEMO["inference"]["repeats"]  # every request runs this many times in the demo: one infer job per repeat
+# infer jobs of one model and repeat: POPE and captions in the five settings no task claims, transcribe in its own
+JOBS_PER_MODEL = 2 * 5 + 1
+N_MODELS = len(DEMO["models"])  # the demo's entries (config.yaml's models, the demo's paths, plus its own)
 
 
 def test_editing_one_model_reruns_only_its_jobs(completed):
     demo = DEMO
-    tasks, settings = ["pope", "caption"], 5
     edited = write_config(completed, {"models": {"llava_1_5": {"batch_size": 2}}})
     jobs = planned_jobs(completed, "--configfile", edited)
     infer = planned_infer(completed, "--configfile", edited)
     assert infer and {m for _, m, _, _ in infer} == {"llava_1_5"}, infer
-    assert len(infer) == len(tasks) * settings * REPEATS and {r for *_, r in infer} == {str(r) for r in range(REPEATS)}
+    assert len(infer) == JOBS_PER_MODEL * REPEATS and {r for *_, r in infer} == {str(r) for r in range(REPEATS)}
     # nothing upstream and no other model reruns; the analyses that load llava's weights do not read batch_size
     assert not {"sample_pope", "sample_coco", "render_variants", "build_demo_model"} & set(jobs), jobs
     assert set(jobs) - {"infer"} <= AGGREGATES, jobs
@@ -126,7 +128,7 @@ def test_adding_a_model_runs_only_new_jobs_and_aggregations(completed):
         "family": "llava", "path": "resources/demo/models/llava", "revision": "main", "dtype": "float32"}}})
     jobs = planned_jobs(completed, "--configfile", edited)
     infer = planned_infer(completed, "--configfile", edited)
-    assert {m for _, m, _, _ in infer} == {"llava_copy"} and len(infer) == 10 * REPEATS
+    assert {m for _, m, _, _ in infer} == {"llava_copy"} and len(infer) == JOBS_PER_MODEL * REPEATS
     assert set(jobs) - {"infer"} <= AGGREGATES, jobs
     assert "build_demo_model" not in jobs and "render_variants" not in jobs
 
@@ -164,7 +166,8 @@ def test_openai_reruns_only_for_another_server(completed_openai):
     # new credentials reach the same server; they never enter params (nor Snakemake's metadata)
     assert planned(base_url="https://bob:key-2@llm.example/v1") == set()
     assert not any(b"key-1" in p.read_bytes() for p in (workdir / ".snakemake" / "metadata").iterdir())
-    assert len(planned(base_url="https://alice:key-1@other.example/v1")) == 30 * REPEATS  # another server answers
+    # another server answers: every infer job reruns
+    assert len(planned(base_url="https://alice:key-1@other.example/v1")) == N_MODELS * JOBS_PER_MODEL * REPEATS
 
 
 def test_raising_repeats_runs_only_the_new_repeat(completed):
@@ -174,9 +177,9 @@ def test_raising_repeats_runs_only_the_new_repeat(completed):
     assert REPEATS == 2
     raised = write_config(completed, {"inference": {"repeats": 3}}, name="repeats3.yaml")
     infer = planned_infer(completed, "--configfile", raised)
-    assert {r for *_, r in infer} == {"2"} and len(infer) == 2 * 3 * 5, infer
+    assert {r for *_, r in infer} == {"2"} and len(infer) == N_MODELS * JOBS_PER_MODEL, infer
     jobs = planned_jobs(completed, "--configfile", raised)
-    assert jobs["infer"] == 30 and set(jobs) - {"infer"} <= AGGREGATES - {"modality_gap"}, jobs
+    assert jobs["infer"] == N_MODELS * JOBS_PER_MODEL and set(jobs) - {"infer"} <= AGGREGATES - {"modality_gap"}, jobs
     assert {"score_pope", "score_chair", "table1_pope", "table2_chair", "report"} <= set(jobs)
     lowered = write_config(completed, {"inference": {"repeats": 1}}, name="repeats1.yaml")
     jobs = planned_jobs(completed, "--configfile", lowered)
