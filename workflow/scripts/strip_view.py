@@ -216,7 +216,13 @@ def visible_fractions(affine: Affine, box) -> tuple[float, float]:
     # the same arithmetic as Affine.box, unclipped, so that a box wholly inside gives exactly 1.0
     full_w = (x1 * affine.sx + affine.tx) - (x0 * affine.sx + affine.tx)
     full_h = (y1 * affine.sy + affine.ty) - (y0 * affine.sy + affine.ty)
-    return max(cy1 - cy0, 0.0) / full_h, max(cx1 - cx0, 0.0) / full_w
+    return _snap(max(cy1 - cy0, 0.0) / full_h), _snap(max(cx1 - cx0, 0.0) / full_w)
+
+
+def _snap(fraction: float) -> float:
+    """Exactly 1 or 0 within float rounding (1e-9, far below one pixel row): a box whose end maps onto the
+    canvas edge is whole, not 0.9999999999999991."""
+    return 1.0 if fraction > 1.0 - 1e-9 else 0.0 if fraction < 1e-9 else fraction
 
 
 def strip_view(image_processor, width: int, height: int, strip_box, font_px) -> StripView:
