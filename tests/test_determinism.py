@@ -105,7 +105,8 @@ def test_scores_and_tables_recomputed_identically(demo_run, tmp_path):
     scores = sorted(p.relative_to(demo_run) for p in (demo_run / "results/scores").glob("*.parquet"))
     assert len(tables) >= 4 and len(scores) >= 4
     before = {p: (work / p).stat().st_mtime_ns for p in tables + scores}
-    run_snakemake(work, "--rerun-triggers=mtime", "--forcerun", "score_pope", "score_chair", "--", *map(str, tables),
+    run_snakemake(work, "--rerun-triggers=mtime", "--forcerun", "score_pope", "score_chair", "score_transcribe", "--",
+                  *map(str, tables),
                   timeout=600)
     assert all((work / p).stat().st_mtime_ns != before[p] for p in tables + scores), "nothing was recomputed"
     for path in scores:

@@ -319,8 +319,12 @@ def test_registered_family_validates_and_plans_its_jobs(registered):
     assert toy_build in jobs
     infer = sorted(out for job in jobs if job["rule"] == "infer" and job["wildcards"]["model"] == "toy_vlm"
                    for out in job["output"])
-    assert infer == sorted(f"results/inference/{task}/toy_vlm/{setting}/r{r}.parquet" for task in cfg["tasks"]
-                           for setting in cfg["settings"] for r in range(cfg["inference"]["repeats"]))
+    # each task in its own settings, or in every setting no task claims (POPE and captions)
+    claimed = {s for task in cfg["tasks"].values() for s in task.get("settings") or []}
+    study = [s for s in cfg["settings"] if s not in claimed]
+    assert infer == sorted(f"results/inference/{task}/toy_vlm/{setting}/r{r}.parquet"
+                           for task, task_cfg in cfg["tasks"].items() for setting in task_cfg.get("settings") or study
+                           for r in range(cfg["inference"]["repeats"]))
 
 
 @pytest.mark.slow

@@ -29,7 +29,9 @@ from conftest import (
 )
 
 OLD = 978307200  # 2001-01-01: older than every file of the workflow
-MODELS = {"qwen2_5_vl": "qwen2_5_vl", "llava_1_5": "llava", "instructblip": "instructblip"}
+# model entry -> the demo folder of its family (both llava entries read the same user folder)
+MODELS = {"qwen2_5_vl": "qwen2_5_vl", "llava_1_5": "llava", "llava_1_5_pad": "llava", "instructblip": "instructblip",
+          "idefics3": "hf"}
 # The data stage, rendering and one inference job per task: every stage that reads the user's files.
 TARGETS = ["results/data/pope_sample.parquet", "results/data/caption_sample.parquet",
            "results/images/pope/contact_sheet.png", "results/images/caption/contact_sheet.png",
@@ -48,7 +50,7 @@ def make_user_data(demo_run: Path, dest: Path) -> Path:
     shutil.copytree(demo_run / "resources/demo/coco", dest / "coco")
     (dest / "pope").mkdir(parents=True)
     shutil.copy(demo_run / "results/pope_built/coco_pope_adversarial.json", dest / "pope/adversarial.jsonl")
-    for family in MODELS.values():
+    for family in sorted(set(MODELS.values())):
         shutil.copytree(demo_run / "resources/demo/models" / family, dest / "models" / family)
     for path in [dest, *dest.rglob("*")]:
         os.utime(path, (OLD, OLD))
