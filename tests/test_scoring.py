@@ -245,6 +245,10 @@ def test_paper_model_matching_by_hf_id_key_and_family():
                                                        "blip": "instructblip"}
     two = {"a": {"family": "instructblip", "path": "x/a"}, "b": {"family": "instructblip", "path": "x/b"}}
     assert score.match_paper_models(two, paper) == {}   # ambiguous family: no paper numbers
+    # the padded LLaVA is our variant of the same checkpoint: the paper's LLaVA numbers are not its own
+    padded = {"llava_1_5": {"family": "llava", "path": "llava-hf/llava-1.5-7b-hf"},
+              "llava_1_5_pad": {"family": "llava", "path": "llava-hf/llava-1.5-7b-hf", "image_preprocess": "pad"}}
+    assert score.match_paper_models(padded, paper) == {"llava_1_5": "llava_1_5"}
 
 
 def test_table1_layout_puts_paper_numbers_next_to_ours():

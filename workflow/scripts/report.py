@@ -30,6 +30,7 @@ import pipeline_io
 import pyarrow.parquet as pq
 import yaml
 from markupsafe import Markup, escape
+from paper_models import match_paper_models
 from pipeline_io import PipelineError, atomic_output, log, params_config, read_metadata, run_main
 
 REPORT_DIR = Path(pipeline_io.__file__).resolve().parent.parent / "report"
@@ -167,31 +168,6 @@ def sample_sizes(sample_paths: list[str]) -> dict[str, int]:
             raise PipelineError(f"{path}: cannot read the sample table ({err}); rerun the rule that writes it") \
                 from err
     return sizes
-
-
-def match_paper_models(models: dict[str, dict], paper_models: dict[str, dict]) -> dict[str, str]:
-    """Our model key -> the paper's model key, by the rule score.py's tables use (and paper_numbers.yaml states):
-    by Hugging Face id, else by equal key, else by family when the family is unambiguous on both sides."""
-    matched: dict[str, str] = {}
-    for ours, cfg in models.items():
-        for theirs, info in paper_models.items():
-            if str(cfg.get("path", "")).lower() == str(info.get("hf_id", "")).lower():
-                matched[ours] = theirs
-                break
-    for ours in models:
-        if ours not in matched and ours in paper_models and ours not in matched.values():
-            matched[ours] = ours
-    taken = set(matched.values())
-    for ours, cfg in models.items():
-        if ours in matched:
-            continue
-        family = cfg.get("family")
-        theirs = [k for k, v in paper_models.items() if v.get("family") == family and k not in taken]
-        same_family = [k for k, v in models.items() if v.get("family") == family and k not in matched]
-        if len(theirs) == 1 and same_family == [ours]:
-            matched[ours] = theirs[0]
-            taken.add(theirs[0])
-    return matched
 
 
 def model_labels(models: dict[str, dict], paper: dict) -> dict[str, str]:

@@ -39,6 +39,7 @@ import polars as pl
 import pope_metrics as pm
 import stats as st
 import yaml
+from paper_models import match_paper_models
 from pipeline_io import (
     PipelineError,
     atomic_output,
@@ -515,31 +516,6 @@ def _metadata(cfg: dict, interval: str, extra: dict | None = None) -> dict:
 
 TABLE1 = [("accuracy", "Acc (%)", 100.0, 1), ("f1", "F1", 1.0, 2), ("yes_ratio", "Yes-ratio", 1.0, 2)]
 TABLE2 = [("chair_s", "CHAIRs (%)", 100.0, 1), ("chair_i", "CHAIRi (%)", 100.0, 1)]
-
-
-def match_paper_models(models: dict[str, dict], paper_models: dict[str, dict]) -> dict[str, str]:
-    """Our model key -> the paper's model key: by Hugging Face id, else by equal key, else by family when the
-    family is unambiguous on both sides."""
-    matched: dict[str, str] = {}
-    for ours, cfg in models.items():
-        for theirs, info in paper_models.items():
-            if str(cfg.get("path", "")).lower() == str(info.get("hf_id", "")).lower():
-                matched[ours] = theirs
-                break
-    for ours in models:
-        if ours not in matched and ours in paper_models and ours not in matched.values():
-            matched[ours] = ours
-    taken = set(matched.values())
-    for ours, cfg in models.items():
-        if ours in matched:
-            continue
-        family = cfg.get("family")
-        theirs = [k for k, v in paper_models.items() if v.get("family") == family and k not in taken]
-        same_family = [k for k, v in models.items() if v.get("family") == family and k not in matched]
-        if len(theirs) == 1 and same_family == [ours]:
-            matched[ours] = theirs[0]
-            taken.add(theirs[0])
-    return matched
 
 
 def _fmt(value: float, decimals: int, sign: bool = False) -> str:
