@@ -18,9 +18,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow" / "scripts"))
 
 import chair  # noqa: E402
+import chair_scoring  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
-import score  # noqa: E402
+import pope_scoring  # noqa: E402
 
 MODELS = ["qwen2_5_vl", "llava_1_5", "instructblip"]
 SETTINGS = ["baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"]
@@ -72,9 +73,9 @@ def main():
     rng = np.random.default_rng(0)
     pope = pope_rows(rng, args.repeats)
     t0 = time.perf_counter()
-    answers = score.parse_answers(pope)
+    answers = pope_scoring.parse_answers(pope)
     t1 = time.perf_counter()
-    metrics, _ = score.score_pope(pope, 0, RESAMPLES, 0.95)
+    metrics, _ = pope_scoring.score_pope(pope, 0, RESAMPLES, 0.95)
     t2 = time.perf_counter()
     print(f"POPE: {len(pope):,} rows, {len(metrics)} groups, {metrics['n_images'][0]} images per group, "
           f"{RESAMPLES} resamples (clustered by image), P(yes) metrics included, "
@@ -92,9 +93,9 @@ def main():
     for text in refs:
         vocab.caption_objects(text)
     t4 = time.perf_counter()
-    detail = score.score_captions(caps, vocab, gt)
+    detail = chair_scoring.score_captions(caps, vocab, gt)
     t5 = time.perf_counter()
-    cm = score.chair_metrics(detail, 0, RESAMPLES, 0.95)
+    cm = chair_scoring.chair_metrics(detail, 0, RESAMPLES, 0.95)
     t6 = time.perf_counter()
     print(f"CHAIR: {len(caps):,} captions ({detail['n_words'].mean():.0f} words on average), {len(cm)} groups")
     print(f"  2,500 reference captions: {t4 - t3:6.2f} s")

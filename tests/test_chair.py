@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import chair
+import chair_scoring
 import numpy as np
 import polars as pl
 import pytest
-import score
 from conftest import row
 
 COCO_80 = [
@@ -120,8 +120,8 @@ def test_chair_metrics_hand_computed(vocab):
                      "A person on a chair.",                     # 2 mentions, 0 hallucinated
                      "A dog.", "A man, a chair and a toaster."],  # 1 + 3 mentions, 1 hallucinated
     })
-    captions_df = score.score_captions(df, vocab, gt)
-    m = score.chair_metrics(captions_df, seed=0, resamples=200, confidence=0.95)
+    captions_df = chair_scoring.score_captions(df, vocab, gt)
+    m = chair_scoring.chair_metrics(captions_df, seed=0, resamples=200, confidence=0.95)
     base, pii = row(m, setting="baseline"), row(m, setting="pii")
     assert base["chair_s"] == pytest.approx(1 / 2)
     assert base["chair_i"] == pytest.approx(2 / 6)
@@ -138,7 +138,7 @@ def test_chair_metrics_hand_computed(vocab):
 def test_caption_without_objects_and_empty_group(vocab):
     df = pl.DataFrame({"sample_id": ["c1"], "task": "caption", "model": "m", "setting": ["baseline"],
                        "image_id": [1], "response": [""]})
-    caps = score.score_captions(df, vocab, {1: {"dog"}})
-    m = score.chair_metrics(caps, 0, 100, 0.95, groups=[("caption", "m", "baseline"), ("caption", "m", "x")])
+    caps = chair_scoring.score_captions(df, vocab, {1: {"dog"}})
+    m = chair_scoring.chair_metrics(caps, 0, 100, 0.95, groups=[("caption", "m", "baseline"), ("caption", "m", "x")])
     assert m["chair_s"][0] == 0 and np.isnan(m["chair_i"][0])   # no mention: CHAIRi undefined
     assert m["n"][1] == 0 and np.isnan(m["chair_s"][1])          # no caption at all: NaN, no crash

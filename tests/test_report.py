@@ -100,7 +100,7 @@ def fake_inputs(tmp: Path) -> SimpleNamespace:
     metrics = [write_parquet(pope, scores / "pope_metrics.parquet", "pope_metrics", SCORING_META),
                write_parquet(chair, scores / "chair_metrics.parquet", "chair_metrics", SCORING_META)]
     tables = tmp / "tables"
-    # the paper's numbers as score.py writes them beside each table: <model>:<metric>_paper, one row per setting
+    # the paper's numbers as the table rules write them beside each table: <model>:<metric>_paper, one row per setting
     csvs = [write_csv([{"setting": "baseline", "qwen:accuracy_paper": 80.2, "qwen:f1_paper": 0.76,
                         "llava:accuracy_paper": 84.0, "llava:f1_paper": ""},
                        {"setting": "prompt_in_image", "qwen:accuracy_paper": 84.3, "qwen:f1_paper": 0.82,

@@ -187,11 +187,15 @@ def scoring_data(name):
     return os.path.relpath(f"{workflow.basedir}/workflow/data/{name}")
 
 
-def table_params():
-    """What the tables show: models in config order with their identity (to find the paper's column), setting
-    order, the interval level. Lists, not dicts: canonical JSON sorts keys and would lose the order.
-    """
-    models = [
+# The setting every other is compared with (scoring.baseline).
+SCORING_BASELINE = config["scoring"].get("baseline", "baseline")
+
+
+def table_models():
+    """The models the tables and figures show, in config order, with what finds the paper's column for each: a
+    list of entries (key, family, path, image_preprocess), each entry's keys in a fixed order (params compare by
+    repr)."""
+    return [
         {
             "key": m,
             "family": config["models"][m]["family"],
@@ -202,7 +206,6 @@ def table_params():
         }
         for m in MODELS
     ]
-    return canonical("scoring", models=models, settings=STUDY_SETTINGS)
 
 
 def scoring_targets():

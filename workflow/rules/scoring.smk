@@ -14,9 +14,12 @@ rule score_pope:
     conda:
         "../../envs/scoring.yaml"
     params:
-        cfg=canonical("scoring", "seed"),
+        seed=config["seed"],
+        resamples=config["scoring"]["bootstrap_resamples"],
+        confidence=config["scoring"]["confidence"],
+        baseline=SCORING_BASELINE,
     script:
-        "../scripts/score.py"
+        "../scripts/score_pope.py"
 
 
 rule score_chair:
@@ -33,9 +36,12 @@ rule score_chair:
     conda:
         "../../envs/scoring.yaml"
     params:
-        cfg=canonical("scoring", "seed"),
+        seed=config["seed"],
+        resamples=config["scoring"]["bootstrap_resamples"],
+        confidence=config["scoring"]["confidence"],
+        baseline=SCORING_BASELINE,
     script:
-        "../scripts/score.py"
+        "../scripts/score_chair.py"
 
 
 rule table1_pope:
@@ -51,9 +57,11 @@ rule table1_pope:
     conda:
         "../../envs/scoring.yaml"
     params:
-        cfg=table_params(),
+        models=table_models(),
+        settings=STUDY_SETTINGS,
+        confidence=config["scoring"]["confidence"],
     script:
-        "../scripts/score.py"
+        "../scripts/table1_pope.py"
 
 
 rule table2_chair:
@@ -69,9 +77,11 @@ rule table2_chair:
     conda:
         "../../envs/scoring.yaml"
     params:
-        cfg=table_params(),
+        models=table_models(),
+        settings=STUDY_SETTINGS,
+        confidence=config["scoring"]["confidence"],
     script:
-        "../scripts/score.py"
+        "../scripts/table2_chair.py"
 
 
 rule table_pope_pyes:
@@ -87,9 +97,11 @@ rule table_pope_pyes:
     conda:
         "../../envs/scoring.yaml"
     params:
-        cfg=table_params(),
+        models=table_models(),
+        settings=STUDY_SETTINGS,
+        confidence=config["scoring"]["confidence"],
     script:
-        "../scripts/score.py"
+        "../scripts/table_pope_pyes.py"
 
 
 # Table 1 and Table 2 as figures: per setting, each model's value with its interval and the paper's number.
@@ -111,9 +123,11 @@ rule plot_table1_pope:
     conda:
         "../../envs/scoring.yaml"
     params:
-        cfg=table_params(),
+        models=table_models(),
+        settings=STUDY_SETTINGS,
+        confidence=config["scoring"]["confidence"],
     script:
-        "../scripts/plot_results.py"
+        "../scripts/plot_table1_pope.py"
 
 
 rule plot_table2_chair:
@@ -132,9 +146,11 @@ rule plot_table2_chair:
     conda:
         "../../envs/scoring.yaml"
     params:
-        cfg=table_params(),
+        models=table_models(),
+        settings=STUDY_SETTINGS,
+        confidence=config["scoring"]["confidence"],
     script:
-        "../scripts/plot_results.py"
+        "../scripts/plot_table2_chair.py"
 
 
 # How much of the strip each model saw (inference column strip_visible_fraction): POPE and CHAIR per group.
@@ -153,7 +169,9 @@ rule score_visibility:
     conda:
         "../../envs/scoring.yaml"
     params:
-        cfg=canonical("scoring", "seed"),
+        seed=config["seed"],
+        resamples=config["scoring"]["bootstrap_resamples"],
+        confidence=config["scoring"]["confidence"],
     script:
         "../scripts/score_visibility.py"
 
@@ -175,6 +193,8 @@ rule score_transcribe:
     conda:
         "../../envs/scoring.yaml"
     params:
-        cfg=canonical("scoring", "seed"),
+        seed=config["seed"],
+        resamples=config["scoring"]["bootstrap_resamples"],
+        confidence=config["scoring"]["confidence"],
     script:
         "../scripts/score_transcribe.py"

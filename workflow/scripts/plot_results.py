@@ -1,11 +1,11 @@
 """Stage: scoring (figures). Table 1 (POPE) and Table 2 (CHAIR) drawn as point-range plots next to the paper.
 
-Rules served (dispatched on the rule name): ``plot_table1_pope`` (accuracy and yes-ratio) and ``plot_table2_chair``
-(CHAIRs and CHAIRi). One panel per metric; settings on the x axis in config order; per setting one point per model
+For the rules ``plot_table1_pope`` (accuracy and yes-ratio) and ``plot_table2_chair`` (CHAIRs and CHAIRi), each with
+its own script. One panel per metric; settings on the x axis in config order; per setting one point per model
 (config order, one colour each, side by side) with its bootstrap interval from the metrics table's
 ``*_ci_low``/``*_ci_high`` columns; the paper's published number as a hollow diamond of the model's colour at the
-same place, only where ``workflow/data/paper_numbers.yaml`` gives one. Units are the tables' (score.TABLE1 /
-score.TABLE2: accuracy and CHAIR in %, yes-ratio a fraction), so ours and the paper's share an axis. A NaN value
+same place, only where ``workflow/data/paper_numbers.yaml`` gives one. Units are the tables' (paper_tables.TABLE1 /
+paper_tables.TABLE2: accuracy and CHAIR in %, yes-ratio a fraction), so ours and the paper's share an axis. A NaN value
 draws no point; a NaN interval draws the point without a bar.
 
 The data behind a figure come from ``plot_points`` (a plain data frame, one row per model x setting x metric), so
@@ -13,7 +13,6 @@ tests can compare the drawn artists with the table; every drawn artist carries a
 (``ours:<model>:<metric>``, ``interval:<model>:<metric>``, ``paper:<model>:<metric>``).
 """
 
-# No ``from __future__`` import: Snakemake's script directive puts its preamble before the first line.
 import math
 import textwrap
 
@@ -25,18 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from pipeline_io import (  # noqa: E402
-    PipelineError,
-    log,
-    params_config,
-    read_table,
-    records_frame,
-    run_main,
-    save_figure,
-)
-from score import TABLE1, TABLE2, _read_paper, match_paper_models  # noqa: E402
+from paper_models import match_paper_models  # noqa: E402
+from paper_tables import TABLE1, TABLE2, read_paper  # noqa: E402
+from pipeline_io import log, read_table, records_frame, save_figure  # noqa: E402
 
-# Which table columns each figure draws (metric keys of score.TABLE1 / TABLE2, whose labels and scales it reuses).
+# Which table columns each figure draws (metric keys of paper_tables.TABLE1 / TABLE2, whose labels and scales it reuses).
 FIGURES = {
     "table1_pope": {"metrics": ("accuracy", "yes_ratio"), "spec": TABLE1, "schema": "pope_metrics",
                     "title": "Table 1 · POPE adversarial", "unit": "images resampled with all their questions",
@@ -55,7 +47,7 @@ POINT_TYPES = {"model": pl.String, "label": pl.String, "colour": pl.Int64, "sett
 
 def published_numbers(paper: dict, table_key: str) -> dict[tuple[str, str], dict]:
     """(paper's model key, our setting id) -> {metric: number} of one of the paper's tables, the paper's row names
-    mapped to our setting ids through ``settings:`` as score.build_table maps them."""
+    mapped to our setting ids through ``settings:`` as paper_tables.build_table maps them."""
     setting_of_row = paper.get("settings") or {}
     published: dict[tuple[str, str], dict] = {}
     for theirs, rows in (paper.get(table_key) or {}).items():
@@ -222,23 +214,13 @@ def figure_for(metrics: pl.DataFrame, paper: dict, table_key: str, models: dict[
     return draw_figure(points, table_key, settings, paper, confidence), points
 
 
-# --- rule entry points ---------------------------------------------------------------------------------------------
-
-def main(smk) -> None:
-    table_key = {"plot_table1_pope": "table1_pope", "plot_table2_chair": "table2_chair"}.get(smk.rule)
-    if table_key is None:
-        raise PipelineError(f"plot_results.py: no entry for rule '{smk.rule}'")
-    cfg = params_config(smk)
-    metrics = read_table(smk.input.metrics, FIGURES[table_key]["schema"])
-    paper = _read_paper(smk.input.paper)
-    models = {m["key"]: m for m in cfg["models"]}  # a list in params, to keep the config's order
-    fig, points = figure_for(metrics, paper, table_key, models, cfg["settings"], cfg["scoring"]["confidence"])
-    save_figure(fig, smk.output.png, dpi=130)
+def plot_table(table_key: str, metrics_path: str, paper_path: str, png_path: str, models: dict[str, dict],
+               settings: list[str], confidence: float) -> None:
+    """Draw one table's figure from its metrics table and the paper's numbers, and save it as PNG."""
+    metrics = read_table(metrics_path, FIGURES[table_key]["schema"])
+    fig, points = figure_for(metrics, read_paper(paper_path), table_key, models, settings, confidence)
+    save_figure(fig, png_path, dpi=130)
     drawn = int(np.isfinite(points["value"].to_numpy()).sum())
-    log.info("wrote %s: %d models x %d settings, %d points, %d paper numbers", smk.output.png,
+    log.info("wrote %s: %d models x %d settings, %d points, %d paper numbers", png_path,
              points["model"].n_unique(), points["setting"].n_unique(), drawn,
              int(np.isfinite(points["paper"].to_numpy()).sum()))
-
-
-if "snakemake" in globals():
-    run_main(main, snakemake)

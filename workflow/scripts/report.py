@@ -9,7 +9,7 @@ workflow/report/*.rst.
 The numbers are read as data, never from the Markdown tables: every value, interval, delta, p-value and spread
 comes from the scoring stage's metrics tables (results/scores/{pope,chair,visibility,transcribe}_metrics.parquet,
 checked against their schemas; transcribe only with that task), the paper's numbers from the tables' CSV files
-(``<model>:<metric>_paper``, already matched to the config's models by score.py), the paper's model labels and row
+(``<model>:<metric>_paper``, already matched to the config's models by the table rules), the paper's model labels and row
 names from workflow/data/paper_numbers.yaml. Both files are rendered by Jinja2 templates in workflow/report/:
 index.html.j2 (autoescaped) and summary.md.j2.
 """

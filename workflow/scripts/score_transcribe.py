@@ -3,7 +3,7 @@ of its transcription against the rendered text (transcription.py), overall and p
 
 import polars as pl
 import transcription
-from pipeline_io import PipelineError, atomic_output, log, params_config, read_table, run_main, write_csv, write_table
+from pipeline_io import PipelineError, atomic_output, log, read_table, run_main, write_csv, write_table
 
 
 def rendered_text(manifests: list[str]) -> pl.DataFrame:
@@ -13,7 +13,6 @@ def rendered_text(manifests: list[str]) -> pl.DataFrame:
 
 
 def main(smk) -> None:
-    cfg = params_config(smk)
     rows = pl.concat([read_table(p, "inference") for p in smk.input.inference], how="diagonal_relaxed")
     rows = rows.with_columns(pl.col("response").cast(pl.String).fill_null(""))
     joined = rows.join(rendered_text(list(smk.input.manifests)), on="sample_id", how="left")
@@ -23,8 +22,8 @@ def main(smk) -> None:
                             f"{list(smk.input.manifests)}; its strip image must be a question variant (rerun "
                             "rendering)")
     scored = transcription.score_rows(joined)
-    confidence = float(cfg["scoring"]["confidence"])
-    table = transcription.metrics(scored, int(cfg["seed"]), int(cfg["scoring"]["bootstrap_resamples"]), confidence)
+    confidence = float(smk.params.confidence)
+    table = transcription.metrics(scored, int(smk.params.seed), int(smk.params.resamples), confidence)
     write_table(table, smk.output.metrics, "transcribe_metrics",
                 metadata={"interval": "percentile bootstrap over images", "confidence": confidence,
                           "normalisation": "NFKC, case folded, punctuation removed, white space collapsed"})

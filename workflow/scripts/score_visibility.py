@@ -9,7 +9,7 @@ them. Baseline rows (the original image, no strip) fall in "unknown"."""
 
 import numpy as np
 import polars as pl
-from pipeline_io import atomic_output, log, params_config, read_table, run_main, write_csv, write_table
+from pipeline_io import atomic_output, log, read_table, run_main, write_csv, write_table
 from transcription import ratio_with_interval, visibility_group
 
 KEYS = ["task", "model", "setting", "repeat", "sample_id"]
@@ -89,9 +89,7 @@ def markdown(table: pl.DataFrame, confidence: float) -> str:
 
 
 def main(smk) -> None:
-    cfg = params_config(smk)
-    seed, resamples, confidence = int(cfg["seed"]), int(cfg["scoring"]["bootstrap_resamples"]), \
-        float(cfg["scoring"]["confidence"])
+    seed, resamples, confidence = int(smk.params.seed), int(smk.params.resamples), float(smk.params.confidence)
     records = []
     pope = read_table(smk.input.pope_answers, "pope_answers").with_columns(
         answer_yes=pl.col("answer_official") == "yes")

@@ -1,0 +1,149 @@
+"""CHAIR scoring (Rohrbach et al. 2018): per-caption mentioned and hallucinated COCO objects (``chair``), and per
+task/model/setting CHAIRs, CHAIRi, recall and caption length with clustered bootstrap intervals and paired
+bootstrap deltas and p-values against the baseline setting (``scoring``). One caption per image and repeat, so
+resampling images is resampling captions; every mention counts, repeated ones too."""
+
+import chair
+import numpy as np
+import polars as pl
+import stats as st
+from pipeline_io import PipelineError, log, records_frame
+from scoring import (
+    BASELINE,
+    REPEATS_METADATA,
+    delta_columns,
+    empty_paired,
+    mean_stat,
+    n_repeats,
+    paired_frames,
+    repeats_of,
+    split_groups,
+    spread_columns,
+)
+from stats import bootstrap_p, group_rng, percentile_interval
+
+CHAIR_METRICS = ("chair_s", "chair_i", "recall", "mean_length")
+CHAIR_INTERVAL = ("percentile bootstrap over images (clustered by image_id; one caption per image, so captions are "
+                  "resampled); paired bootstrap for deltas resamples images too")
+CHAIR_METADATA = {"chair": "Rohrbach et al. 2018; every mention counts (repeats included)",
+                  "tests": "paired bootstrap over images", "repeats": REPEATS_METADATA}
+
+
+def load_ground_truth(captions: pl.DataFrame, synonyms: str, instances: str, coco_captions: str
+                      ) -> tuple[chair.Vocabulary, dict[int, set[str]]]:
+    """(vocabulary, image id -> its ground-truth objects) for the images of the captions, from the synonym table
+    and the COCO instances and captions files; a problem with those files is a PipelineError."""
+    try:
+        vocab = chair.Vocabulary.load(synonyms)
+        images = sorted(set(captions["image_id"].cast(pl.Int64).to_list())) if len(captions) else []
+        gt = chair.ground_truth(vocab, chair.load_json(instances), chair.load_json(coco_captions), images,
+                                str(instances), str(coco_captions))
+    except chair.ChairError as err:
+        raise PipelineError(str(err)) from err
+    return vocab, gt
+
+
+_CHAIR_SUMS = ("hallucinated", "n_hallucinated", "n_mentions", "n_gt_mentioned", "n_gt", "n_words")
+
+
+def chair_from_sums(sums: np.ndarray, n: np.ndarray | float) -> dict[str, np.ndarray]:
+    """CHAIR metrics from per-caption sums in the order of ``_CHAIR_SUMS`` (shape (..., 6)), n captions."""
+    s = np.asarray(sums, dtype=float)
+    return {
+        "chair_s": st.ratio(s[..., 0], n),
+        "chair_i": st.ratio(s[..., 1], s[..., 2]),
+        "recall": st.ratio(s[..., 3], s[..., 4]),
+        "mean_length": st.ratio(s[..., 5], n),
+    }
+
+
+def score_captions(df: pl.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[str]]) -> pl.DataFrame:
+    """Per-caption CHAIR detail: mentioned and hallucinated objects, ground truth, counts; the repeat column is
+    kept when present."""
+    has_repeat = "repeat" in df.columns
+    records = []
+    for row in df.iter_rows(named=True):
+        cs = chair.score_caption(vocab, row["response"], gt[int(row["image_id"])])
+        record = {"sample_id": row["sample_id"], "task": row["task"], "model": row["model"],
+                  "setting": row["setting"]}
+        if has_repeat:
+            record["repeat"] = int(row["repeat"])
+        record.update({
+            "image_id": int(row["image_id"]), "response": row["response"],
+            "mentioned_words": cs.mentioned_words, "mentioned_objects": cs.mentioned_objects,
+            "hallucinated_words": cs.hallucinated_words, "hallucinated_objects": cs.hallucinated_objects,
+            "gt_objects": cs.gt_objects, "n_words": cs.n_words, "n_mentions": cs.n_mentions,
+            "n_hallucinated": cs.n_hallucinated, "hallucinated": cs.n_hallucinated > 0,
+            "n_gt": len(cs.gt_objects), "n_gt_mentioned": cs.n_gt_mentioned,
+        })
+        records.append(record)
+    columns = ["sample_id", "task", "model", "setting"] + (["repeat"] if has_repeat else []) + [
+        "image_id", "response", "mentioned_words", "mentioned_objects", "hallucinated_words", "hallucinated_objects",
+        "gt_objects", "n_words", "n_mentions", "n_hallucinated", "hallucinated", "n_gt", "n_gt_mentioned"]
+    return records_frame(records, columns, {"repeat": pl.Int64} if has_repeat else None)
+
+
+def _sums_matrix(captions: pl.DataFrame, suffix: str = "") -> np.ndarray:
+    """Per-caption sums in the order of ``_CHAIR_SUMS``, then a column of ones (the caption count)."""
+    x = np.asarray(captions.select(pl.col(f"{c}{suffix}").cast(pl.Float64) for c in _CHAIR_SUMS).to_numpy(),
+                   dtype=float).reshape(-1, len(_CHAIR_SUMS))
+    return np.hstack([x, np.ones((len(x), 1))])
+
+
+def _chair_point_and_boot(x: np.ndarray, clusters: np.ndarray, n_images: int, weights: np.ndarray):
+    boot = weights @ st.cluster_sums(clusters, n_images, x)
+    total = x.sum(axis=0)
+    return chair_from_sums(total[:-1], total[-1]), chair_from_sums(boot[:, :-1], boot[:, -1])
+
+
+def _chair_stats(captions: pl.DataFrame, clusters: np.ndarray, n_images: int, weights: np.ndarray):
+    """Per repeat: (point, bootstrap) CHAIR metrics, every repeat with the same image weights."""
+    x = _sums_matrix(captions)
+    per = [_chair_point_and_boot(x[m], clusters[m], n_images, weights) for m in repeats_of(captions)]
+    return [p for p, _ in per], [b for _, b in per]
+
+
+def chair_metrics(captions: pl.DataFrame, seed: int, resamples: int, confidence: float,
+                  groups: list[tuple[str, str, str]] | None = None, baseline: str = BASELINE) -> pl.DataFrame:
+    """CHAIR metrics per task/model/setting with clustered-bootstrap intervals (the image is the unit, with all
+    its repeats; with one caption per image and repeat that is the caption) and paired-bootstrap deltas and
+    p-values against the baseline. Per decoding repeat, then the mean over repeats, as for POPE; the counts (n,
+    mentions, ...) are summed over repeats."""
+    groups, by_group, empty = split_groups(captions, groups)
+    rows = []
+    for names in groups:
+        task, model, setting = names
+        current = by_group.get(names, empty)
+        x = _sums_matrix(current)
+        n = len(current)
+        clusters, n_images = st.clusters_of(current["image_id"])
+        weights = st.cluster_weights(group_rng(seed, "ci", *names), n_images, resamples)
+        points, boots = _chair_stats(current, clusters, n_images, weights)
+        row = {"task": task, "model": model, "setting": setting, "baseline": baseline, "n": n,
+               "n_images": n_images, "n_mentions": int(x[:, 2].sum()), "n_hallucinated_mentions": int(x[:, 1].sum()),
+               "n_hallucinated_captions": int(x[:, 0].sum())}
+        spread: dict = {"n_repeats": n_repeats(current)}
+        for metric in CHAIR_METRICS:
+            row[metric] = float(mean_stat(points, metric))
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(mean_stat(boots, metric),
+                                                                                    confidence)
+            spread_columns(spread, metric, points, metric)
+        base = by_group.get((task, model, baseline))
+        if setting != baseline and base is not None:
+            b, s, clusters_b, clusters_s, n_images, row["n_paired"] = paired_frames(base, current, names, baseline)
+            weights = st.cluster_weights(group_rng(seed, "paired", *names), n_images, resamples)
+            sides = {"b": _chair_stats(b, clusters_b, n_images, weights),
+                     "s": _chair_stats(s, clusters_s, n_images, weights)}
+            for metric in CHAIR_METRICS:
+                deltas = mean_stat(sides["s"][1], metric) - mean_stat(sides["b"][1], metric)
+                delta_columns(row, metric, mean_stat(sides["s"][0], metric) - mean_stat(sides["b"][0], metric),
+                               deltas, confidence)
+                row[f"{metric}_p_value"] = bootstrap_p(deltas)
+        else:
+            row.update(empty_paired(("",), CHAIR_METRICS, (), ("n_paired",)))
+        row.update(spread)
+        rows.append(row)
+        log.info("chair %s/%s: n=%d (%d repeat(s)) CHAIRs=%.3f CHAIRi=%.3f", model, setting, n, row["n_repeats"],
+                 row["chair_s"], row["chair_i"])
+    return records_frame(rows)
+

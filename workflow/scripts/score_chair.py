@@ -1,0 +1,21 @@
+"""Rule score_chair: CHAIR detail per caption and CHAIR metrics per task/model/setting (``chair_scoring``)."""
+
+from chair_scoring import CHAIR_INTERVAL, CHAIR_METADATA, chair_metrics, load_ground_truth, score_captions
+from pipeline_io import log, run_main, write_table
+from scoring import metadata, read_inference
+
+
+def main(smk) -> None:
+    p = smk.params
+    data, groups = read_inference(list(smk.input.inference), "caption")
+    vocab, gt = load_ground_truth(data, smk.input.synonyms, smk.input.instances, smk.input.captions)
+    log.info("CHAIR ground truth for %d images; scoring %d captions", len(gt), len(data))
+    captions = score_captions(data, vocab, gt)
+    metrics = chair_metrics(captions, p.seed, p.resamples, p.confidence, groups, p.baseline)
+    meta = metadata(p.seed, p.resamples, p.confidence, p.baseline, CHAIR_INTERVAL, CHAIR_METADATA)
+    write_table(captions, smk.output.captions, "chair_captions", meta)
+    write_table(metrics, smk.output.metrics, "chair_metrics", meta)
+
+
+if "snakemake" in globals():
+    run_main(main, snakemake)

@@ -1,0 +1,19 @@
+"""Rule score_pope: POPE metrics per task/model/setting (``pope_scoring``) and every parsed answer."""
+
+from pipeline_io import log, run_main, write_table
+from pope_scoring import POPE_INTERVAL, pope_metadata, score_pope
+from scoring import metadata, read_inference
+
+
+def main(smk) -> None:
+    p = smk.params
+    data, groups = read_inference(list(smk.input.inference), "pope")
+    log.info("scoring %d POPE rows in %d files", len(data), len(groups))
+    metrics, answers = score_pope(data, p.seed, p.resamples, p.confidence, groups, p.baseline)
+    meta = metadata(p.seed, p.resamples, p.confidence, p.baseline, POPE_INTERVAL, pope_metadata(metrics))
+    write_table(answers, smk.output.answers, "pope_answers", meta)
+    write_table(metrics, smk.output.metrics, "pope_metrics", meta)
+
+
+if "snakemake" in globals():
+    run_main(main, snakemake)

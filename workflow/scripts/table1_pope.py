@@ -1,0 +1,16 @@
+"""Rule table1_pope: the paper's Table 1 (POPE) with our numbers beside the paper's (``paper_tables``)."""
+
+from paper_tables import TABLE1_TITLE, models_by_key, read_paper, table1_pope, write_table_files
+from pipeline_io import read_table, run_main
+
+
+def main(smk) -> None:
+    p = smk.params
+    metrics = read_table(smk.input.metrics, "pope_metrics")
+    frame, markdown = table1_pope(metrics, read_paper(smk.input.paper), models_by_key(p.models), p.settings,
+                                  p.confidence)
+    write_table_files(frame, markdown, smk.output.csv, smk.output.md, TABLE1_TITLE)
+
+
+if "snakemake" in globals():
+    run_main(main, snakemake)
