@@ -102,6 +102,10 @@ def inference_paths(task, model, setting):
     return [inference_path(task, model, setting, r) for r in REPEATS]
 
 
+# The demo's synthetic mini-COCO settings (data.demo; empty outside the demo, where rule demo_coco says so).
+DEMO_DATA = config["data"]["demo"] or {}
+
+
 def coco_annotation(kind):
     """A COCO 2017 annotation file (kind: instances or captions): the user's, the demo's or a download."""
     return coco_annotation_path(config["data"]["coco"]["root"], kind)

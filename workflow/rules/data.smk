@@ -16,7 +16,10 @@ rule demo_coco:
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=canonical(("data", "demo"), "seed"),
+        n_images=DEMO_DATA.get("n_images"),
+        min_size=DEMO_DATA.get("min_size"),
+        max_size=DEMO_DATA.get("max_size"),
+        seed=config["seed"],
     script:
         "../scripts/demo_coco.py"
 
@@ -57,7 +60,10 @@ rule build_pope:
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=canonical(("data", "pope_build"), "seed"),
+        n_images=config["data"]["pope_build"]["n_images"],
+        n_per_label=config["data"]["pope_build"]["n_per_label"],
+        min_objects=config["data"]["pope_build"]["min_objects"],
+        seed=config["seed"],
     script:
         "../scripts/pope_build.py"
 
@@ -75,9 +81,12 @@ rule sample_pope:
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=canonical(("sampling", "pope"), ("data", "coco", "root"), "seed"),
+        n=config["sampling"]["pope"]["n"],
+        balanced=config["sampling"]["pope"]["balanced"],
+        coco_root=lambda wc: config["data"]["coco"]["root"],
+        seed=config["seed"],
     script:
-        "../scripts/sample.py"
+        "../scripts/sample_pope.py"
 
 
 rule sample_caption:
@@ -92,11 +101,10 @@ rule sample_caption:
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=canonical(
-            ("sampling", "caption"),
-            ("tasks", "caption", "question"),
-            ("data", "coco", "root"),
-            "seed",
-        ),
+        n=config["sampling"]["caption"]["n"],
+        # through a function: Snakemake would read braces in a prompt as wildcards
+        question=lambda wc: config["tasks"]["caption"]["question"],
+        coco_root=lambda wc: config["data"]["coco"]["root"],
+        seed=config["seed"],
     script:
-        "../scripts/sample.py"
+        "../scripts/sample_caption.py"

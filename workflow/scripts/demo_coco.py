@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-from pipeline_io import PipelineError, atomic_output, log, params_config, run_main
+from pipeline_io import PipelineError, atomic_output, log, run_main
 
 # The 80 official COCO categories: (id, name, supercategory), ids as in instances_*2017.json (gaps included).
 COCO_CATEGORIES = [
@@ -381,13 +381,12 @@ def _write_json(path: Path, value: dict) -> None:
 
 
 def main(snakemake) -> None:
-    cfg = params_config(snakemake)
-    demo = cfg["data.demo"]
-    if not demo:
+    p = snakemake.params
+    if p.n_images is None:
         raise PipelineError("data.demo: not set; the synthetic mini-COCO is built only by the demo config "
                             "(use --configfile config.demo.yaml)")
     out_dir = Path(snakemake.output.instances).parent.parent
-    summary = build_demo_coco(out_dir, demo["n_images"], demo["min_size"], demo["max_size"], cfg["seed"])
+    summary = build_demo_coco(out_dir, p.n_images, p.min_size, p.max_size, p.seed)
     log.info("demo COCO in %s: %d images, %d objects, %d captions, %d categories used", out_dir,
              summary["images"], summary["annotations"], summary["captions"], len(summary["categories"]))
 

@@ -17,7 +17,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from pipeline_io import PipelineError, atomic_output, log, params_config, run_main
+from pipeline_io import PipelineError, atomic_output, log, run_main
 
 STRATEGIES = ("random", "popular", "adversarial")
 
@@ -120,13 +120,11 @@ def write_jsonl(rows: list[dict], path: str | Path) -> None:
 
 
 def main(snakemake) -> None:
-    cfg = params_config(snakemake)
-    build = cfg["data.pope_build"]
-    rows = build_pope(snakemake.input.instances, build["n_images"], build["n_per_label"], build["min_objects"],
-                      cfg["seed"])
+    p = snakemake.params
+    rows = build_pope(snakemake.input.instances, p.n_images, p.n_per_label, p.min_objects, p.seed)
     for strategy in STRATEGIES:
         write_jsonl(rows[strategy], snakemake.output[strategy])
-        log.info("POPE %s: %d questions on %d images -> %s", strategy, len(rows[strategy]), build["n_images"],
+        log.info("POPE %s: %d questions on %d images -> %s", strategy, len(rows[strategy]), p.n_images,
                  snakemake.output[strategy])
 
 

@@ -1,6 +1,6 @@
 """Stage data / sampling: POPE questions and COCO caption images, seeded, with their images resolved locally.
 
-Writes ``results/data/{task}_sample.parquet`` (schema ``sample``) and the published id list
+The rules sample_pope and sample_caption (one script each) write ``results/data/{task}_sample.parquet`` (schema ``sample``) and the published id list
 ``results/data/{task}_sample_ids.txt`` so that others can rerun exactly the same questions and images.
 """
 
@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import polars as pl
-from fetch_data import COCO_DOWNLOADS, check_pope_pin, http_get, network_settings
-from pipeline_io import PipelineError, atomic_output, log, params_config, records_frame, run_main, write_table
+from fetch_data import COCO_DOWNLOADS, http_get
+from pipeline_io import PipelineError, atomic_output, log, records_frame, write_table
 
 POPE_KEYS = ("question_id", "image", "text", "label")
 QUESTION_OBJECT = re.compile(r"^Is there (?:a|an) (.+) in the image\?$")
@@ -183,28 +183,3 @@ def write_sample(table: pl.DataFrame, parquet: str | Path, id_list: str | Path, 
     write_table(table, parquet, "sample", metadata=metadata)
     with atomic_output(id_list, "w") as f:
         f.writelines(f"{int(v)}\n" for v in table[id_column])
-
-
-def main(snakemake) -> None:
-    cfg = params_config(snakemake)
-    coco, seed = {"root": cfg["data.coco.root"], **network_settings(snakemake.config)}, cfg["seed"]
-    if snakemake.rule == "sample_pope":
-        sampling = cfg["sampling.pope"]
-        # The pin is checked, not a param: it can stop a run but never changes a row.
-        check_pope_pin(snakemake.input.pope, snakemake.config["data"]["pope"].get("sha256"))
-        pope = read_pope(snakemake.input.pope)
-        sampled = sample_pope(pope, sampling["n"], sampling["balanced"], seed)
-        table = attach_images(pope_sample_table(sampled), coco)
-        id_column = "question_id"
-        log.info("POPE sample: %d of %d questions, %d yes / %d no, %d images", len(table), len(pope),
-                 (table["label"] == "yes").sum(), (table["label"] == "no").sum(), table["image_id"].n_unique())
-    else:
-        sampled = sample_caption_images(snakemake.input.instances, cfg["sampling.caption"]["n"], seed)
-        table = attach_images(caption_sample_table(sampled, cfg["tasks.caption.question"]), coco)
-        id_column = "image_id"
-        log.info("caption sample: %d images", len(table))
-    write_sample(table, snakemake.output.table, snakemake.output.ids, id_column, metadata=cfg)
-
-
-if "snakemake" in globals():
-    run_main(main, snakemake)
