@@ -131,14 +131,13 @@ def model_folder_inputs(model):
 # --- render ----------------------------------------------------------------------------------------------
 
 
-RENDER_KEYS = ["font", "font_size", "strip_fraction", "padding", "line_spacing"]
-
-
-def render_params(wildcards):
-    """The render settings the variant uses ('original' uses none, so no font edit reruns it)."""
-    if wildcards.variant == "original":
-        return canonical_text()
-    return canonical_text(*[("render", k) for k in RENDER_KEYS])
+def render_setting(key):
+    """A render setting (render.<key>) as a param of render_variants: none for 'original', which draws no strip, so
+    that no render edit reruns it. A function, so that Snakemake does not read braces in a font path as wildcards.
+    """
+    return lambda wildcards: (
+        None if wildcards.variant == "original" else config["render"][key]
+    )
 
 
 def render_font_inputs(wildcards):

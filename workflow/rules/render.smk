@@ -13,9 +13,13 @@ rule render_variants:
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=render_params,
+        font=render_setting("font"),
+        font_size=render_setting("font_size"),
+        strip_fraction=render_setting("strip_fraction"),
+        padding=render_setting("padding"),
+        line_spacing=render_setting("line_spacing"),
     script:
-        "../scripts/render.py"
+        "../scripts/render_variants.py"
 
 
 rule render_contact_sheet:
@@ -31,6 +35,7 @@ rule render_contact_sheet:
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=canonical(("render", "font"), ("render", "contact_sheet_n")),
+        n=config["render"]["contact_sheet_n"],
+        font=lambda wc: config["render"]["font"],
     script:
-        "../scripts/render.py"
+        "../scripts/render_contact_sheet.py"

@@ -1,4 +1,5 @@
-"""Stage: render the image variants the models are shown (paper, section 3.1).
+"""Stage: render the image variants the models are shown (paper, section 3.1), and the contact sheets; the rules
+render_variants and render_contact_sheet each have their own script.
 
 For every sample three variants exist:
 
@@ -46,10 +47,7 @@ from pipeline_io import (
     PipelineError,
     atomic_output,
     log,
-    params_config,
-    read_table,
     records_frame,
-    run_main,
     sha256_file,
     write_table,
 )
@@ -434,22 +432,3 @@ def contact_sheet(manifests: dict[str, pl.DataFrame], n: int, font_spec: str, ou
             draw.rectangle((x - 1, y - 1, x + cell.width, y + cell.height), outline=SHEET_FRAME)
         y += max(c.height for c in cells) + gap
     write_bytes_atomic(Path(out_path), encode_png(sheet))
-
-
-# --- Snakemake entry --------------------------------------------------------------------------------------
-
-
-def main(snakemake) -> None:
-    # params hold {"render.font": ..., ...}; the functions here take the bare key names
-    cfg = {key.split(".")[-1]: value for key, value in params_config(snakemake).items()}
-    if snakemake.rule == "render_contact_sheet":
-        manifests = {v: read_table(snakemake.input[v], "manifest") for v in VARIANTS}
-        contact_sheet(manifests, int(cfg["contact_sheet_n"]), cfg["font"], snakemake.output[0])
-        log.info("wrote %s", snakemake.output[0])
-        return
-    samples = read_table(snakemake.input.samples, "sample")
-    render_variant(samples, snakemake.wildcards.variant, snakemake.output.manifest, cfg, task=snakemake.wildcards.task)
-
-
-if "snakemake" in globals():
-    run_main(main, snakemake)
