@@ -449,3 +449,53 @@ def test_a_task_asks_the_questions_of_its_source_sample(tmp_path, models_dir):
         infer.run_job(infer.Job("transcribe", "llava_1_5", "transcribe", cfg), sample, manifest,
                       tmp_path / "out2.parquet", tmp_path / ".p2")
     assert not (tmp_path / "out2.parquet").exists()
+
+
+class NoModel:
+    """A model source that must not be used: a unit copied from the cache loads no model."""
+
+    def backend(self, job):
+        raise AssertionError(f"model loaded for {job.task}/{job.setting}/r{job.repeat}, which the cache holds")
+
+
+def test_finished_units_are_kept_and_reused_only_when_unchanged(tmp_path, caplog):
+    """An infer job reruns every unit of its model when anything in its params changes. A unit whose fingerprint
+    (config that can change its rows, repeat, inputs) is unchanged is copied byte for byte from the cache without
+    loading the model; a changed prompt, repeat or input image generates again and replaces the kept copy."""
+    job, _, sample, manifest = _requests(tmp_path, n=6)
+    cache, out = tmp_path / "cache" / "r0.parquet", tmp_path / "out" / "r0.parquet"
+    first = infer.run_job(job, sample, manifest, out, tmp_path / "p", backend=FakeBackend(), cache=cache)
+    assert cache.read_bytes() == out.read_bytes()
+    assert read_metadata(out)["fingerprint"] == infer.fingerprint(job, infer.build_requests(
+        read_table(sample), read_table(manifest), job))
+    before = out.read_bytes()
+    out.unlink()  # Snakemake deletes a job's outputs before it reruns
+    with caplog.at_level(logging.INFO, logger="pii"):
+        again = infer.run_job(job, sample, manifest, out, tmp_path / "p", cache=cache, models=NoModel())
+    assert out.read_bytes() == before and "unchanged, copied from" in caplog.text
+    assert_frame_equal(first, again, check_dtypes=False)
+
+    def regenerated(changed_job, manifest_path=manifest):
+        backend = FakeBackend()
+        out.unlink()
+        infer.run_job(changed_job, sample, manifest_path, out, tmp_path / "p", backend=backend, cache=cache)
+        assert backend.calls, "a changed unit must be generated again"
+        assert cache.read_bytes() == out.read_bytes()  # the kept copy follows the new rows
+
+    prompt = {**job.cfg, "settings.hybrid": {"image": "question", "text_prompt": "Say: {question}"}}
+    regenerated(infer.Job("pope", "m", "hybrid", prompt))
+    regenerated(infer.Job("pope", "m", "hybrid", prompt, repeat=1))
+    # an image rendered anew (another sha256 in the manifest) is another input
+    from PIL import Image
+
+    man = read_table(manifest)
+    first_image = man["image_path"][0]
+    Image.new("RGB", (32, 32), "red").save(first_image)
+    man = man.with_columns(man["image_sha256"].scatter(0, infer.sha256_file(first_image)))
+    from pipeline_io import write_table
+
+    write_table(man, tmp_path / "manifest2.parquet", "manifest")
+    regenerated(infer.Job("pope", "m", "hybrid", prompt, repeat=1), tmp_path / "manifest2.parquet")
+    # a corrupt kept copy is not trusted: generated again
+    cache.write_bytes(b"not parquet")
+    regenerated(infer.Job("pope", "m", "hybrid", prompt, repeat=1), tmp_path / "manifest2.parquet")

@@ -1,4 +1,6 @@
 """Partial reruns: a config edit reruns exactly the jobs whose own config subtree changed, and what needs them.
+An infer job is one model's every task x setting x repeat ("unit"); inside a rerun job only the units whose rows can
+change are generated (the cache of finished units, tested on a real run at the end).
 
 A completed demo run is faked cheaply: every output of the DAG is created empty, then `snakemake --touch` marks
 them up to date and records each job's params in .snakemake/metadata, exactly as a real run would. Each edit is
@@ -59,7 +61,7 @@ def planned_jobs(workdir: Path, *extra: str) -> Counter:
 
 
 def planned_infer(workdir: Path, *extra: str) -> set[tuple[str, str, str, str]]:
-    """(task, model, setting, repeat) of every infer job a dry run plans."""
+    """(task, model, setting, repeat) of every output of the infer jobs a dry run plans."""
     proc = dry_run(workdir, *extra)
     return set(re.findall(r"results/inference/(\w+)/(\w+)/(\w+)/r(\d+)\.parquet", _outputs_of(proc.stdout, "infer")))
 
@@ -94,8 +96,9 @@ def completed(tmp_path_factory) -> Path:
 
 
 DEMO = yaml.safe_load((ROOT / "config.demo.yaml").read_text(encoding="utf-8"))
-REPEATS = DEMO["inference"]["repeats"]  # every request runs this many times in the demo: one infer job per repeat
-# infer jobs of one model and repeat: POPE and captions in the five settings no task claims, transcribe in its own
+REPEATS = DEMO["inference"]["repeats"]  # every request runs this many times in the demo: one output file per repeat
+# units (output files) of one model and repeat: POPE and captions in the five settings no task claims, transcribe in
+# its own
 JOBS_PER_MODEL = 2 * 5 + 1
 N_MODELS = len(DEMO["models"])  # the demo's entries (config.yaml's models, the demo's paths, plus its own)
 
@@ -168,20 +171,63 @@ def test_openai_reruns_only_for_another_server(completed_openai):
     assert not any(b"key-1" in p.read_bytes() for p in (workdir / ".snakemake" / "metadata").iterdir())
     # another server answers: every infer job reruns
     assert len(planned(base_url="https://alice:key-1@other.example/v1")) == N_MODELS * JOBS_PER_MODEL * REPEATS
+    assert planned_jobs(workdir, "--configfile", write_config(workdir, {"inference": {**settings, "openai": {
+        **settings["openai"], "base_url": "https://alice:key-1@other.example/v1"}}}))["infer"] == N_MODELS
 
 
-def test_raising_repeats_runs_only_the_new_repeat(completed):
-    """repeats 2 -> 3 on a completed demo run: one infer job per task x model x setting, all of repeat 2, and the
-    aggregations that read every repeat; the analyses (modality_gap reads repeat 0 only) and everything upstream
-    stay. Lowering to 1 reruns no infer job, only the aggregations whose input list shrank."""
+def test_raising_repeats_reruns_each_model_once(completed):
+    """repeats 2 -> 3 on a completed demo run: each model's infer job reruns (its output list grew; that only repeat
+    2 is generated is the next test's), with the aggregations that read every repeat; the analyses (modality_gap
+    reads repeat 0 only) and everything upstream stay. Lowering to 1 reruns no infer job, only the aggregations
+    whose input list shrank."""
     assert REPEATS == 2
     raised = write_config(completed, {"inference": {"repeats": 3}}, name="repeats3.yaml")
     infer = planned_infer(completed, "--configfile", raised)
-    assert {r for *_, r in infer} == {"2"} and len(infer) == N_MODELS * JOBS_PER_MODEL, infer
+    assert len(infer) == N_MODELS * JOBS_PER_MODEL * 3, infer
     jobs = planned_jobs(completed, "--configfile", raised)
-    assert jobs["infer"] == N_MODELS * JOBS_PER_MODEL and set(jobs) - {"infer"} <= AGGREGATES - {"modality_gap"}, jobs
+    assert jobs["infer"] == N_MODELS and set(jobs) - {"infer"} <= AGGREGATES - {"modality_gap"}, jobs
     assert {"score_pope", "score_chair", "table1_pope", "table2_chair", "report"} <= set(jobs)
     lowered = write_config(completed, {"inference": {"repeats": 1}}, name="repeats1.yaml")
     jobs = planned_jobs(completed, "--configfile", lowered)
     assert "infer" not in jobs and {"score_pope", "score_chair"} <= set(jobs), jobs
     assert set(jobs) <= AGGREGATES - {"modality_gap"}, jobs
+
+
+def test_a_rerun_generates_only_the_changed_units(demo_run, tmp_path):
+    """On a copy of the finished demo, raise repeats to 3 and edit the instructed setting's prompt: every model's
+    infer job reruns, but only repeat 2 and the instructed setting's units are generated; every other unit file is
+    the very file of the first run (copied from results/inference/.cache, no model loaded for it)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    work = tmp_path / "run"
+    shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("benchmarks"))
+    before = {p.relative_to(work): p.read_bytes() for p in (work / "results/inference").glob("*/*/*/r*.parquet")}
+    edited = write_config(work, {"inference": {"repeats": 3}, "settings": {"prompt_in_image_instructed": {
+        "text_prompt": "Answer the question written in the image."}}})
+    run_snakemake(work, "--configfile", edited, "--rerun-triggers", "mtime", "params", "input", timeout=1800)
+    generated, copied = set(), set()
+    for path in (work / "results/inference").glob("*/*/*/r*.parquet"):
+        rel = path.relative_to(work)
+        setting, repeat = rel.parts[-2], rel.stem
+        changed = repeat == "r2" or setting == "prompt_in_image_instructed"
+        if changed:
+            generated.add(rel)
+            assert json_meta(pq.read_schema(path))["repeat"] == int(repeat[1:])
+        else:
+            copied.add(rel)
+            assert path.read_bytes() == before[rel], f"{rel} was generated again"
+    assert len(generated) == N_MODELS * (JOBS_PER_MODEL + 2 * REPEATS) and len(copied) == len(before) - (
+        N_MODELS * 2 * REPEATS)
+    instructed = [p for p in generated if p.parts[-2] == "prompt_in_image_instructed" and p.stem == "r0"]
+    assert instructed and all((work / p).read_bytes() != before[p] for p in instructed)
+    for model in DEMO["models"]:
+        log = (work / "logs/inference" / f"{model}.log").read_text(encoding="utf-8")
+        assert log.count("unchanged, copied from") == len(before) // N_MODELS - 2 * REPEATS, model
+
+
+def json_meta(schema) -> dict:
+    import json
+
+    return json.loads(schema.metadata[b"pii"])

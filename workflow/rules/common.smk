@@ -156,13 +156,33 @@ def render_targets():
 # --- inference -------------------------------------------------------------------------------------------
 
 
+def inference_units():
+    """(task, setting, repeat) of every file an infer job writes: each task in its settings, every repeat."""
+    return [(t, s, r) for t in TASKS for s in task_settings(t) for r in REPEATS]
+
+
+def inference_settings():
+    """The settings some task runs, in config order."""
+    used = {s for t in TASKS for s in task_settings(t)}
+    return [s for s in SETTINGS if s in used]
+
+
+def infer_inputs(wildcards):
+    """An infer job's inputs, named for the script: sample_<task>, manifest_<task>_<setting> (the rendered images
+    of each unit; a file may have several names) and the model folder when the DAG builds it.
+    """
+    inputs = {f"sample_{t}": sample_path(t) for t in TASKS}
+    for t, s, _ in inference_units():
+        inputs[f"manifest_{t}_{s}"] = manifest_path(t, setting_variant(s))
+    inputs["model"] = model_folder_inputs(wildcards.model)
+    return inputs
+
+
 def inference_targets():
     return [
-        path
-        for task in TASKS
+        inference_path(task, model, setting, repeat)
         for model in MODELS
-        for setting in task_settings(task)
-        for path in inference_paths(task, model, setting)
+        for task, setting, repeat in inference_units()
     ]
 
 

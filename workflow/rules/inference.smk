@@ -1,5 +1,5 @@
-# Stage: inference. One job per task x model x setting x decoding repeat; the demo's tiny checkpoints are built
-# here too.
+# Stage: inference. One job per model, writing one file per task x setting x decoding repeat; the demo's tiny
+# checkpoints are built here too.
 import families
 from openai_backend import row_settings
 
@@ -25,38 +25,43 @@ rule build_demo_model:
         "../scripts/demo_models.py"
 
 
+# One job per model: every task x setting x decoding repeat ("unit") of that model in one process, so the model is
+# loaded once. Each unit is its own output file; a finished unit is also kept in results/inference/.cache/, stamped
+# with a fingerprint of what can change its rows, so a rerun of the job (a setting edited, repeats raised) copies
+# the unchanged units and generates only the others, loading the model only if any remains.
 rule infer:
     input:
-        sample=lambda wc: sample_path(wc.task),
-        manifest=lambda wc: manifest_path(wc.task, setting_variant(wc.setting)),
-        model=lambda wc: model_folder_inputs(wc.model),
+        unpack(infer_inputs),
     output:
-        "results/inference/{task}/{model}/{setting}/r{repeat}.parquet",
+        [
+            inference_path(task, "{model}", setting, repeat)
+            for task, setting, repeat in inference_units()
+        ],
     log:
-        "logs/inference/{task}/{model}/{setting}/r{repeat}.log",
+        "logs/inference/{model}.log",
     benchmark:
-        "results/benchmarks/infer/{task}/{model}/{setting}/r{repeat}.tsv"
+        "results/benchmarks/infer/{model}.tsv"
     conda:
         "../../envs/inference.yaml"
     # inference.cpu_threads (default 4): a GPU job needs few; the demo's tiny CPU models run best one thread per
-    # job, so that several jobs overlap their start-up
+    # job, so that two models' jobs run side by side
     threads: config["inference"].get("cpu_threads", 4)
     resources:
         gpu=lambda wc: inference_uses_gpu(),
         mem_mb=32000,
-        runtime=720,
+        runtime=1440,
     params:
         # Only what can change a row: retries, timeouts, concurrency, the key's variable and the base_url's
-        # credentials are read by the script from the run's config, so editing them reruns nothing. The repeat
-        # is in the output path; inference.repeats (how many) is in no job's params.
-        cfg=lambda wc: canonical_text(
-            ("models", wc.model),
-            ("tasks", wc.task),
-            ("settings", wc.setting),
-            "decoding",
-            "seed",
-            inference=row_settings(config["inference"]),
-        ),
-        partial=lambda wc: f"results/inference/.partial/{wc.task}/{wc.model}/{wc.setting}/r{wc.repeat}",
+        # credentials are read by the script from the run's config, so editing them reruns nothing. How many
+        # repeats is the output list, in no param. Values that hold {question} go through a function, which
+        # Snakemake does not format.
+        model=lambda wc: config["models"][wc.model],
+        tasks=lambda wc: {t: config["tasks"][t] for t in TASKS},
+        settings=lambda wc: {s: config["settings"][s] for s in inference_settings()},
+        decoding=config["decoding"],
+        seed=config["seed"],
+        inference=row_settings(config["inference"]),
+        checkpoints="results/inference/.partial",
+        cache="results/inference/.cache",
     script:
         "../scripts/infer.py"

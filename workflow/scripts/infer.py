@@ -1,21 +1,24 @@
-"""Stage: inference. One job = one task x model x setting x decoding repeat: every sampled request through one
-backend, once.
+"""Stage: inference. One job = one model: every task x setting x decoding repeat of it ("unit"), each unit's
+requests through one backend, once, into its own output file. The model is loaded once per job, and only when some
+unit has requests left to run.
 
 Requests are sorted by prompt length and cut into batches (``models.<m>.batch_size`` or ``inference.batch_size``).
-Each finished batch is checkpointed outside the declared output, in ``results/inference/.partial/...``, stamped with
-a fingerprint of what can change the job's rows (its config less retries, timeouts and the like) and its inputs; a
-rerun after a crash or SIGKILL reuses matching checkpoints and redoes only the rest. A CUDA out-of-memory error
-halves the batch and retries. Batch ``i`` is generated with the torch seed ``seed + (position of its first request
-in the sorted order)``, so a resumed run gives the same rows.
+Each finished batch is checkpointed outside the declared outputs, in ``results/inference/.partial/...``, stamped with
+a fingerprint of what can change the unit's rows (its config less retries, timeouts and the like) and its inputs; a
+rerun after a crash or SIGKILL reuses matching checkpoints and redoes only the rest. A finished unit is kept in
+``results/inference/.cache/...`` with its fingerprint, so when the job reruns (one setting edited, repeats raised,
+a task's token limit changed) every unit whose fingerprint still matches is copied, not generated again. A CUDA
+out-of-memory error halves the batch and retries. Batch ``i`` is generated with the torch seed ``seed + (position
+of its first request in the sorted order)``, so a resumed run gives the same rows.
 Decoding repeats (``inference.repeats``): repeat ``r`` runs the same requests again with its own base seed,
 ``repeat_seed(seed, r)``: repeat 0 uses the config seed itself (so ``repeats: 1`` is the single run of the paper and
 its rows are those of a run without repeats), repeat r > 0 a seed derived from (seed, r) by sha256. Each repeat is
-its own job, output file and checkpoint folder, so raising ``repeats`` runs only the new repeats.
+its own unit, output file and checkpoint folder, so raising ``repeats`` generates only the new repeats.
 Before anything runs, every image is checked against the sha256 its manifest recorded, so a PNG deleted or replaced
 after rendering fails the job with the command that renders it again.
 
 Backends: ``transformers`` (local weights, see vlm.py) and ``openai`` (an OpenAI-compatible server, see
-openai_backend.py). Runnable without Snakemake too: ``python infer.py --help``.
+openai_backend.py). One unit runs without Snakemake too: ``python infer.py --help``.
 """
 
 
@@ -36,9 +39,9 @@ import pyarrow as pa
 from openai_backend import row_settings
 from pipeline_io import (
     PipelineError,
+    atomic_path,
     config_hash,
     log,
-    params_config,
     read_metadata,
     read_table,
     records_frame,
@@ -224,6 +227,8 @@ def fingerprint(job: Job, requests: list[Request]) -> str:
 
 
 class TransformersBackend:
+    """One unit's requests through a loaded model (``lm``: passed in to share one model between a job's units)."""
+
     name = "transformers"
 
     def __init__(self, job: Job, device=None, lm=None):
@@ -289,14 +294,52 @@ def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def make_backend(job: Job, device=None):
+def make_backend(job: Job, device=None, lm=None):
     if job.backend_name == "openai":
         from openai_backend import OpenAIBackend
 
         return OpenAIBackend(job)
     if job.backend_name == "transformers":
-        return TransformersBackend(job, device=device)
+        return TransformersBackend(job, device=device, lm=lm)
     raise PipelineError(f"inference.backend: '{job.backend_name}' is not one of ['transformers', 'openai']")
+
+
+class SharedModel:
+    """Backends for the units of one job that load the model once, on the first unit that needs it."""
+
+    def __init__(self, device=None):
+        self.device = device
+        self.lm = None
+
+    def backend(self, job: Job):
+        if job.backend_name != "transformers":
+            return make_backend(job, device=self.device)
+        if self.lm is None:
+            import vlm
+
+            self.lm = vlm.load_model(job.model, job.entry, device=self.device)
+        return make_backend(job, lm=self.lm)
+
+
+# --- the cache of finished units ----------------------------------------------------------------------------
+
+
+def cached_unit(cache: Path | None, fp: str) -> Path | None:
+    """The kept output of this exact unit (same fingerprint), or None."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        if read_metadata(cache).get("fingerprint") == fp:
+            read_table(cache, "inference")  # readable and of the schema: else generated again
+            return cache
+    except Exception:  # an unreadable or foreign file is regenerated and overwritten
+        pass
+    return None
+
+
+def copy_file(src: Path, dest: str | os.PathLike) -> None:
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 # --- batching, OOM back-off, checkpoints -------------------------------------------------------------------
@@ -449,7 +492,9 @@ def _fmt_eta(seconds: float) -> str:
 
 
 def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | None = None, device=None,
-            backend=None) -> pl.DataFrame:
+            backend=None, cache=None, models: SharedModel | None = None) -> pl.DataFrame:
+    """One unit: its requests, resumed from ``partial`` checkpoints, written to ``out``. With ``cache`` (a file
+    path), a kept copy of this exact unit is copied instead of generating, and a finished unit is kept there."""
     if threads:
         try:
             import torch
@@ -466,9 +511,17 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
     manifest = read_table(manifest_path, "manifest")
     requests = build_requests(sample, manifest, job, manifest_name=str(manifest_path))
     check_images(requests, str(manifest_path))
+    fp = fingerprint(job, requests)
+    cache = Path(cache) if cache else None
+    kept = cached_unit(cache, fp)
+    if kept is not None:
+        copy_file(kept, out)
+        log.info("%s / %s / %s, repeat %d: unchanged, copied from %s", job.task, job.model, job.setting, job.repeat,
+                 kept)
+        return read_table(out, "inference")
     log.info("%s / %s / %s, repeat %d (seed %d): %d requests, backend %s, batch size %d", job.task, job.model,
              job.setting, job.repeat, job.run_seed, len(requests), job.backend_name, job.batch_size)
-    backend = backend or make_backend(job, device=device)
+    backend = backend or (models.backend(job) if models else make_backend(job, device=device))
     t0 = time.monotonic()
     df, facts = run_requests(job, requests, backend, Path(partial))
     metadata = {
@@ -476,25 +529,42 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
         "model_id": job.entry["path"], "revision": job.entry.get("revision"),
         "decoding": job.decoding, "max_new_tokens": job.task_cfg["max_new_tokens"], "seed": job.seed,
         "repeat": job.repeat, "repeat_seed": job.run_seed, "n_p_yes": int(df["p_yes"].fill_nan(None).is_not_null().sum()),
-        "batch_size": job.batch_size, "config_hash": config_hash(row_config(job.cfg)),
+        "batch_size": job.batch_size, "config_hash": config_hash(row_config(job.cfg)), "fingerprint": fp,
         "python": platform.python_version(),
         "wall_s_this_run": round(time.monotonic() - t0, 3), **facts, **backend.metadata(),
     }
     write_table(df, out, "inference", metadata=metadata, types=ARROW_TYPES)
+    if cache is not None:
+        copy_file(Path(out), cache)
     shutil.rmtree(partial, ignore_errors=True)
     log.info("wrote %s (%d rows); removed checkpoints %s", out, len(df), partial)
     return df
+
+
+def unit_of(path: str) -> tuple[str, str, int]:
+    """(task, setting, repeat) of an output path results/inference/{task}/{model}/{setting}/r{repeat}.parquet."""
+    parts = Path(path).parts
+    return parts[-4], parts[-2], int(Path(path).stem.removeprefix("r"))
 
 
 def main(snakemake) -> None:
     from gpu_slot import claim_gpu
 
     claim_gpu()  # before torch touches CUDA: one device per job on a multi-GPU workstation
-    wc = snakemake.wildcards
-    job = Job(task=wc.task, model=wc.model, setting=wc.setting, cfg=params_config(snakemake),
-              settings=dict(snakemake.config["inference"]["openai"]), repeat=int(wc.repeat))
-    run_job(job, snakemake.input.sample, snakemake.input.manifest, snakemake.output[0], snakemake.params.partial,
-            threads=snakemake.threads)
+    model, params = snakemake.wildcards.model, snakemake.params
+    models = SharedModel()
+    for out in snakemake.output:
+        task, setting, repeat = unit_of(out)
+        # the unit's config, in the shape of the one-unit command line (and of its fingerprint)
+        cfg = {f"models.{model}": params.model, f"tasks.{task}": params.tasks[task],
+               f"settings.{setting}": params.settings[setting], "decoding": params.decoding, "seed": params.seed,
+               "inference": params.inference}
+        job = Job(task=task, model=model, setting=setting, cfg=cfg,
+                  settings=dict(snakemake.config["inference"]["openai"]), repeat=repeat)
+        unit = Path(task, model, setting, f"r{repeat}")
+        run_job(job, snakemake.input[f"sample_{task}"], snakemake.input[f"manifest_{task}_{setting}"], out,
+                Path(params.checkpoints, unit), threads=snakemake.threads,
+                cache=Path(params.cache, unit).with_suffix(".parquet"), models=models)
 
 
 def cli(argv=None) -> None:
