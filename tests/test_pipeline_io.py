@@ -73,3 +73,27 @@ def test_csv_text_is_the_tables_format():
     assert out.getvalue() == ('setting,m:acc,m:acc_delta,m:n,note,flag,tiny,big\n'
                               'baseline,50,,12,"say ""hi"", twice",True,1.23457e-07,1.23457e+06\n'
                               '"hybrid\nx",66.6667,-0,,,False,0.1,100\n')
+
+
+def test_atomic_outputs_follow_the_umask_and_leave_nothing_on_failure(tmp_path):
+    """An output gets mode 0666 less the umask (as `touch` would), not a temporary file's 0600; a failing writer
+    leaves neither the output nor its temporary file."""
+    import os
+
+    from pipeline_io import atomic_output
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "a.txt", "w") as f:
+            f.write("x")
+        os.umask(0o077)
+        with atomic_output(tmp_path / "b.txt", "w") as f:
+            f.write("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(RuntimeError), atomic_output(tmp_path / "c.txt", "w") as f:
+        f.write("half")
+        raise RuntimeError("writer failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]

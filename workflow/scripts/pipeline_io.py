@@ -12,8 +12,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,10 +28,6 @@ import yaml
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "tables"
 
 log = logging.getLogger("pii")
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 class PipelineError(Exception):
     """An error whose message tells the user what is wrong and what to do; printed without a traceback."""
@@ -109,9 +105,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     so an interrupted or failing stage never leaves a half-written output behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+    tmp = _new_file_next_to(path)
     try:
         if mode is None:  # caller writes the file itself, by name
             yield tmp
@@ -123,6 +117,18 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _new_file_next_to(path: Path) -> str:
+    """A new empty file with a unique name beside ``path``, created with mode 0666 less the process umask like
+    any output (mkstemp would make it 0600)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return str(tmp)
+        except FileExistsError:  # another writer's name: draw again
+            continue
 
 
 def atomic_path(path: str | os.PathLike):
