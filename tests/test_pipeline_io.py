@@ -28,7 +28,7 @@ def test_stored_types_and_round_trip(tmp_path):
     assert {f.name: str(f.type) for f in schema} == {
         "name": "large_string", "count": "int64", "nothing": "null", "value": "double",
         "words": "list<element: string>", "values": "list<element: double>", "flag": "bool"}
-    assert all(f.nullable for f in schema) and set(schema.metadata) == {b"pii"}
+    assert all(f.nullable for f in schema) and set(schema.metadata) == {b"prompt_in_image"}
     assert pq.read_table(path)["value"].null_count == 2          # NaN is stored as null, as it always was
     back = read_table(path)
     assert isinstance(back, pl.DataFrame) and back.columns == frame.columns

@@ -199,7 +199,7 @@ def test_a_rerun_generates_only_the_changed_units(demo_run, tmp_path):
     the very file of the first run (copied from results/inference/.cache, no model loaded for it)."""
     import shutil
 
-    import pyarrow.parquet as pq
+    from pipeline_io import read_metadata
 
     work = tmp_path / "run"
     shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("benchmarks"))
@@ -214,7 +214,7 @@ def test_a_rerun_generates_only_the_changed_units(demo_run, tmp_path):
         changed = repeat == "r2" or setting == "prompt_in_image_instructed"
         if changed:
             generated.add(rel)
-            assert json_meta(pq.read_schema(path))["repeat"] == int(repeat[1:])
+            assert read_metadata(path)["repeat"] == int(repeat[1:])
         else:
             copied.add(rel)
             assert path.read_bytes() == before[rel], f"{rel} was generated again"
@@ -225,9 +225,3 @@ def test_a_rerun_generates_only_the_changed_units(demo_run, tmp_path):
     for model in DEMO["models"]:
         log = (work / "logs/inference" / f"{model}.log").read_text(encoding="utf-8")
         assert log.count("unchanged, copied from") == len(before) // N_MODELS - 2 * REPEATS, model
-
-
-def json_meta(schema) -> dict:
-    import json
-
-    return json.loads(schema.metadata[b"pii"])

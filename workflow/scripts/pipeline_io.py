@@ -28,6 +28,8 @@ import yaml
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "tables"
 
 log = logging.getLogger("pii")
+# The key of our JSON metadata in every Parquet file (model, revision, config hash, fingerprint, ...).
+METADATA_KEY = b"prompt_in_image"
 
 class PipelineError(Exception):
     """An error whose message tells the user what is wrong and what to do; printed without a traceback."""
@@ -233,13 +235,13 @@ def write_table(df, path: str | os.PathLike, schema_name: str | None = None, met
                 types: dict[str, pa.DataType] | None = None) -> None:
     """Write a polars DataFrame (or an Arrow table) to Parquet atomically, after checking its schema (``to_arrow``
     says how columns are stored; ``types`` casts named columns). ``metadata`` (any JSON-able dict) is stored in
-    the file under the key ``pii``."""
+    the file under ``METADATA_KEY``."""
     table = to_arrow(df, types)
     if schema_name:
         check_table(table, schema_name, source=str(path))
     if metadata is not None:
         meta = dict(table.schema.metadata or {})
-        meta[b"pii"] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
         table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -288,7 +290,7 @@ def write_csv(frame: pl.DataFrame, f, float_format: str = "%.6g") -> None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The ``pii`` metadata dict written by ``write_table`` (empty if none)."""
+    """The metadata dict written by ``write_table`` (empty if none)."""
     meta = pq.read_schema(path).metadata or {}
-    raw = meta.get(b"pii")
+    raw = meta.get(METADATA_KEY)
     return json.loads(raw) if raw else {}
