@@ -3,7 +3,6 @@ the three stage mains on tiny checkpoints, and the three rules in the demo DAG."
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -293,9 +292,9 @@ def write_manifests(folder: Path, sizes) -> tuple[Path, Path]:
     return tuple(paths)
 
 
-def fake_snakemake(inputs: dict, outputs: dict, cfg: dict):
+def fake_snakemake(inputs: dict, outputs: dict, **params):
     return SimpleNamespace(input=SimpleNamespace(**inputs), output=SimpleNamespace(**outputs),
-                           params=SimpleNamespace(cfg=json.dumps(cfg)), log=[])
+                           params=SimpleNamespace(**params), log=[])
 
 
 def entry(family, path):
@@ -310,9 +309,8 @@ def test_attention_and_similarity_mains(tiny_models, tmp_path):
     q, c = write_manifests(tmp_path, [(420, 200), (400, 220), (440, 180)])
     llava, qwen = entry("llava", tiny_models["llava"]), entry("qwen2_5_vl", tiny_models["qwen2_5_vl"])
     out = {k: tmp_path / f"att_{k}" for k in ("table", "maps", "diagonal")}
-    attention.main(fake_snakemake({"question": str(q), "control": str(c)}, out,
-                                  {"analysis.attention": {"model": "llava", "n_pairs": 2, "layers": [1, 2]},
-                                   "models.llava": llava, "seed": 0}))
+    attention.main(fake_snakemake({"question": str(q), "control": str(c)}, out, model="llava", model_entry=llava,
+                                  n_pairs=2, layers=[1, 2], seed=0))
     table = read_table(out["table"], "attention")
     assert sorted(table["layer"].unique()) == [1, 2, 4]  # configured layers + the last
     assert len(table) == 2 * 2 * 3 and table["is_last_layer"].sum() == 4
@@ -321,9 +319,8 @@ def test_attention_and_similarity_mains(tiny_models, tmp_path):
 
     out = {"table": tmp_path / "sim.parquet", "figure": tmp_path / "sim.png"}
     layer_similarity.main(fake_snakemake(
-        {"question": str(q), "control": str(c)}, out,
-        {"analysis.layer_similarity": {"models": ["qwen", "llava"], "n_pairs": 3, "last_n_layers": 3},
-         "models.qwen": qwen, "models.llava": llava, "seed": 0}))
+        {"question": str(q), "control": str(c)}, out, models=["qwen", "llava"],
+        model_entries={"qwen": qwen, "llava": llava}, n_pairs=3, last_n_layers=3, seed=0))
     sim = read_table(out["table"], "layer_similarity")
     assert set(sim["model"]) == {"qwen", "llava"} and sim["sample_id"].n_unique() == 3
     assert dict(sim.group_by("model").agg(pl.col("layer").max()).iter_rows()) == {"llava": 4, "qwen": 4}
@@ -378,9 +375,8 @@ def test_modality_gap_main(tiny_models, tmp_path):
         write_table(pl.DataFrame(rows, schema_overrides={"p_yes": pl.Float64}), paths[-1], "inference")
     out = {k: tmp_path / f"gap_{k}" for k in ("table", "tests", "pca", "figure")}
     modality_gap.main(fake_snakemake(
-        {"captions": [str(p) for p in paths]}, out,
-        {"analysis.modality_gap": {"model": "qwen", "n_samples": 5, "conditions": ["control", "prompt_in_image"],
-                                   "bootstrap_resamples": 200, "confidence": 0.95}, "models.qwen": qwen, "seed": 0}))
+        {"captions": [str(p) for p in paths]}, out, model="qwen", model_entry=qwen, n_samples=5,
+        conditions=["control", "prompt_in_image"], resamples=200, confidence=0.95, seed=0))
     gap = read_table(out["table"], "modality_gap")
     assert sorted(gap["sample_id"].unique()) == ["pope-0", "pope-1"]  # pope-2 has an empty caption
     assert set(gap["condition"]) == {"A", "B"} and (gap["n_caption_tokens"] > 0).all()

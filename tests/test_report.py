@@ -20,7 +20,7 @@ import report
 import yaml
 from conftest import ROOT, copy_project, run_snakemake
 from PIL import Image
-from pipeline_io import config_hash, load_table_schema
+from pipeline_io import METADATA_KEY, config_hash, load_table_schema
 
 PAPER_FILE = ROOT / "workflow" / "data" / "paper_numbers.yaml"
 ARROW_TYPES = {"integer": pa.int64(), "number": pa.float64(), "string": pa.string(), "boolean": pa.bool_()}
@@ -41,7 +41,7 @@ def write_parquet(rows: list[dict], path: Path, schema_name: str | None = None, 
         table = pa.Table.from_pylist(full, schema=pa.schema(fields))
     else:
         table = pa.Table.from_pylist(rows)
-    table = table.replace_schema_metadata({b"pii": json.dumps(metadata or {}).encode()})
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata or {}).encode()})
     pq.write_table(table, path)
     return str(path)
 
@@ -89,6 +89,13 @@ def png(path: Path, color=(200, 30, 30)) -> str:
 SCORING_META = {"scoring": {"bootstrap_resamples": 100, "confidence": 0.95}, "seed": 0}
 
 
+def report_params(cfg: dict, models: list[str], settings: list[str]) -> SimpleNamespace:
+    """The report rule's params for a config (seed, models, settings, decoding) and its models and settings."""
+    return SimpleNamespace(seed=cfg["seed"], models=models, settings=settings, model_entries=cfg["models"],
+                           setting_entries=cfg.get("settings", {}), decoding=cfg.get("decoding", {}),
+                           config_digest=config_hash(cfg))
+
+
 def fake_inputs(tmp: Path) -> SimpleNamespace:
     """A small run: two models (the paper's Qwen2.5-VL and LLaVA-1.5, matched by family), two settings."""
     scores = tmp / "scores"
@@ -127,8 +134,7 @@ def fake_inputs(tmp: Path) -> SimpleNamespace:
                               contact_sheets=[png(tmp / "contact_sheet_pope.png", (0, 150, 0))],
                               samples=samples, inference=inference, figures=figures),
         output=SimpleNamespace(html=str(tmp / "out" / "index.html"), md=str(tmp / "out" / "summary.md")),
-        params=SimpleNamespace(cfg=json.dumps(cfg), models=["qwen", "llava"],
-                               settings=["baseline", "prompt_in_image"]),
+        params=report_params(cfg, ["qwen", "llava"], ["baseline", "prompt_in_image"]),
         log=[])
 
 
@@ -213,7 +219,7 @@ def test_page_is_self_contained_and_complete(tmp_path):
     assert "<td class='paper'>84.3</td>" in page and "<td class='paper'>32.3</td>" in page
     assert "<table class='plain'>" in page  # the models
     # what was run: config hash, checkpoint revision, sample sizes, library versions from the metadata
-    digest = config_hash(json.loads(smk.params.cfg))
+    digest = smk.params.config_digest
     assert digest in page and "abc123" in page
     assert "torch 2.13.0" in page and "transformers 5.23.0" in page
     assert ">6</span>" in page and ">3</span>" in page
@@ -376,9 +382,7 @@ def test_markup_is_escaped_and_branches_resolve():
 def test_page_escapes_what_it_shows(tmp_path):
     """The template escapes every value: a model key or a checkpoint path with markup in it shows as text."""
     smk = fake_inputs(tmp_path)
-    cfg = json.loads(smk.params.cfg)
-    cfg["models"]["qwen"]["family"] = "<script>alert(1)</script>"
-    smk.params.cfg = json.dumps(cfg)
+    smk.params.model_entries["qwen"]["family"] = "<script>alert(1)</script>"
     report.main(smk)
     page = Path(smk.output.html).read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -427,7 +431,7 @@ def demo_report_inputs(run: Path, out: Path) -> SimpleNamespace:
                               figures=sorted(map(str, r.glob("analysis/*/*.png"))),
                               result_figures=sorted(map(str, r.glob("figures/*.png")))),
         output=SimpleNamespace(html=str(out / "index.html"), md=str(out / "summary.md")),
-        params=SimpleNamespace(cfg=json.dumps(cfg), models=models, settings=settings),
+        params=report_params(cfg, models, settings),
         log=[])
 
 
@@ -472,7 +476,7 @@ def test_demo_strip_sections_read_their_tables(demo_run, tmp_path):
     smk = demo_report_inputs(demo_run, tmp_path / "out")
     smk.input.metrics = [str(scores / Path(p).name) for p in smk.input.metrics]
     first = smk.params.models[0]
-    setting = report.question_settings(json.loads(smk.params.cfg), smk.params.settings)[0]  # the first shown
+    setting = report.question_settings({"settings": smk.params.setting_entries}, smk.params.settings)[0]  # the first shown
     for name, column, where in (("visibility_metrics", "accuracy", {"task": "pope", "setting": setting,
                                                                      "visibility": "all"}),
                                 ("transcribe_metrics", "exact_match", {"visibility": "all"})):
@@ -497,7 +501,7 @@ def test_demo_strip_sections_read_their_tables(demo_run, tmp_path):
     read = page_section(page, TRANSCRIBE_TITLE).split("<tbody>")[1].split("</tr>")[0]
     assert ">all</td>" in read and cell in read
     # every configured model has its counts and its transcription
-    labels = report.model_labels({m: json.loads(smk.params.cfg)["models"][m] for m in smk.params.models},
+    labels = report.model_labels({m: smk.params.model_entries[m] for m in smk.params.models},
                                  report.read_paper(PAPER_FILE))
     for model in smk.params.models:
         label = f"<td class='label'>{report.break_underscores(labels[model])}</td>"

@@ -30,11 +30,11 @@ rule attention:
         mem_mb=24000,
         runtime=30,
     params:
-        cfg=canonical(
-            ("analysis", "attention"),
-            "seed",
-            **analysis_models(ANALYSIS["attention"]["model"]),
-        ),
+        model=ANALYSIS["attention"]["model"],
+        model_entry=analysis_model(ANALYSIS["attention"]["model"]),
+        n_pairs=ANALYSIS["attention"]["n_pairs"],
+        layers=ANALYSIS["attention"]["layers"],
+        seed=config["seed"],
     script:
         "../scripts/attention.py"
 
@@ -66,11 +66,13 @@ rule layer_similarity:
         mem_mb=48000,
         runtime=30,
     params:
-        cfg=canonical(
-            ("analysis", "layer_similarity"),
-            "seed",
-            **analysis_models(*ANALYSIS["layer_similarity"]["models"]),
-        ),
+        models=ANALYSIS["layer_similarity"]["models"],
+        model_entries={
+            m: analysis_model(m) for m in ANALYSIS["layer_similarity"]["models"]
+        },
+        n_pairs=ANALYSIS["layer_similarity"]["n_pairs"],
+        last_n_layers=ANALYSIS["layer_similarity"]["last_n_layers"],
+        seed=config["seed"],
     script:
         "../scripts/layer_similarity.py"
 
@@ -103,10 +105,12 @@ rule modality_gap:
         mem_mb=48000,
         runtime=30,
     params:
-        cfg=canonical(
-            ("analysis", "modality_gap"),
-            "seed",
-            **analysis_models(ANALYSIS["modality_gap"]["model"]),
-        ),
+        model=ANALYSIS["modality_gap"]["model"],
+        model_entry=analysis_model(ANALYSIS["modality_gap"]["model"]),
+        n_samples=ANALYSIS["modality_gap"]["n_samples"],
+        conditions=ANALYSIS["modality_gap"]["conditions"],
+        resamples=ANALYSIS["modality_gap"]["bootstrap_resamples"],
+        confidence=ANALYSIS["modality_gap"]["confidence"],
+        seed=config["seed"],
     script:
         "../scripts/modality_gap.py"

@@ -14,7 +14,7 @@ from fetch_data import (
     coco_annotation_path,
     pope_path,
 )
-from pipeline_io import canonical_json
+from pipeline_io import canonical_json, config_hash
 
 try:
     validate_config(config)
@@ -267,16 +267,14 @@ ANALYSIS = config["analysis"]
 INFERENCE_ONLY_MODEL_KEYS = ("batch_size", "served_name")
 
 
-def analysis_models(*names):
-    """The model entries an analysis loads, as extra params: without the settings only inference uses, so that
-    editing a model's batch size never reruns a GPU analysis."""
+def analysis_model(name):
+    """The model entry an analysis loads, as a param: without the settings only inference uses, so that editing a
+    model's batch size never reruns a GPU analysis (keys in config order: params compare by repr).
+    """
     return {
-        f"models.{name}": {
-            k: v
-            for k, v in config["models"][name].items()
-            if k not in INFERENCE_ONLY_MODEL_KEYS
-        }
-        for name in names
+        k: v
+        for k, v in config["models"][name].items()
+        if k not in INFERENCE_ONLY_MODEL_KEYS
     }
 
 
@@ -364,6 +362,26 @@ def report_inputs(wildcards):
         ],
     }
     return inputs
+
+
+# The experiment's settings whose fingerprint the report page shows (not how files are fetched).
+REPORT_CONFIG_KEYS = (
+    "seed",
+    "sampling",
+    "models",
+    "settings",
+    "decoding",
+    "tasks",
+    "analysis",
+    "render",
+    ("data", "pope"),
+)
+
+
+def report_config_digest():
+    """The report's config hash: of the REPORT_CONFIG_KEYS subtrees' canonical JSON, so any edit to them reruns the
+    report and no other edit does."""
+    return config_hash(json.loads(canonical_text(*REPORT_CONFIG_KEYS)))
 
 
 def report_targets():

@@ -7,12 +7,6 @@
 report: "../report/workflow.rst"
 
 
-localrules:
-    report,
-    report_table,
-    report_contact_sheet,
-
-
 rule report_table:
     input:
         csv="results/tables/{table}.csv",
@@ -29,6 +23,7 @@ rule report_table:
         "logs/report/{table}.log",
     wildcard_constraints:
         table="|".join(report_table_names()),
+    localrule: True
     conda:
         "../../envs/report.yaml"
     shell:
@@ -47,6 +42,7 @@ rule report_contact_sheet:
         ),
     log:
         "logs/report/contact_sheet_{task}.log",
+    localrule: True
     conda:
         "../../envs/report.yaml"
     shell:
@@ -65,21 +61,17 @@ rule report:
         md="results/report/summary.md",
     log:
         "logs/report/report.log",
+    localrule: True
     conda:
         "../../envs/report.yaml"
     params:
-        cfg=canonical(
-            "seed",
-            "sampling",
-            "models",
-            "settings",
-            "decoding",
-            "tasks",
-            "analysis",
-            "render",
-            ("data", "pope"),
-        ),
+        seed=config["seed"],
         models=MODELS,
         settings=SETTINGS,
+        # dicts in config order; Snakemake reads no wildcards in a dict's strings (the prompts' {question})
+        model_entries=config["models"],
+        setting_entries=config["settings"],
+        decoding=config["decoding"],
+        config_digest=report_config_digest(),
     script:
         "../scripts/report.py"

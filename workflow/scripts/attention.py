@@ -33,7 +33,6 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from pipeline_io import (  # noqa: E402
     PipelineError,
     log,
-    params_config,
     records_frame,
     run_main,
     save_figure,
@@ -186,30 +185,31 @@ def plot_diagonal(diag: pl.DataFrame, examples: list[dict], n_layers: int, grid:
 
 
 def main(snakemake) -> None:
-    cfg = params_config(snakemake)
-    acfg = cfg["analysis.attention"]
-    name = acfg["model"]
-    torch.manual_seed(cfg["seed"])
+    p = snakemake.params
+    name, entry, layers = p.model, p.model_entry, sorted(p.layers)
+    torch.manual_seed(p.seed)
     from vlm import load_image_processor
 
     # pairs among the samples whose whole strip this CLIP tower is shown (all of them with image_preprocess: pad)
-    seen_by = {name: load_image_processor(name, cfg[f"models.{name}"])}
-    pairs = load_pairs(snakemake.input.question, snakemake.input.control, acfg["n_pairs"], seen_by)
-    loaded = load_vlm(name, cfg[f"models.{name}"], attn_implementation="eager")
+    seen_by = {name: load_image_processor(name, entry)}
+    pairs = load_pairs(snakemake.input.question, snakemake.input.control, p.n_pairs, seen_by)
+    loaded = load_vlm(name, entry, attn_implementation="eager")
     tower = families.get(loaded.family).vision_tower(loaded.model)
     tower.eval()
     image_processor = image_processor_of(loaded.processor)
-    table, examples, diag, grid, patch = analyse(pairs, tower, image_processor, sorted(acfg["layers"]))
+    table, examples, diag, grid, patch = analyse(pairs, tower, image_processor, layers)
     n_layers = tower.config.num_hidden_layers
     table = table.select(pl.lit(name, dtype=pl.String).alias("model"), pl.all())
     no_text = table.filter(pl.col("n_text_patches") == 0)["sample_id"].n_unique()
     if no_text:
         log.warning("%d of %d pairs have no text-region patch after the centre crop (strip cropped away)",
                     no_text, len(pairs))
-    meta = {"model": name, "model_path": cfg[f"models.{name}"]["path"], "heat_map": "CLS-to-patch attention",
+    config = {"analysis.attention": {"model": name, "n_pairs": p.n_pairs, "layers": list(p.layers)},
+              f"models.{name}": entry, "seed": p.seed}
+    meta = {"model": name, "model_path": entry["path"], "heat_map": "CLS-to-patch attention",
             "text_overlap_threshold": 0.5, "grid": grid, "patch_size": patch, "n_layers": n_layers,
-            "config": cfg}
-    plot_attention_maps(examples, sorted(acfg["layers"]), grid, patch, snakemake.output.maps)
+            "config": config}
+    plot_attention_maps(examples, layers, grid, patch, snakemake.output.maps)
     plot_diagonal(diag, examples, n_layers, grid, snakemake.output.diagonal)
     write_table(table, snakemake.output.table, "attention", metadata=meta)
     log.info("wrote %d rows for %d pairs", len(table), len(pairs))

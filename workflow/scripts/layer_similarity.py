@@ -37,7 +37,6 @@ from PIL import Image  # noqa: E402
 from pipeline_io import (  # noqa: E402
     PipelineError,
     log,
-    params_config,
     records_frame,
     run_main,
     save_figure,
@@ -161,17 +160,17 @@ def plot_similarity(table: pl.DataFrame, last_n: int, path) -> None:
 
 
 def main(snakemake) -> None:
-    cfg = params_config(snakemake)
-    scfg = cfg["analysis.layer_similarity"]
-    torch.manual_seed(cfg["seed"])
+    p = snakemake.params
+    models, entries = list(p.models), p.model_entries
+    torch.manual_seed(p.seed)
     from vlm import load_image_processor
 
     # the same pairs for every model: samples whose whole strip each model's encoder is shown
-    seen_by = {name: load_image_processor(name, cfg[f"models.{name}"]) for name in scfg["models"]}
-    pairs = load_pairs(snakemake.input.question, snakemake.input.control, scfg["n_pairs"], seen_by)
+    seen_by = {name: load_image_processor(name, entries[name]) for name in models}
+    pairs = load_pairs(snakemake.input.question, snakemake.input.control, p.n_pairs, seen_by)
     rows = []
-    for name in scfg["models"]:
-        entry = cfg[f"models.{name}"]
+    for name in models:
+        entry = entries[name]
         loaded = load_vlm(name, entry)
         rows += analyse_model(name, entry["family"], loaded, pairs)
         del loaded
@@ -179,10 +178,12 @@ def main(snakemake) -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     table = records_frame(rows)
-    plot_similarity(table, scfg["last_n_layers"], snakemake.output.figure)
-    meta = {"models": {m: cfg[f"models.{m}"]["path"] for m in scfg["models"]}, "text_overlap_threshold": 0.5,
+    plot_similarity(table, p.last_n_layers, snakemake.output.figure)
+    config = {"analysis.layer_similarity": {"models": models, "n_pairs": p.n_pairs, "last_n_layers": p.last_n_layers},
+              "seed": p.seed, **{f"models.{m}": entries[m] for m in models}}
+    meta = {"models": {m: entries[m]["path"] for m in models}, "text_overlap_threshold": 0.5,
             "qwen_states": "vision block outputs, window order undone, before the merger",
-            "clip_states": "hidden_states[1..L], CLS dropped", "config": cfg}
+            "clip_states": "hidden_states[1..L], CLS dropped", "config": config}
     write_table(table, snakemake.output.table, "layer_similarity", metadata=meta)
     log.info("wrote %d rows", len(table))
 

@@ -29,7 +29,6 @@ from encoders import cosine_distance, load_vlm, mean_pairwise_cosine_distance  #
 from pipeline_io import (  # noqa: E402
     PipelineError,
     log,
-    params_config,
     read_table,
     records_frame,
     run_main,
@@ -176,15 +175,14 @@ def plot_gap(table: pl.DataFrame, tests: pl.DataFrame, labels: dict, path) -> No
 
 
 def main(snakemake) -> None:
-    cfg = params_config(snakemake)
-    gcfg = cfg["analysis.modality_gap"]
-    name = gcfg["model"]
-    settings = dict(zip(CONDITIONS, gcfg["conditions"], strict=True))
-    torch.manual_seed(cfg["seed"])
+    p = snakemake.params
+    name, entry = p.model, p.model_entry
+    settings = dict(zip(CONDITIONS, p.conditions, strict=True))
+    torch.manual_seed(p.seed)
     frames = {cond: read_table(path, "inference") for cond, path in zip(CONDITIONS, snakemake.input.captions,
                                                                           strict=True)}
-    ids = select_rows(frames, gcfg["n_samples"])
-    loaded = load_vlm(name, cfg[f"models.{name}"])
+    ids = select_rows(frames, p.n_samples)
+    loaded = load_vlm(name, entry)
     model, processor = loaded.model, loaded.processor
     model.eval()
     device = next(model.parameters()).device
@@ -213,16 +211,18 @@ def main(snakemake) -> None:
         log.info("sample %d/%d %s done", i + 1, len(ids), sample_id)
     table = records_frame(rows)
     tests = records_frame([{"model": name, "measure": m, **paired_test(*paired_values(table, m),
-                                                                        gcfg["bootstrap_resamples"],
-                                                                        gcfg["confidence"], cfg["seed"])}
+                                                                        p.resamples, p.confidence, p.seed)}
                            for m in MEASURES])
     for t in map(_numbers, tests.iter_rows(named=True)):
         log.info("%s: A %.4f B %.4f diff %+.4f CI [%s, %s] p=%s", t.measure, t.mean_a, t.mean_b, t.mean_diff,
                  t.ci_low, t.ci_high, t.p_value)
     plot_pca(example, snakemake.output.pca)
     plot_gap(table, tests, settings, snakemake.output.figure)
-    meta = {"model": name, "model_path": cfg[f"models.{name}"]["path"], "conditions": settings,
-            "embedding": "last_hidden_state (final layer, after the final norm)", "config": cfg}
+    config = {"analysis.modality_gap": {"model": name, "n_samples": p.n_samples, "conditions": list(p.conditions),
+                                        "bootstrap_resamples": p.resamples, "confidence": p.confidence},
+              f"models.{name}": entry, "seed": p.seed}
+    meta = {"model": name, "model_path": entry["path"], "conditions": settings,
+            "embedding": "last_hidden_state (final layer, after the final norm)", "config": config}
     write_table(tests, snakemake.output.tests, "modality_gap_test", metadata=meta)
     write_table(table, snakemake.output.table, "modality_gap", metadata=meta)
 

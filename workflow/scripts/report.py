@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import yaml
 from markupsafe import Markup, escape
 from paper_models import match_paper_models
-from pipeline_io import PipelineError, atomic_output, log, params_config, read_metadata, run_main
+from pipeline_io import PipelineError, atomic_output, log, read_metadata, run_main
 
 REPORT_DIR = Path(pipeline_io.__file__).resolve().parent.parent / "report"
 SIGNIFICANT = 0.05  # a delta whose p-value is below this is emphasised
@@ -720,10 +720,11 @@ def table_sections(names: list[str], metrics: dict[str, tuple[list[dict], dict]]
 
 
 def main(smk) -> None:
-    cfg = params_config(smk)
-    models = list(getattr(smk.params, "models", None) or cfg.get("models", {}))  # config order
-    settings = list(getattr(smk.params, "settings", None) or cfg.get("settings", {}))
-    digest = pipeline_io.config_hash(cfg)  # the experiment's settings shown on the page, not how files are fetched
+    p = smk.params
+    models, settings = list(p.models), list(p.settings)  # config order
+    # the entries the page shows; the digest fingerprints the experiment's settings, not how files are fetched
+    cfg = {"seed": p.seed, "models": p.model_entries, "settings": p.setting_entries, "decoding": p.decoding}
+    digest = p.config_digest
     metrics = {Path(p).stem: read_checked(p, Path(p).stem) for p in smk.input.metrics}
     paper_csvs = {Path(p).stem: read_csv_rows(p) for p in smk.input.table_csvs
                   if Path(p).stem not in METRICS_SECTIONS}
