@@ -85,6 +85,54 @@ def test_mistakes_name_the_key(mutate, expected):
     assert "\n" not in message
 
 
+RANDOM = {"kind": "pope", "max_new_tokens": 8, "pope": {"file": None, "url": "https://example.org/coco_pope_random.json",
+                                                     "sha256": None}}
+
+
+def with_random(c, task=RANDOM, sampling=True):
+    c["tasks"]["pope_random"] = copy.deepcopy(task)
+    if sampling:
+        c["sampling"]["pope_random"] = {"n": 10, "balanced": True}
+    return c
+
+
+def test_a_further_pope_task_is_one_config_entry():
+    """POPE's random split as a task of its own validates with its sampling entry; the paper config ships it
+    commented out (off), the demo runs random and popular on the built files."""
+    validate_config(with_random(load()))
+    assert "pope_random" not in load()["tasks"] and "# pope_random:" in (ROOT / "config.yaml").read_text()
+    demo = merged_demo()
+    for split in ("random", "popular"):
+        task = demo["tasks"][f"pope_{split}"]
+        assert task["kind"] == "pope" and task["pope"]["file"] == f"results/pope_built/coco_pope_{split}.json"
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: with_random(c, sampling=False),
+         "sampling.pope_random: missing; task pope_random draws its own sample"),
+        (lambda c: c["sampling"].update(pope_randm={"n": 5, "balanced": True}),
+         "sampling.pope_randm: no task of that name draws a sample"),
+        (lambda c: with_random(c, {**RANDOM, "kind": "caption"}), "tasks.pope_random.kind: 'caption' is not one of ['pope']"),
+        (lambda c: with_random(c, {k: v for k, v in RANDOM.items() if k != "kind"}),
+         "tasks.pope_random: 'kind' is a required property"),
+        (lambda c: with_random(c, {**RANDOM, "pope": {"file": None, "url": None}}),
+         "tasks.pope_random.pope.file: null and tasks.pope_random.pope.url is not set either"),
+        (lambda c: with_random(c, {**RANDOM, "pope": {"file": "no/such/pope.json"}}),
+         "tasks.pope_random.pope.file: 'no/such/pope.json' does not exist"),
+        (lambda c: with_random(c, {**RANDOM, "max_tokens": 3}), "tasks.pope_random: unknown key(s) ['max_tokens']"),
+        (lambda c: c["tasks"].update({"POPE-2": RANDOM}), "tasks: 'POPE-2' does not match"),
+    ],
+)
+def test_further_task_mistakes_name_the_key(mutate, expected):
+    cfg = load()
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
 def test_cli_reports_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: {llava_1_5: {family: blip9}}\n")

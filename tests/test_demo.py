@@ -65,6 +65,36 @@ def test_tables_and_report(demo_run):
     assert "http://" not in html.replace("http://www.w3.org", "")
 
 
+@pytest.mark.parametrize("split", ["random", "popular"])
+def test_further_pope_splits_run_as_tasks(demo_run, split):
+    """pope_random / pope_popular (a config entry each): a seeded, balanced sample of that split's built file, every
+    model and setting run on it with P(yes), scored into <task>_metrics.parquet, a table in Table 1's layout with an
+    empty paper column, and a section of the report page."""
+    cfg, task = demo_config(), f"pope_{split}"
+    sample = read_table(demo_run / f"results/data/{task}_sample.parquet", "sample")
+    assert len(sample) == cfg["sampling"][task]["n"] and set(sample["task"]) == {task}
+    assert (sample["label"] == "yes").sum() == (sample["label"] == "no").sum()
+    pope_file = demo_run / cfg["tasks"][task]["pope"]["file"]
+    questions = {row["question_id"]: row for row in pl.read_ndjson(pope_file).iter_rows(named=True)}
+    for row in sample.iter_rows(named=True):  # the very question of that split's file
+        source = questions[row["question_id"]]
+        assert (row["sample_id"], row["question"], row["label"]) == (f"{task}-{row['question_id']}", source["text"],
+                                                                    source["label"])
+    ids = (demo_run / f"results/data/{task}_sample_ids.txt").read_text().split()
+    assert sorted(map(int, ids)) == sorted(sample["question_id"])
+    for model, setting in itertools.product(MODELS, SETTINGS):
+        rows = read_table(demo_run / f"results/inference/{task}/{model}/{setting}/r0.parquet", "inference")
+        assert sorted(rows["sample_id"]) == sorted(sample["sample_id"]) and set(rows["task"]) == {task}
+        assert rows["p_yes"].is_between(0, 1).fill_null(False).all()
+    metrics = read_table(demo_run / f"results/scores/{task}_metrics.parquet", "pope_metrics")
+    assert {(m, s) for m, s in zip(metrics["model"], metrics["setting"], strict=True)} == set(
+        itertools.product(MODELS, SETTINGS)) and set(metrics["task"]) == {task}
+    csv = pl.read_csv(demo_run / f"results/tables/{task}.csv")
+    assert len(csv) >= len(SETTINGS) and all(csv[c].is_null().all() for c in csv.columns if c.endswith("_paper"))
+    assert f"# {task}: POPE" in (demo_run / f"results/tables/{task}.md").read_text()
+    assert f"{task} · POPE in Table 1" in (demo_run / "results/report/index.html").read_text()
+
+
 def test_rerun_has_nothing_to_do(demo_run):
     proc = run_snakemake(demo_run, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -499,3 +499,20 @@ def test_finished_units_are_kept_and_reused_only_when_unchanged(tmp_path, caplog
     # a corrupt kept copy is not trusted: generated again
     cache.write_bytes(b"not parquet")
     regenerated(infer.Job("pope", "m", "hybrid", prompt, repeat=1), tmp_path / "manifest2.parquet")
+
+
+def test_a_rewritten_local_checkpoint_is_not_taken_from_the_cache(tmp_path):
+    """The fingerprint covers a local model folder's files (name, size, mtime): the same config on rewritten weights
+    generates again instead of copying the kept unit; a hub id (no folder) has no such part."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights v1")
+    job, _, sample, manifest = _requests(tmp_path, n=4)
+    job = infer.Job("pope", "m", "hybrid", {**job.cfg, "models.m": {**job.entry, "path": str(folder)}})
+    reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
+    before = infer.fingerprint(job, reqs)
+    assert infer.fingerprint(job, reqs) == before
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # the same bytes written again: another mtime
+    assert infer.fingerprint(job, reqs) != before
+    hub = infer.Job("pope", "m", "hybrid", {**job.cfg, "models.m": {**job.entry, "path": "owner/name"}})
+    assert infer.model_files("owner/name") is None and infer.fingerprint(hub, reqs)

@@ -54,6 +54,17 @@ def test_schema_checked_on_write_and_read(tmp_path):
         read_table(tmp_path / "foreign.parquet", "sample")
 
 
+def test_task_names_are_checked_by_pattern(tmp_path):
+    """A sample's task column admits any config task name (pope_random), and nothing that is not one."""
+    from inference_fixtures import make_inputs
+
+    sample, _ = make_inputs(tmp_path / "in", "pope", n=2)
+    frame = read_table(sample, "sample")
+    write_table(frame.with_columns(pl.lit("pope_random").alias("task")), tmp_path / "ok.parquet", "sample")
+    with pytest.raises(PipelineError, match=r"column 'task' has values \['Pope Random!'\] that do not match"):
+        write_table(frame.with_columns(pl.lit("Pope Random!").alias("task")), tmp_path / "bad.parquet", "sample")
+
+
 def test_records_frame_infers_every_row():
     rows = [{"a": None}] * 150 + [{"a": 2.5, "b": "x"}]
     frame = records_frame(rows)

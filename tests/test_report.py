@@ -93,7 +93,7 @@ def report_params(cfg: dict, models: list[str], settings: list[str]) -> SimpleNa
     """The report rule's params for a config (seed, models, settings, decoding) and its models and settings."""
     return SimpleNamespace(seed=cfg["seed"], models=models, settings=settings, model_entries=cfg["models"],
                            setting_entries=cfg.get("settings", {}), decoding=cfg.get("decoding", {}),
-                           config_digest=config_hash(cfg))
+                           config_digest=config_hash(cfg), pope_tasks=["pope"])
 
 
 def fake_inputs(tmp: Path) -> SimpleNamespace:

@@ -97,9 +97,11 @@ def completed(tmp_path_factory) -> Path:
 
 DEMO = yaml.safe_load((ROOT / "config.demo.yaml").read_text(encoding="utf-8"))
 REPEATS = DEMO["inference"]["repeats"]  # every request runs this many times in the demo: one output file per repeat
-# units (output files) of one model and repeat: POPE and captions in the five settings no task claims, transcribe in
-# its own
-JOBS_PER_MODEL = 2 * 5 + 1
+# units (output files) of one model and repeat: every POPE task and captions in the five settings no task claims,
+# transcribe in its own
+N_POPE_TASKS = sum(1 for t, c in DEMO["tasks"].items() if (c.get("kind") or t) == "pope")
+assert N_POPE_TASKS == 3  # pope, pope_random, pope_popular
+JOBS_PER_MODEL = (N_POPE_TASKS + 1) * 5 + 1
 N_MODELS = len(DEMO["models"])  # the demo's entries (config.yaml's models, the demo's paths, plus its own)
 
 
@@ -218,10 +220,11 @@ def test_a_rerun_generates_only_the_changed_units(demo_run, tmp_path):
         else:
             copied.add(rel)
             assert path.read_bytes() == before[rel], f"{rel} was generated again"
-    assert len(generated) == N_MODELS * (JOBS_PER_MODEL + 2 * REPEATS) and len(copied) == len(before) - (
-        N_MODELS * 2 * REPEATS)
+    instructed_units = (N_POPE_TASKS + 1) * REPEATS  # per model: every task running the study's settings
+    assert len(generated) == N_MODELS * (JOBS_PER_MODEL + instructed_units) and len(copied) == len(before) - (
+        N_MODELS * instructed_units)
     instructed = [p for p in generated if p.parts[-2] == "prompt_in_image_instructed" and p.stem == "r0"]
     assert instructed and all((work / p).read_bytes() != before[p] for p in instructed)
     for model in DEMO["models"]:
         log = (work / "logs/inference" / f"{model}.log").read_text(encoding="utf-8")
-        assert log.count("unchanged, copied from") == len(before) // N_MODELS - 2 * REPEATS, model
+        assert log.count("unchanged, copied from") == len(before) // N_MODELS - instructed_units, model

@@ -1,10 +1,11 @@
-# Shared wiring: config validation, the experiment matrix, file-name helpers and canonical params.
+# Shared wiring: config validation, the experiment matrix, the task kinds and file-name helpers.
 import json
 import os
 import sys
 
 sys.path.insert(0, f"{workflow.basedir}/workflow/scripts")
 import fetch_data
+import tasks
 from config_check import ConfigError, demo_model_paths, validate_config
 from fetch_data import (
     BUILT_POPE_DIR,
@@ -49,19 +50,29 @@ def canonical_text(*keys, **extra):
     return canonical_json(value)
 
 
-def canonical(*keys, **extra):
-    """A job's ``params: cfg=``: only its own config subtrees, canonical, so editing anything else in the config
-    never reruns it (Snakemake compares params by repr). Returned as a function so that Snakemake does not read
-    braces in config values (``{question}``, ``{split}``) as wildcards."""
-    text = canonical_text(*keys, **extra)
-    return lambda wildcards: text
-
-
 def _lookup(key):
     node = config
     for part in key if isinstance(key, tuple) else (key,):
         node = node[part]
     return node
+
+
+def task_kind(task):
+    """The task's kind (workflow/scripts/tasks/): tasks.<t>.kind, else the task's own name."""
+    return tasks.kind_of(task, config["tasks"][task])
+
+
+def tasks_of_kind(kind):
+    return [t for t in TASKS if task_kind(t).name == kind]
+
+
+# POPE tasks: the paper's (pope, on data.pope) and any further split (tasks.<t>.pope, e.g. pope_random)
+POPE_TASKS = tasks_of_kind("pope")
+
+
+def pope_file(task):
+    """The POPE split file a POPE task samples: data.pope for the paper's task, tasks.<t>.pope for another."""
+    return pope_path(config["tasks"][task].get("pope") or config["data"]["pope"])
 
 
 def task_source(task):
@@ -232,28 +243,19 @@ def table_models():
 
 
 def scoring_targets():
-    return [
-        "results/scores/pope_metrics.parquet",
-        "results/tables/table1_pope.md",
-        "results/tables/table1_pope.csv",
-        "results/tables/pope_pyes.md",
-        "results/tables/pope_pyes.csv",
-        "results/scores/chair_metrics.parquet",
-        "results/tables/table2_chair.md",
-        "results/tables/table2_chair.csv",
+    """Each task's metrics and tables (workflow/scripts/tasks/), and the paper's Table 1 and 2 drawn."""
+    targets = []
+    for t in TASKS:
+        kind = task_kind(t)
+        targets += kind.metrics_paths(t)
+        targets += [
+            f"results/tables/{name}.{ext}"
+            for name in kind.table_names(t)
+            for ext in ("md", "csv")
+        ]
+    return targets + [
         "results/figures/table1_pope.png",
         "results/figures/table2_chair.png",
-        "results/scores/visibility_metrics.parquet",
-        "results/tables/strip_visibility.md",
-        "results/tables/strip_visibility.csv",
-    ] + (transcribe_targets() if "transcribe" in TASKS else [])
-
-
-def transcribe_targets():
-    return [
-        "results/scores/transcribe_metrics.parquet",
-        "results/tables/transcribe.md",
-        "results/tables/transcribe.csv",
     ]
 
 
@@ -304,32 +306,15 @@ def analysis_targets():
 # --- report ----------------------------------------------------------------------------------------------
 
 
-# The tables copied for `snakemake --report` (rule report_table), by the task they need. strip_visibility reads
-# POPE and captions, which every config has; the page shows it and transcribe from their metrics tables.
-REPORT_TABLES = {
-    "pope": ["table1_pope", "pope_pyes"],
-    "caption": ["table2_chair", "strip_visibility"],
-    "transcribe": ["transcribe"],
-}
-
-
 def report_table_names():
-    return [name for t in TASKS for name in REPORT_TABLES.get(t, [])]
+    """The tables copied for `snakemake --report` (rule report_table): every task's (workflow/scripts/tasks/)."""
+    return [name for t in TASKS for name in task_kind(t).table_names(t)]
 
 
 def report_metrics():
-    """The metrics tables the page reads: POPE, CHAIR, the strip-visibility groups and, with the transcribe task,
-    the transcriptions."""
-    metrics_of_task = {
-        "pope": ["pope_metrics"],
-        "caption": ["chair_metrics", "visibility_metrics"],
-        "transcribe": ["transcribe_metrics"],
-    }
-    return [
-        f"results/scores/{name}.parquet"
-        for t in TASKS
-        for name in metrics_of_task.get(t, [])
-    ]
+    """The metrics tables the page reads: every task's (POPE, CHAIR and the strip-visibility groups, the
+    transcriptions, a further POPE task's)."""
+    return [path for t in TASKS for path in task_kind(t).metrics_paths(t)]
 
 
 def report_inputs(wildcards):

@@ -68,21 +68,24 @@ rule build_pope:
         "../scripts/pope_build.py"
 
 
+# Every POPE task samples its own split file: the paper's task pope (data.pope) and any further one (tasks.<t>.pope).
 rule sample_pope:
     input:
-        pope=pope_path(config["data"]["pope"]),
+        pope=lambda wc: pope_file(wc.task),
         instances=coco_annotation("instances"),
     output:
-        table=sample_path("pope"),
-        ids="results/data/pope_sample_ids.txt",
+        table="results/data/{task}_sample.parquet",
+        ids="results/data/{task}_sample_ids.txt",
     log:
-        "logs/data/sample_pope.log",
+        "logs/data/sample_{task}.log",
+    wildcard_constraints:
+        task="|".join(POPE_TASKS),
     localrule: True
     conda:
         "../../envs/data.yaml"
     params:
-        n=config["sampling"]["pope"]["n"],
-        balanced=config["sampling"]["pope"]["balanced"],
+        n=lambda wc: config["sampling"][wc.task]["n"],
+        balanced=lambda wc: config["sampling"][wc.task]["balanced"],
         coco_root=lambda wc: config["data"]["coco"]["root"],
         seed=config["seed"],
     script:

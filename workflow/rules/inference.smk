@@ -20,7 +20,7 @@ rule build_demo_model:
     conda:
         "../../envs/inference.yaml"
     params:
-        cfg=canonical("seed"),
+        seed=config["seed"],
     script:
         "../scripts/demo_models.py"
 

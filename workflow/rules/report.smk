@@ -73,5 +73,7 @@ rule report:
         setting_entries=config["settings"],
         decoding=config["decoding"],
         config_digest=report_config_digest(),
+        # whose metrics tables have the POPE layout (a further POPE task's table is shown like Table 1)
+        pope_tasks=POPE_TASKS,
     script:
         "../scripts/report.py"

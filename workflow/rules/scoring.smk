@@ -3,14 +3,17 @@
 # Table 2 (CHAIR) and the P(yes) table.
 
 
+# Every POPE task: the paper's pope and any further split (tasks.<t>.kind: pope, e.g. pope_random).
 rule score_pope:
     input:
-        inference=scored_inference("pope"),
+        inference=lambda wc: scored_inference(wc.task),
     output:
-        metrics="results/scores/pope_metrics.parquet",
-        answers="results/scores/pope_answers.parquet",
+        metrics="results/scores/{task}_metrics.parquet",
+        answers="results/scores/{task}_answers.parquet",
     log:
-        "logs/scoring/score_pope.log",
+        "logs/scoring/score_{task}.log",
+    wildcard_constraints:
+        task="|".join(POPE_TASKS),
     conda:
         "../../envs/scoring.yaml"
     params:
@@ -62,6 +65,29 @@ rule table1_pope:
         confidence=config["scoring"]["confidence"],
     script:
         "../scripts/table1_pope.py"
+
+
+# A further POPE task's table, in Table 1's layout (the paper reports the adversarial split only).
+rule pope_task_table:
+    input:
+        metrics="results/scores/{task}_metrics.parquet",
+        paper=scoring_data("paper_numbers.yaml"),
+    output:
+        csv="results/tables/{task}.csv",
+        md="results/tables/{task}.md",
+    log:
+        "logs/scoring/table_{task}.log",
+    wildcard_constraints:
+        task="|".join(t for t in POPE_TASKS if t != "pope") or "(?!)",
+    localrule: True
+    conda:
+        "../../envs/scoring.yaml"
+    params:
+        models=table_models(),
+        settings=STUDY_SETTINGS,
+        confidence=config["scoring"]["confidence"],
+    script:
+        "../scripts/pope_task_table.py"
 
 
 rule table2_chair:

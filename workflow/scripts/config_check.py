@@ -75,17 +75,42 @@ def _check_data(data: dict) -> None:
     if root and root != DEMO_COCO_ROOT and not Path(root).is_dir():
         raise ConfigError(f"data.coco.root: folder '{root}' does not exist. Point it at your COCO copy, or set it "
                           "to null to fetch what the run needs into resources/downloads/coco")
-    pope = data["pope"]
-    if pope["file"] is None and not pope.get("url"):
-        raise ConfigError("data.pope.file: null and data.pope.url is not set either. Set data.pope.file to your "
-                          "copy of POPE's coco_pope_adversarial.json, or data.pope.url to fetch it")
-    if pope["file"] and not is_pipeline_output(pope["file"]) and not Path(pope["file"]).is_file():
-        raise ConfigError(f"data.pope.file: '{pope['file']}' does not exist. Fix the path, or set it to null to "
-                          "fetch the pinned file (data.pope.url) into resources/downloads/pope")
+    _check_pope_file("data.pope", data["pope"], "coco_pope_adversarial.json")
     annotations = data["pope_build"]["annotations"]
     if annotations and not is_pipeline_output(annotations) and not Path(annotations).is_file():
         raise ConfigError(f"data.pope_build.annotations: '{annotations}' does not exist. Fix the path, or set it "
                           "to null to build from the COCO instances file")
+
+
+def _check_pope_file(key: str, pope: dict, official: str) -> None:
+    """A POPE source: an existing file of the user's (or one a rule makes), or a URL to fetch."""
+    from fetch_data import is_pipeline_output
+
+    if pope["file"] is None and not pope.get("url"):
+        raise ConfigError(f"{key}.file: null and {key}.url is not set either. Set {key}.file to your copy of "
+                          f"POPE's {official}, or {key}.url to fetch it")
+    if pope["file"] and not is_pipeline_output(pope["file"]) and not Path(pope["file"]).is_file():
+        raise ConfigError(f"{key}.file: '{pope['file']}' does not exist. Fix the path, or set it to null to "
+                          f"fetch the pinned file ({key}.url) into resources/downloads/pope")
+
+
+def _check_tasks(config: dict) -> None:
+    """Every task that draws its own POPE sample has sampling.<task> and a POPE file; no sampling entry is left
+    without its task."""
+    import tasks
+
+    for task, task_cfg in config["tasks"].items():
+        if "pope" in task_cfg:  # the schema admits further tasks of kind pope only, each with its file
+            _check_pope_file(f"tasks.{task}.pope", task_cfg["pope"], f"coco_pope_<split>.json for {task}")
+    sampled = [t for t, c in config["tasks"].items() if tasks.kind_of(t, c).own_sample]
+    for task in sampled:
+        if task not in config["sampling"]:
+            raise ConfigError(f"sampling.{task}: missing; task {task} draws its own sample. Add sampling.{task} "
+                              "with n (and balanced for a POPE task)")
+    for key in config["sampling"]:
+        if key not in sampled:
+            raise ConfigError(f"sampling.{key}: no task of that name draws a sample ({sampled}). Remove the entry "
+                              "or add the task")
 
 
 def _check_prompts(settings: dict) -> None:
@@ -132,6 +157,7 @@ def _check_baseline(config: dict) -> None:
 
 def _check_references(config: dict) -> None:
     _check_data(config["data"])
+    _check_tasks(config)
     _check_prompts(config["settings"])
     models = config["models"]
     _check_image_preprocess(models)

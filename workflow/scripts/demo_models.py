@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import families
-from pipeline_io import log, params_config, run_main
+from pipeline_io import log, run_main
 
 
 @contextlib.contextmanager
@@ -50,8 +50,7 @@ def build(family: str, out: str | Path, seed: int = 0) -> Path:
 
 
 def main(snakemake) -> None:
-    cfg = params_config(snakemake)
-    build(snakemake.wildcards.family, snakemake.output[0], seed=int(cfg["seed"]))
+    build(snakemake.wildcards.family, snakemake.output[0], seed=int(snakemake.params.seed))
 
 
 if "snakemake" in globals():

@@ -60,16 +60,16 @@ def is_pipeline_output(path: str) -> bool:
     return Path(path).as_posix().startswith((f"{BUILT_POPE_DIR}/", f"{DOWNLOADS}/", f"{DEMO_COCO_ROOT}/"))
 
 
-def check_pope_pin(path: str | Path, sha256: str | None) -> None:
+def check_pope_pin(path: str | Path, sha256: str | None, key: str = "data.pope") -> None:
     """A user's POPE file that is not the pinned one is reported, never replaced (a download was verified when
     it was fetched, and a built file is not the official one)."""
     if not sha256 or is_pipeline_output(str(path)):
         return
     got = sha256_file(path)
     if got != sha256:
-        raise PipelineError(f"{path}: sha256 {got} differs from the pinned data.pope.sha256 {sha256}; the file was "
-                            "left as it is. Replace it with POPE's official coco_pope_adversarial.json, or set "
-                            "data.pope.sha256: null to use this file as it is")
+        raise PipelineError(f"{path}: sha256 {got} differs from the pinned {key}.sha256 {sha256}; the file was "
+                            "left as it is. Replace it with POPE's official file of that split, or set "
+                            f"{key}.sha256: null to use this file as it is")
 
 
 def http_get(url: str, dest: str | Path, sha256: str | None = None, retries: int = RETRIES,

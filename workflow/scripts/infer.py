@@ -106,6 +106,13 @@ class Job:
         return self.cfg[f"settings.{self.setting}"]
 
     @property
+    def wants_p_yes(self) -> bool:
+        """POPE tasks record P(yes) (tasks/pope.py)."""
+        import tasks
+
+        return tasks.kind_of(self.task, self.task_cfg).wants_p_yes
+
+    @property
     def decoding(self) -> dict:
         return self.cfg["decoding"]
 
@@ -216,11 +223,23 @@ def row_config(cfg: dict) -> dict:
 
 
 def fingerprint(job: Job, requests: list[Request]) -> str:
-    """What a checkpoint must match to be reused: what can change the job's rows (the repeat included), and its
-    exact inputs."""
+    """What a checkpoint or kept unit must match to be reused: what can change the unit's rows (the repeat
+    included), the files of a local model folder, and its exact inputs."""
     inputs = [(r.sample_id, r.image_sha256 or r.image_path, r.text_prompt) for r in requests]
     return config_hash({"cfg": row_config(job.cfg), "task": job.task, "model": job.model, "setting": job.setting,
-                        "repeat": job.repeat, "inputs": inputs, "columns": COLUMNS})
+                        "repeat": job.repeat, "inputs": inputs, "columns": COLUMNS,
+                        "model_files": model_files(job.entry["path"])})
+
+
+def model_files(path: str) -> list | None:
+    """A local checkpoint folder's files as (name, bytes, mtime in ns): weights rewritten in place (a new
+    fine-tune, a rebuilt demo model) make every unit of that model run again. None for a hub id (its revision is
+    in the config; the resolved commit is recorded in each file's metadata)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    return sorted((f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in folder.rglob("*") if f.is_file())
 
 
 # --- the transformers backend -------------------------------------------------------------------------------
@@ -237,7 +256,7 @@ class TransformersBackend:
         self.vlm = vlm
         self.job = job
         self.lm = lm or vlm.load_model(job.model, job.entry, device=device)
-        self.want_p_yes = job.task == "pope"
+        self.want_p_yes = job.wants_p_yes
         self._views: dict = {}
         self._views_unknown = False
 

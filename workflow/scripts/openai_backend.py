@@ -181,7 +181,7 @@ class OpenAIBackend:
         self.backoff_s = backoff_s
         self.n_empty = 0
         # P(yes) from logprobs: POPE only; switched off for the run when the server rejects the fields
-        self.want_p_yes = job.task == "pope"
+        self.want_p_yes = job.wants_p_yes
         self.send_logprobs = self.want_p_yes
         self.logprobs_rejected: str | None = None
         self.n_with_logprobs = self.n_without_logprobs = self.n_no_answer_candidate = self.n_one_sided = 0

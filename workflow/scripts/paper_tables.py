@@ -247,6 +247,19 @@ def table1_pope(metrics: pl.DataFrame, paper: dict, models: dict[str, dict], set
                        unit=TABLE1_UNIT)
 
 
+def pope_task_table(metrics: pl.DataFrame, paper: dict, task: str, models: dict[str, dict], settings: list[str],
+                    confidence: float) -> tuple[pl.DataFrame, str]:
+    """Table 1's layout for a further POPE task (e.g. pope_random); the paper reports only the adversarial split,
+    so its column stays empty."""
+    notes = TABLE1_NOTES if repeats_in(metrics) == 1 else TABLE1_NOTES_REPEATS
+    return build_table(metrics, paper, task, TABLE1, models, settings, confidence, notes, strict=True,
+                       unit=TABLE1_UNIT)
+
+
+def pope_task_title(task: str) -> str:
+    return f"{task}: POPE in Table 1's layout (the paper reports the adversarial split only: no paper column)"
+
+
 def table2_chair(metrics: pl.DataFrame, paper: dict, models: dict[str, dict], settings: list[str],
                  confidence: float) -> tuple[pl.DataFrame, str]:
     """Table 2 (CHAIRs, CHAIRi) from the CHAIR metrics table."""

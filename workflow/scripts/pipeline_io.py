@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import traceback
@@ -77,11 +78,6 @@ def run_stage(fn: Callable[[], Any], stage: str) -> None:
         log.error("%s failed: %s: %s%s (traceback on stderr)", stage, type(err).__name__, lines[0] if lines else "",
                   more)
         sys.exit(1)
-
-
-def params_config(snakemake, name: str = "cfg") -> Any:
-    """Decode a rule's canonical JSON config subtree (see ``canonical`` in common.smk)."""
-    return json.loads(getattr(snakemake.params, name))
 
 
 def canonical_json(value: Any) -> str:
@@ -193,6 +189,12 @@ def check_table(table: pa.Table, schema_name: str, source: str = "table") -> Non
             bad = set(table.column(col).to_pylist()) - set(allowed) - {None}
             if bad:
                 raise PipelineError(f"{source}: column '{col}' has values {sorted(map(str, bad))}, allowed {allowed}")
+        pattern = spec.get("pattern")
+        if pattern is not None:
+            bad = {v for v in table.column(col).to_pylist() if v is not None and not re.fullmatch(pattern, str(v))}
+            if bad:
+                raise PipelineError(f"{source}: column '{col}' has values {sorted(map(str, bad))[:5]} that do not "
+                                    f"match {pattern}")
 
 
 def _stored_type(t: pa.DataType) -> pa.DataType:

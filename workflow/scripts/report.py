@@ -22,7 +22,7 @@ import math
 import os
 import re
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -703,6 +703,8 @@ def table_sections(names: list[str], metrics: dict[str, tuple[list[dict], dict]]
     sections = []
     for name in names:
         spec = TABLES.get(name)
+        if spec is None and f"{name}_metrics" in metrics:  # a further POPE task (pope_random): Table 1's layout
+            spec = replace(TABLES["table1_pope"], metrics=f"{name}_metrics")
         if spec is None:
             raise PipelineError(f"report: no layout for table '{name}' (known: {', '.join(TABLES)})")
         if spec.metrics not in metrics:
@@ -714,7 +716,8 @@ def table_sections(names: list[str], metrics: dict[str, tuple[list[dict], dict]]
         paper_rows = {r.get("setting", ""): r for r in paper_csvs.get(name, [])}
         blocks = result_blocks(spec, rows, paper_rows, models, settings, labels, rows_of, confidence)
         figure = result_figure(name, result_figures.pop(name)) if name in result_figures else None
-        sections.append(TableSection(name, TABLE_TITLES.get(name, name),
+        title = TABLE_TITLES.get(name, f"{name} · POPE in Table 1's layout (the paper reports adversarial only)")
+        sections.append(TableSection(name, title,
                                      caption_html("tables.rst", {"table": name}), blocks, figure))
     return sections
 
@@ -725,7 +728,9 @@ def main(smk) -> None:
     # the entries the page shows; the digest fingerprints the experiment's settings, not how files are fetched
     cfg = {"seed": p.seed, "models": p.model_entries, "settings": p.setting_entries, "decoding": p.decoding}
     digest = p.config_digest
-    metrics = {Path(p).stem: read_checked(p, Path(p).stem) for p in smk.input.metrics}
+    # a further POPE task's metrics (pope_random_metrics) have the POPE metrics schema
+    schema_of = {f"{task}_metrics": "pope_metrics" for task in p.pope_tasks}
+    metrics = {Path(f).stem: read_checked(f, schema_of.get(Path(f).stem, Path(f).stem)) for f in smk.input.metrics}
     paper_csvs = {Path(p).stem: read_csv_rows(p) for p in smk.input.table_csvs
                   if Path(p).stem not in METRICS_SECTIONS}
     paper = read_paper(smk.input.paper)

@@ -147,12 +147,14 @@ def attach_images(table: pl.DataFrame, coco: dict) -> pl.DataFrame:
 
 # --- outputs -----------------------------------------------------------------------------------------------
 
-def pope_sample_table(sampled: pl.DataFrame) -> pl.DataFrame:
+def pope_sample_table(sampled: pl.DataFrame, task: str = "pope") -> pl.DataFrame:
+    """The sample rows of a POPE task (``pope``, or a further split such as ``pope_random``): sample ids
+    ``<task>-<question_id>``."""
     objects = [m.group(1) if (m := QUESTION_OBJECT.match(t)) else None for t in sampled["text"]]
     n = len(sampled)
     return pl.DataFrame({
-        "sample_id": pl.Series([f"pope-{q}" for q in sampled["question_id"]], dtype=pl.String),
-        "task": pl.Series(["pope"] * n, dtype=pl.String),
+        "sample_id": pl.Series([f"{task}-{q}" for q in sampled["question_id"]], dtype=pl.String),
+        "task": pl.Series([task] * n, dtype=pl.String),
         "image_id": pl.Series([image_id_of(name) for name in sampled["image"]], dtype=pl.Int64),
         "image_file": sampled["image"].cast(pl.String),
         "question": sampled["text"].cast(pl.String),

@@ -1,4 +1,5 @@
-"""Rule sample_pope: the seeded POPE sample (``sample``), its images resolved, and its published question ids."""
+"""Rule sample_pope: the seeded sample of a POPE task (``sample``; the paper's ``pope`` or a further split such as
+``pope_random``), its images resolved, and its published question ids."""
 
 from fetch_data import check_pope_pin, network_settings
 from pipeline_io import log, run_main
@@ -6,16 +7,18 @@ from sample import attach_images, pope_sample_table, read_pope, sample_pope, wri
 
 
 def main(snakemake) -> None:
-    p = snakemake.params
+    p, task = snakemake.params, snakemake.wildcards.task
     # The pin is checked, not a param: it can stop a run but never changes a row.
-    check_pope_pin(snakemake.input.pope, snakemake.config["data"]["pope"].get("sha256"))
+    source = snakemake.config["tasks"][task].get("pope")
+    key = f"tasks.{task}.pope" if source else "data.pope"
+    check_pope_pin(snakemake.input.pope, (source or snakemake.config["data"]["pope"]).get("sha256"), key)
     pope = read_pope(snakemake.input.pope)
     sampled = sample_pope(pope, p.n, p.balanced, p.seed)
     coco = {"root": p.coco_root, **network_settings(snakemake.config)}
-    table = attach_images(pope_sample_table(sampled), coco)
-    log.info("POPE sample: %d of %d questions, %d yes / %d no, %d images", len(table), len(pope),
+    table = attach_images(pope_sample_table(sampled, task), coco)
+    log.info("%s sample: %d of %d questions, %d yes / %d no, %d images", task, len(table), len(pope),
              (table["label"] == "yes").sum(), (table["label"] == "no").sum(), table["image_id"].n_unique())
-    metadata = {"sampling.pope": {"n": p.n, "balanced": p.balanced}, "data.coco.root": p.coco_root, "seed": p.seed}
+    metadata = {f"sampling.{task}": {"n": p.n, "balanced": p.balanced}, "data.coco.root": p.coco_root, "seed": p.seed}
     write_sample(table, snakemake.output.table, snakemake.output.ids, "question_id", metadata)
 
 

@@ -1,4 +1,5 @@
-"""Rule score_pope: POPE metrics per task/model/setting (``pope_scoring``) and every parsed answer."""
+"""Rule score_pope: POPE metrics per model/setting of one POPE task (``pope_scoring``; the paper's ``pope`` or a
+further split such as ``pope_random``) and every parsed answer."""
 
 from pipeline_io import log, run_main, write_table
 from pope_scoring import POPE_INTERVAL, pope_metadata, score_pope
@@ -7,8 +8,9 @@ from scoring import metadata, read_inference
 
 def main(smk) -> None:
     p = smk.params
-    data, groups = read_inference(list(smk.input.inference), "pope")
-    log.info("scoring %d POPE rows in %d files", len(data), len(groups))
+    task = smk.wildcards.task
+    data, groups = read_inference(list(smk.input.inference), task, kind="pope")
+    log.info("scoring %d %s rows in %d files", len(data), task, len(groups))
     metrics, answers = score_pope(data, p.seed, p.resamples, p.confidence, groups, p.baseline)
     meta = metadata(p.seed, p.resamples, p.confidence, p.baseline, POPE_INTERVAL, pope_metadata(metrics))
     write_table(answers, smk.output.answers, "pope_answers", meta)

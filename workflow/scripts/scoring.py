@@ -158,8 +158,9 @@ def key_of_path(path: str | Path) -> tuple[str, str, str, int]:
     return p.parents[2].name, p.parents[1].name, p.parent.name, int(match.group(1))
 
 
-def read_inference(paths: list[str], task: str) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
-    """Every inference file of one task (all repeats), checked against its file name; (rows, groups in order)."""
+def read_inference(paths: list[str], task: str, kind: str | None = None) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
+    """Every inference file of one task (all repeats), checked against its file name; (rows, groups in order).
+    ``kind``: the task's kind (default: its name); a POPE task's rows must carry labels and valid p_yes."""
     frames, groups, seen = [], [], set()
     for path in paths:
         df = read_table(path, "inference")
@@ -179,7 +180,7 @@ def read_inference(paths: list[str], task: str) -> tuple[pl.DataFrame, list[tupl
         dup = ids.filter(ids.is_duplicated() & ~ids.is_first_distinct())
         if len(dup):
             raise PipelineError(f"{path}: sample_id '{dup[0]}' appears twice; rerun inference for this file")
-        if task == "pope":
+        if (kind or task) == "pope":
             labelled = (df["label"].cast(pl.String).is_in([pm.YES, pm.NO]).fill_null(False).to_numpy()
                         if "label" in df.columns else np.zeros(len(df), dtype=bool))
             bad = np.flatnonzero(~labelled)
