@@ -307,7 +307,7 @@ def analysis_targets():
 
 
 def report_table_names():
-    """The tables copied for `snakemake --report` (rule report_table): every task's (workflow/scripts/tasks/)."""
+    """The tables copied for `snakemake --report` (the report_table rule), every task's (workflow/scripts/tasks/)."""
     return [name for t in TASKS for name in task_kind(t).table_names(t)]
 
 
