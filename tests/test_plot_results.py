@@ -53,7 +53,7 @@ def synthetic_metrics(table: str, models=tuple(MODELS), settings=tuple(SETTINGS)
                 kinds = schema["properties"].get(col, {}).get("type", "number")
                 kinds = [kinds] if isinstance(kinds, str) else kinds
                 if col == "task":
-                    row[col] = schema["properties"]["task"]["enum"][0]
+                    row[col] = {"table1_pope": "pope", "table2_chair": "caption"}[table]
                 elif "string" in kinds:
                     row[col] = {"model": model, "setting": setting, "baseline": "baseline"}.get(col, "x")
                 elif "integer" in kinds:
