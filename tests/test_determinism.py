@@ -24,13 +24,14 @@ SETTING = "hybrid"  # a setting that shows the model the rendered 'question' ima
 
 
 def _infer_seconds(demo_run: Path, model: str) -> float:
-    tsv = demo_run / "results/benchmarks/infer" / f"{model}.tsv"
-    return float(pl.read_csv(tsv, separator="\t")["s"][0])
+    """Both decoding repeats' inference jobs of the model."""
+    return sum(float(pl.read_csv(tsv, separator="\t")["s"][0])
+               for tsv in (demo_run / "results/benchmarks/infer" / model).glob("r*.tsv"))
 
 
 @pytest.fixture(scope="module")
 def model(demo_run) -> str:
-    """The demo model whose inference job (all its tasks, settings and repeats) ran fastest."""
+    """The demo model whose inference jobs (all its tasks and settings, both repeats) ran fastest."""
     models = sorted(p.name for p in (demo_run / "results/inference/pope").iterdir() if p.is_dir())
     return min(models, key=lambda m: _infer_seconds(demo_run, m))
 

@@ -346,9 +346,9 @@ def test_sigkill_during_render_leaves_no_truncated_png(demo_run, tmp_path):
 
 
 def _cheapest_infer(demo_run: Path) -> str:
-    """The first output (POPE, baseline, repeat 0) of the demo model whose inference job ran fastest."""
-    times = {tsv.stem: float(pl.read_csv(tsv, separator="\t")["s"][0])
-             for tsv in (demo_run / "results/benchmarks/infer").glob("*.tsv")}
+    """The first output (POPE, baseline) of the demo model whose repeat-0 inference job ran fastest."""
+    times = {tsv.parent.name: float(pl.read_csv(tsv, separator="\t")["s"][0])
+             for tsv in (demo_run / "results/benchmarks/infer").glob("*/r0.tsv")}
     return f"results/inference/pope/{min(times, key=times.get)}/baseline/r0.parquet"
 
 
@@ -372,7 +372,7 @@ def test_ctrl_c_during_infer_then_rerun_completes(demo_run, tmp_path):
     assert n_done >= 2
 
     run_snakemake(work, infer_target, *manifests, ON_COPY, "--rerun-incomplete", timeout=600)
-    log = (work / "logs/inference" / f"{model}.log").read_text(encoding="utf-8")
+    log = (work / "logs/inference" / model / f"{repeat}.log").read_text(encoding="utf-8")
     assert "resuming:" in log
     df = read_table(work / infer_target, "inference")
     expected = read_table(work / "results/data/pope_sample.parquet")["sample_id"]

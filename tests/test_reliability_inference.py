@@ -70,7 +70,7 @@ def test_deleted_png_error_gives_a_command_that_rerenders(demo_run, tmp_path):
     target, mtime = "results/inference/pope/llava_1_5/hybrid/r0.parquet", "--rerun-triggers=mtime"
     failed = run_snakemake(work, target, f"--forcerun={target}", mtime, check=False)
     assert failed.returncode != 0
-    last = (work / "logs/inference/llava_1_5.log").read_text(encoding="utf-8").splitlines()[-1]
+    last = (work / "logs/inference/llava_1_5/r0.log").read_text(encoding="utf-8").splitlines()[-1]
     assert f"ERROR {row['image_path']} (sample {row['sample_id']}, results/images/pope/question.parquet)" in last
     command = re.search(r"render it again with: snakemake (.+?) \(plus your run's options\)", last).group(1)
     assert command == "results/images/pope/question.parquet --forcerun render_variants"

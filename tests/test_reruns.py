@@ -1,6 +1,6 @@
 """Partial reruns: a config edit reruns exactly the jobs whose own config subtree changed, and what needs them.
-An infer job is one model's every task x setting x repeat ("unit"); inside a rerun job only the units whose rows can
-change are generated (the cache of finished units, tested on a real run at the end).
+An infer job is one model's every task x setting ("unit") in one decoding repeat; inside a rerun job only the units
+whose rows can change are generated (the cache of finished units, tested on a real run at the end).
 
 A completed demo run is faked cheaply: every output of the DAG is created empty, then `snakemake --touch` marks
 them up to date and records each job's params in .snakemake/metadata, exactly as a real run would. Each edit is
@@ -19,7 +19,8 @@ from conftest import ROOT, run_snakemake
 
 # Aggregations downstream of every inference job (those present in the DAG).
 AGGREGATES = {"score_pope", "score_chair", "table1_pope", "table_pope_pyes", "table2_chair", "plot_table1_pope",
-              "plot_table2_chair", "report", "report_table", "modality_gap", "score_visibility", "score_transcribe"}
+              "plot_table2_chair", "report", "report_table", "modality_gap", "score_visibility", "score_transcribe",
+              "pope_task_table"}
 
 
 def all_outputs(workdir: Path, *extra: str) -> list[tuple[str, str]]:
@@ -174,18 +175,17 @@ def test_openai_reruns_only_for_another_server(completed_openai):
     # another server answers: every infer job reruns
     assert len(planned(base_url="https://alice:key-1@other.example/v1")) == N_MODELS * JOBS_PER_MODEL * REPEATS
     assert planned_jobs(workdir, "--configfile", write_config(workdir, {"inference": {**settings, "openai": {
-        **settings["openai"], "base_url": "https://alice:key-1@other.example/v1"}}}))["infer"] == N_MODELS
+        **settings["openai"], "base_url": "https://alice:key-1@other.example/v1"}}}))["infer"] == N_MODELS * REPEATS
 
 
-def test_raising_repeats_reruns_each_model_once(completed):
-    """repeats 2 -> 3 on a completed demo run: each model's infer job reruns (its output list grew; that only repeat
-    2 is generated is the next test's), with the aggregations that read every repeat; the analyses (modality_gap
-    reads repeat 0 only) and everything upstream stay. Lowering to 1 reruns no infer job, only the aggregations
-    whose input list shrank."""
+def test_raising_repeats_runs_only_the_new_repeat(completed):
+    """repeats 2 -> 3 on a completed demo run: one infer job per model, all of repeat 2, and the aggregations that
+    read every repeat; the analyses (modality_gap reads repeat 0 only) and everything upstream stay. Lowering to 1
+    reruns no infer job, only the aggregations whose input list shrank."""
     assert REPEATS == 2
     raised = write_config(completed, {"inference": {"repeats": 3}}, name="repeats3.yaml")
     infer = planned_infer(completed, "--configfile", raised)
-    assert len(infer) == N_MODELS * JOBS_PER_MODEL * 3, infer
+    assert {r for *_, r in infer} == {"2"} and len(infer) == N_MODELS * JOBS_PER_MODEL, infer
     jobs = planned_jobs(completed, "--configfile", raised)
     assert jobs["infer"] == N_MODELS and set(jobs) - {"infer"} <= AGGREGATES - {"modality_gap"}, jobs
     assert {"score_pope", "score_chair", "table1_pope", "table2_chair", "report"} <= set(jobs)
@@ -196,9 +196,10 @@ def test_raising_repeats_reruns_each_model_once(completed):
 
 
 def test_a_rerun_generates_only_the_changed_units(demo_run, tmp_path):
-    """On a copy of the finished demo, raise repeats to 3 and edit the instructed setting's prompt: every model's
-    infer job reruns, but only repeat 2 and the instructed setting's units are generated; every other unit file is
-    the very file of the first run (copied from results/inference/.cache, no model loaded for it)."""
+    """On a copy of the finished demo, raise repeats to 3 and edit the instructed setting's prompt: every infer job
+    reruns (the new repeat's are new), but only repeat 2 and the instructed setting's units are generated; every
+    other unit file is the very file of the first run (copied from results/inference/.cache, no model loaded for
+    it)."""
     import shutil
 
     from pipeline_io import read_metadata
@@ -226,5 +227,6 @@ def test_a_rerun_generates_only_the_changed_units(demo_run, tmp_path):
     instructed = [p for p in generated if p.parts[-2] == "prompt_in_image_instructed" and p.stem == "r0"]
     assert instructed and all((work / p).read_bytes() != before[p] for p in instructed)
     for model in DEMO["models"]:
-        log = (work / "logs/inference" / f"{model}.log").read_text(encoding="utf-8")
-        assert log.count("unchanged, copied from") == len(before) // N_MODELS - instructed_units, model
+        copies = sum((work / "logs/inference" / model / f"r{r}.log").read_text(encoding="utf-8").count(
+            "unchanged, copied from") for r in range(REPEATS))
+        assert copies == len(before) // N_MODELS - instructed_units, model

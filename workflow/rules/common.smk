@@ -168,8 +168,8 @@ def render_targets():
 
 
 def inference_units():
-    """(task, setting, repeat) of every file an infer job writes: each task in its settings, every repeat."""
-    return [(t, s, r) for t in TASKS for s in task_settings(t) for r in REPEATS]
+    """(task, setting) of every file an infer job writes (for its repeat): each task in its settings."""
+    return [(t, s) for t in TASKS for s in task_settings(t)]
 
 
 def inference_settings():
@@ -183,7 +183,7 @@ def infer_inputs(wildcards):
     of each unit; a file may have several names) and the model folder when the DAG builds it.
     """
     inputs = {f"sample_{t}": sample_path(t) for t in TASKS}
-    for t, s, _ in inference_units():
+    for t, s in inference_units():
         inputs[f"manifest_{t}_{s}"] = manifest_path(t, setting_variant(s))
     inputs["model"] = model_folder_inputs(wildcards.model)
     return inputs
@@ -193,7 +193,8 @@ def inference_targets():
     return [
         inference_path(task, model, setting, repeat)
         for model in MODELS
-        for task, setting, repeat in inference_units()
+        for repeat in REPEATS
+        for task, setting in inference_units()
     ]
 
 

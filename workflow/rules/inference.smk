@@ -1,4 +1,4 @@
-# Stage: inference. One job per model, writing one file per task x setting x decoding repeat; the demo's tiny
+# Stage: inference. One job per model and decoding repeat, writing one file per task x setting; the demo's tiny
 # checkpoints are built here too.
 import families
 from openai_backend import row_settings
@@ -25,22 +25,23 @@ rule build_demo_model:
         "../scripts/demo_models.py"
 
 
-# One job per model: every task x setting x decoding repeat ("unit") of that model in one process, so the model is
-# loaded once. Each unit is its own output file; a finished unit is also kept in results/inference/.cache/, stamped
-# with a fingerprint of what can change its rows, so a rerun of the job (a setting edited, repeats raised) copies
-# the unchanged units and generates only the others, loading the model only if any remains.
+# One job per model and decoding repeat: every task x setting ("unit") of that model in one process, so the model
+# is loaded once per repeat, and raising inference.repeats adds jobs without touching the existing ones. Each unit
+# is its own output file; a finished unit is also kept in results/inference/.cache/, stamped with a fingerprint of
+# what can change its rows, so a rerun of the job (one setting edited) copies the unchanged units and generates only
+# the others, loading the model only if any remains.
 rule infer:
     input:
         unpack(infer_inputs),
     output:
         [
-            inference_path(task, "{model}", setting, repeat)
-            for task, setting, repeat in inference_units()
+            inference_path(task, "{model}", setting, "{repeat}")
+            for task, setting in inference_units()
         ],
     log:
-        "logs/inference/{model}.log",
+        "logs/inference/{model}/r{repeat}.log",
     benchmark:
-        "results/benchmarks/infer/{model}.tsv"
+        "results/benchmarks/infer/{model}/r{repeat}.tsv"
     conda:
         "../../envs/inference.yaml"
     # inference.cpu_threads (default 4): a GPU job needs few; the demo's tiny CPU models run best one thread per
@@ -52,8 +53,8 @@ rule infer:
         runtime=1440,
     params:
         # Only what can change a row: retries, timeouts, concurrency, the key's variable and the base_url's
-        # credentials are read by the script from the run's config, so editing them reruns nothing. How many
-        # repeats is the output list, in no param. Values that hold {question} go through a function, which
+        # credentials are read by the script from the run's config, so editing them reruns nothing. The repeat
+        # is in the output paths; inference.repeats (how many) is in no job's params. Values that hold {question} go through a function, which
         # Snakemake does not format.
         model=lambda wc: config["models"][wc.model],
         tasks=lambda wc: {t: config["tasks"][t] for t in TASKS},

@@ -1,4 +1,4 @@
-"""Stage: inference. One job = one model: every task x setting x decoding repeat of it ("unit"), each unit's
+"""Stage: inference. One job = one model and decoding repeat: every task x setting of it ("unit"), each unit's
 requests through one backend, once, into its own output file. The model is loaded once per job, and only when some
 unit has requests left to run.
 
@@ -6,14 +6,14 @@ Requests are sorted by prompt length and cut into batches (``models.<m>.batch_si
 Each finished batch is checkpointed outside the declared outputs, in ``results/inference/.partial/...``, stamped with
 a fingerprint of what can change the unit's rows (its config less retries, timeouts and the like) and its inputs; a
 rerun after a crash or SIGKILL reuses matching checkpoints and redoes only the rest. A finished unit is kept in
-``results/inference/.cache/...`` with its fingerprint, so when the job reruns (one setting edited, repeats raised,
-a task's token limit changed) every unit whose fingerprint still matches is copied, not generated again. A CUDA
+``results/inference/.cache/...`` with its fingerprint, so when the job reruns (one setting edited, a task's token
+limit changed) every unit whose fingerprint still matches is copied, not generated again. A CUDA
 out-of-memory error halves the batch and retries. Batch ``i`` is generated with the torch seed ``seed + (position
 of its first request in the sorted order)``, so a resumed run gives the same rows.
 Decoding repeats (``inference.repeats``): repeat ``r`` runs the same requests again with its own base seed,
 ``repeat_seed(seed, r)``: repeat 0 uses the config seed itself (so ``repeats: 1`` is the single run of the paper and
 its rows are those of a run without repeats), repeat r > 0 a seed derived from (seed, r) by sha256. Each repeat is
-its own unit, output file and checkpoint folder, so raising ``repeats`` generates only the new repeats.
+its own job, output files and checkpoint folders, so raising ``repeats`` runs only the new repeats' jobs.
 Before anything runs, every image is checked against the sha256 its manifest recorded, so a PNG deleted or replaced
 after rendering fails the job with the command that renders it again.
 
