@@ -19,7 +19,7 @@ from pipeline_io import read_metadata, read_table
 from polars.testing import assert_frame_equal
 
 # Metadata keys that measure the run rather than describe the data.
-VOLATILE_METADATA = {"wall_s_this_run"}
+VOLATILE_METADATA = {"wall_s_this_run", "fingerprint"}  # the fingerprint covers the model folder's file times
 SETTING = "hybrid"  # a setting that shows the model the rendered 'question' image
 
 

@@ -57,8 +57,11 @@ rule infer:
         # is in the output paths; inference.repeats (how many) is in no job's params. Values that hold {question} go through a function, which
         # Snakemake does not format.
         model=lambda wc: config["models"][wc.model],
-        tasks=lambda wc: {t: config["tasks"][t] for t in TASKS},
-        settings=lambda wc: {s: config["settings"][s] for s in inference_settings()},
+        # sorted by name: params compare by repr, and merging config files may reorder keys
+        tasks=lambda wc: {t: config["tasks"][t] for t in sorted(TASKS)},
+        settings=lambda wc: {
+            s: config["settings"][s] for s in sorted(inference_settings())
+        },
         decoding=config["decoding"],
         seed=config["seed"],
         inference=row_settings(config["inference"]),
