@@ -546,3 +546,15 @@ def test_report_without_the_transcribe_task(tmp_path):
     assert {"results/scores/visibility_metrics.parquet", "results/report/tables/strip_visibility.csv"} <= inputs
     assert not any("transcribe" in p for p in inputs)
     assert "score_transcribe" not in set(re.findall(r"^rule (\w+):", proc.stdout, re.M))
+
+
+def test_one_number_format_for_every_table():
+    """The scoring stage's Markdown tables and the report page print numbers through one formatter."""
+    import paper_tables
+    from table_cells import format_number, format_p
+
+    assert report.format_number is format_number and paper_tables.format_number is format_number
+    assert [format_number(1.234, 2), format_number(-0.5, 1, sign=True), format_number(0.5, 1, sign=True)] == [
+        "1.23", "−0.5", "+0.5"]
+    assert format_number(0.004, 2, sign=True) == "±0.00" and format_number(None, 1) == format_number(math.nan, 1) == "—"
+    assert (format_p(0.0004), format_p(0.0123), format_p(None), format_p(math.nan)) == ("p<0.001", "p=0.012", "", "")

@@ -10,24 +10,10 @@ import yaml
 from paper_models import match_paper_models
 from pipeline_io import PipelineError, atomic_output, records_frame, write_csv
 from scoring import repeats_in
+from table_cells import format_number, format_p
 
 TABLE1 = [("accuracy", "Acc (%)", 100.0, 1), ("f1", "F1", 1.0, 2), ("yes_ratio", "Yes-ratio", 1.0, 2)]
 TABLE2 = [("chair_s", "CHAIRs (%)", 100.0, 1), ("chair_i", "CHAIRi (%)", 100.0, 1)]
-
-
-def _fmt(value: float, decimals: int, sign: bool = False) -> str:
-    if value is None or not np.isfinite(value):
-        return "—"
-    if sign and round(value, decimals) == 0:
-        return f"±{0:.{decimals}f}"
-    text = f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
-    return text.replace("-", "−")
-
-
-def _fmt_p(p: float) -> str:
-    if p is None or not np.isfinite(p):
-        return ""
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
 PYES_TABLE = [("p_yes_auroc", "AUROC", 1.0, 3), ("p_yes_brier", "Brier", 1.0, 3), ("p_yes_ece", "ECE", 1.0, 3),
@@ -47,12 +33,12 @@ def _cell(r: dict, metric: str, scale: float, decimals: int) -> str:
     if not np.isfinite(value):
         return "—"
     low, high = float(r[f"{metric}_ci_low"]) * scale, float(r[f"{metric}_ci_high"]) * scale
-    cell = f"{_fmt(value, decimals)} [{_fmt(low, decimals)}, {_fmt(high, decimals)}]"
+    cell = f"{format_number(value, decimals)} [{format_number(low, decimals)}, {format_number(high, decimals)}]"
     delta, p = float(r[f"{metric}_delta"]) * scale, float(r[f"{metric}_p_value"])
     if np.isfinite(delta):
-        cell += f" · Δ {_fmt(delta, decimals, sign=True)}"
-        if _fmt_p(p):
-            cell += f", {_fmt_p(p)}"
+        cell += f" · Δ {format_number(delta, decimals, sign=True)}"
+        if format_p(p):
+            cell += f", {format_p(p)}"
     return cell
 
 
@@ -104,8 +90,8 @@ def build_table(metrics: pl.DataFrame, paper: dict, table_key: str, spec, models
             if strict and r is not None:
                 csv_row[f"{model}:strict_accuracy"] = r["strict_accuracy"] * 100
                 csv_row[f"{model}:n_unknown"] = int(r["n_unknown"])
-                strict_cells += [f"{_fmt(r['strict_accuracy'] * 100, 1)} [{_fmt(r['strict_accuracy_ci_low'] * 100, 1)}, "
-                                 f"{_fmt(r['strict_accuracy_ci_high'] * 100, 1)}]",
+                strict_cells += [f"{format_number(r['strict_accuracy'] * 100, 1)} [{format_number(r['strict_accuracy_ci_low'] * 100, 1)}, "
+                                 f"{format_number(r['strict_accuracy_ci_high'] * 100, 1)}]",
                                  f"{int(r['n_unknown'])} / {int(r['n'])}"]
             elif strict:
                 strict_cells += ["—", "—"]
@@ -144,7 +130,7 @@ def build_table(metrics: pl.DataFrame, paper: dict, table_key: str, spec, models
 def _spread_cell(sd: float, low: float, high: float, decimals: int) -> str:
     if not np.isfinite(low):
         return "—"
-    return f"{_fmt(sd, decimals)} ({_fmt(low, decimals)}–{_fmt(high, decimals)})"
+    return f"{format_number(sd, decimals)} ({format_number(low, decimals)}–{format_number(high, decimals)})"
 
 
 def repeats_note(repeats: int, unit: str) -> str:

@@ -32,6 +32,7 @@ import yaml
 from markupsafe import Markup, escape
 from paper_models import match_paper_models
 from pipeline_io import PipelineError, atomic_output, log, read_metadata, run_main
+from table_cells import format_number, format_p
 
 REPORT_DIR = Path(pipeline_io.__file__).resolve().parent.parent / "report"
 SIGNIFICANT = 0.05  # a delta whose p-value is below this is emphasised
@@ -185,22 +186,6 @@ def setting_labels(settings: list[str], paper: dict) -> dict[str, str]:
 
 # --- table cells -------------------------------------------------------------------------------------------------
 
-def fmt(value: float, decimals: int, sign: bool = False) -> str:
-    """A number as the tables print it: fixed decimals, a real minus sign, ± for a zero change, — for none."""
-    if not math.isfinite(value):
-        return "—"
-    if sign and round(value, decimals) == 0:
-        return f"±{0:.{decimals}f}"
-    text = f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
-    return text.replace("-", "−")
-
-
-def fmt_p(p: float) -> str:
-    if not math.isfinite(p):
-        return ""
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
-
-
 @dataclass(frozen=True)
 class Cell:
     """One table cell. kind: ``label`` (a row name), ``num`` (a value with its interval and change to the
@@ -237,11 +222,11 @@ def result_cell(row: dict | None, metric: Metric, delta: bool = True) -> Cell:
     if not math.isfinite(value):
         return Cell("—", "text")
     d = metric.decimals
-    ci = f"[{fmt(get(metric.column + '_ci_low'), d)}, {fmt(get(metric.column + '_ci_high'), d)}]"
+    ci = f"[{format_number(get(metric.column + '_ci_low'), d)}, {format_number(get(metric.column + '_ci_high'), d)}]"
     change, p = get(f"{metric.column}_delta"), get(f"{metric.column}_p_value")
     if not delta or not math.isfinite(change):  # the baseline itself has none
-        return Cell(fmt(value, d), ci=ci)
-    return Cell(fmt(value, d), ci=ci, delta=f"Δ {fmt(change, d, sign=True)}", p=fmt_p(p),
+        return Cell(format_number(value, d), ci=ci)
+    return Cell(format_number(value, d), ci=ci, delta=f"Δ {format_number(change, d, sign=True)}", p=format_p(p),
                 significant=math.isfinite(p) and p < SIGNIFICANT)
 
 
@@ -253,7 +238,7 @@ def spread_cell(row: dict | None, metric: Metric) -> Cell:
     if not math.isfinite(low):
         return Cell("—", "text")
     d = metric.decimals
-    return Cell(f"{fmt(sd, d)} ({fmt(low, d)}–{fmt(high, d)})", "text")
+    return Cell(f"{format_number(sd, d)} ({format_number(low, d)}–{format_number(high, d)})", "text")
 
 
 def count_cell(row: dict | None, part: str, whole: str = "n") -> Cell:
@@ -263,7 +248,7 @@ def count_cell(row: dict | None, part: str, whole: str = "n") -> Cell:
 
 
 def paper_cell(value: str | None, decimals: int) -> Cell:
-    return Cell(fmt(number(value), decimals), "paper")
+    return Cell(format_number(number(value), decimals), "paper")
 
 
 # --- tables ------------------------------------------------------------------------------------------------------
