@@ -14,6 +14,7 @@ from fetch_data import (
     POPE_DOWNLOADS,
     coco_annotation_path,
     pope_path,
+    pope_source,
 )
 from pipeline_io import canonical_json, config_hash
 
@@ -72,7 +73,7 @@ POPE_TASKS = tasks_of_kind("pope")
 
 def pope_file(task):
     """The POPE split file a POPE task samples: data.pope for the paper's task, tasks.<t>.pope for another."""
-    return pope_path(config["tasks"][task].get("pope") or config["data"]["pope"])
+    return pope_path(pope_source(config, task)[1])
 
 
 def task_source(task):

@@ -54,8 +54,8 @@ rule infer:
     params:
         # Only what can change a row: retries, timeouts, concurrency, the key's variable and the base_url's
         # credentials are read by the script from the run's config, so editing them reruns nothing. The repeat
-        # is in the output paths; inference.repeats (how many) is in no job's params. Values that hold {question} go through a function, which
-        # Snakemake does not format.
+        # is in the output paths; inference.repeats (how many) is in no job's params. Values that hold
+        # {question} go through a function, which Snakemake does not format.
         model=lambda wc: config["models"][wc.model],
         # sorted by name: params compare by repr, and merging config files may reorder keys
         tasks=lambda wc: {t: config["tasks"][t] for t in sorted(TASKS)},

@@ -55,6 +55,13 @@ def pope_path(pope: dict) -> str:
     return pope["file"] or pope_download_path(pope["url"], pope.get("sha256"))
 
 
+def pope_source(config: dict, task: str) -> tuple[str, dict]:
+    """The config key and POPE source (file, url, sha256) a POPE task samples: ``data.pope`` for the paper's task,
+    ``tasks.<task>.pope`` for a further split."""
+    own = config["tasks"][task].get("pope")
+    return (f"tasks.{task}.pope", own) if own else ("data.pope", config["data"]["pope"])
+
+
 def is_pipeline_output(path: str) -> bool:
     """True for the files rules make (builds and downloads); everything else is the user's."""
     return Path(path).as_posix().startswith((f"{BUILT_POPE_DIR}/", f"{DOWNLOADS}/", f"{DEMO_COCO_ROOT}/"))

@@ -343,14 +343,13 @@ class SharedModel:
 # --- the cache of finished units ----------------------------------------------------------------------------
 
 
-def cached_unit(cache: Path | None, fp: str) -> Path | None:
-    """The kept output of this exact unit (same fingerprint), or None."""
+def cached_unit(cache: Path | None, fp: str) -> pl.DataFrame | None:
+    """The rows of the kept output of this exact unit (same fingerprint, readable, of the schema), or None."""
     if cache is None or not cache.is_file():
         return None
     try:
         if read_metadata(cache).get("fingerprint") == fp:
-            read_table(cache, "inference")  # readable and of the schema: else generated again
-            return cache
+            return read_table(cache, "inference")
     except Exception:  # an unreadable or foreign file is regenerated and overwritten
         pass
     return None
@@ -460,12 +459,13 @@ def rows_frame(job: Job, chunk: list[Request], results: list[dict], prompts: lis
     return records_frame(records, COLUMNS, COLUMN_TYPES)
 
 
-def run_requests(job: Job, requests: list[Request], backend, partial: Path) -> tuple[pl.DataFrame, dict]:
+def run_requests(job: Job, requests: list[Request], backend, partial: Path,
+                 fp: str | None = None) -> tuple[pl.DataFrame, dict]:
     """Run every request once (this job's repeat), batch by batch with checkpoints; returns the rows in sample
-    order and run facts."""
+    order and run facts. ``fp``: the unit's fingerprint when the caller has it already."""
     batch_size = job.batch_size
     batches = plan_batches(requests, backend.sort_key, batch_size)
-    fp = fingerprint(job, requests)
+    fp = fp or fingerprint(job, requests)
     done = load_checkpoints(partial, fp, batches)
     if done:
         n_rows = sum(len(d) for d in done.values())
@@ -534,15 +534,15 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
     cache = Path(cache) if cache else None
     kept = cached_unit(cache, fp)
     if kept is not None:
-        copy_file(kept, out)
+        copy_file(cache, out)
         log.info("%s / %s / %s, repeat %d: unchanged, copied from %s", job.task, job.model, job.setting, job.repeat,
-                 kept)
-        return read_table(out, "inference")
+                 cache)
+        return kept
     log.info("%s / %s / %s, repeat %d (seed %d): %d requests, backend %s, batch size %d", job.task, job.model,
              job.setting, job.repeat, job.run_seed, len(requests), job.backend_name, job.batch_size)
     backend = backend or (models.backend(job) if models else make_backend(job, device=device))
     t0 = time.monotonic()
-    df, facts = run_requests(job, requests, backend, Path(partial))
+    df, facts = run_requests(job, requests, backend, Path(partial), fp)
     metadata = {
         "task": job.task, "model": job.model, "setting": job.setting, "backend": backend.name,
         "model_id": job.entry["path"], "revision": job.entry.get("revision"),

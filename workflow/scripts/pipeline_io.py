@@ -32,6 +32,7 @@ log = logging.getLogger("pii")
 # The key of our JSON metadata in every Parquet file (model, revision, config hash, fingerprint, ...).
 METADATA_KEY = b"prompt_in_image"
 
+
 class PipelineError(Exception):
     """An error whose message tells the user what is wrong and what to do; printed without a traceback."""
 

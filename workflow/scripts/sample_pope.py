@@ -1,7 +1,7 @@
 """Rule sample_pope: the seeded sample of a POPE task (``sample``; the paper's ``pope`` or a further split such as
 ``pope_random``), its images resolved, and its published question ids."""
 
-from fetch_data import check_pope_pin, network_settings
+from fetch_data import check_pope_pin, network_settings, pope_source
 from pipeline_io import log, run_main
 from sample import attach_images, pope_sample_table, read_pope, sample_pope, write_sample
 
@@ -9,9 +9,8 @@ from sample import attach_images, pope_sample_table, read_pope, sample_pope, wri
 def main(snakemake) -> None:
     p, task = snakemake.params, snakemake.wildcards.task
     # The pin is checked, not a param: it can stop a run but never changes a row.
-    source = snakemake.config["tasks"][task].get("pope")
-    key = f"tasks.{task}.pope" if source else "data.pope"
-    check_pope_pin(snakemake.input.pope, (source or snakemake.config["data"]["pope"]).get("sha256"), key)
+    key, source = pope_source(snakemake.config, task)
+    check_pope_pin(snakemake.input.pope, source.get("sha256"), key)
     pope = read_pope(snakemake.input.pope)
     sampled = sample_pope(pope, p.n, p.balanced, p.seed)
     coco = {"root": p.coco_root, **network_settings(snakemake.config)}
