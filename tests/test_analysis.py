@@ -386,6 +386,121 @@ def test_modality_gap_main(tiny_models, tmp_path):
     assert Image.open(out["pca"]).size[0] > 600 and Image.open(out["figure"]).size[0] > 600
 
 
+# --- the analyses read what the model computes --------------------------------------------------------------
+
+GREEDY = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+
+
+def vision_tower_of(lm):
+    import families
+
+    return families.get(lm.family).vision_tower(lm.model)
+
+
+def captured_outputs(module, run) -> list:
+    """Every output of ``module`` while ``run()`` runs (a forward hook)."""
+    captured = []
+    hook = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return captured
+
+
+def test_modality_gap_embeddings_are_the_models_forward(tiny_models):
+    """embed() gives the final-layer states of Qwen2.5-VL's own forward over the same ids, with the token types the
+    processor returns for prompt + caption (its 3-D RoPE positions of the image tokens)."""
+    import modality_gap
+    from vlm import build_prompt, load_model
+
+    lm = load_model("qwen", entry("qwen2_5_vl", tiny_models["qwen2_5_vl"]))
+    image, _ = rendered_pair(400, 220)
+    prompt = build_prompt("qwen2_5_vl", lm.processor, "Describe this image in detail.")
+    caption = "A dog on a red sofa next to a lamp."
+    img_emb, cap_emb = modality_gap.embed(lm.model, lm.processor, image, prompt, caption, lm.device)
+    whole = lm.processor(text=[prompt + caption], images=[image], return_tensors="pt")
+    inputs, n_prompt = modality_gap.gap_inputs(lm.processor, image, prompt, caption)
+    assert torch.equal(inputs["input_ids"], whole["input_ids"])  # the same ids, so the same forward pass
+    with torch.no_grad():
+        hidden = lm.model(**whole, output_hidden_states=True).hidden_states[-1][0]
+    is_image = whole["input_ids"][0] == lm.model.config.image_token_id
+    assert img_emb.shape == (int(is_image.sum()), hidden.shape[-1]) and len(cap_emb) == len(hidden) - n_prompt
+    np.testing.assert_allclose(img_emb, hidden[is_image].numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(cap_emb, hidden[n_prompt:].numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("preprocess", ["checkpoint", "pad"])
+def test_clip_states_are_those_llava_feeds_itself(tiny_models, tmp_path, preprocess):
+    """The attention and layer-similarity analyses read the hidden states that LLaVA's vision tower produces inside
+    the model's generate (the inference path: same processor, same image loader), to 1e-5: every layer's output,
+    hooked there (the tower's own output keeps only the layer the model uses)."""
+    import attention
+    import layer_similarity
+    from encoders import image_processor_of, load_vlm
+    from vlm import build_prompt, generate, load_model, open_image
+
+    llava = {**entry("llava", tiny_models["llava"]), "image_preprocess": preprocess}
+    q, _ = write_manifests(tmp_path, [(420, 200)])
+    meta = read_table(q).row(0, named=True)
+    lm = load_model("llava", llava)
+    prompt = build_prompt("llava", lm.processor, "Is there a dog in the image?")
+    tower = vision_tower_of(lm)
+    inside = {i: [] for i in range(len(tower.encoder.layers) + 1)}  # 0: the embeddings the first layer gets
+    hooks = [module.register_forward_hook(lambda _m, _i, out, i=i: inside[i].append(out))
+             for i, module in enumerate([tower.pre_layrnorm, *tower.encoder.layers])]
+    fed = captured_outputs(tower, lambda: generate(lm, [prompt], [open_image(meta["image_path"])], 2, GREEDY, seed=0))
+    for hook in hooks:
+        hook.remove()
+    assert len(fed) == 1 and all(len(v) == 1 for v in inside.values())  # the image is encoded once, at step one
+    expected = [inside[i][0] for i in sorted(inside)]
+
+    analysed = load_vlm("llava", llava, attn_implementation="eager")  # as the attention analysis loads it
+    tower = vision_tower_of(analysed)
+    processor = image_processor_of(analysed.processor)
+    _, _, _, out = attention.encode_image(tower, processor, meta)
+    assert len(out.hidden_states) == len(expected) == tower.config.num_hidden_layers + 1
+    for ours, theirs in zip(out.hidden_states, expected, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    feature_layer = lm.model.config.vision_feature_layer
+    torch.testing.assert_close(out.hidden_states[feature_layer], fed[0].hidden_states[feature_layer], rtol=0, atol=1e-5)
+    states, _ = layer_similarity.clip_pair_states(tower, processor, meta)
+    for ours, theirs in zip(states, expected[1:], strict=True):
+        torch.testing.assert_close(ours, theirs[0, 1:], rtol=0, atol=1e-5)
+
+
+def test_qwen_vit_states_are_those_inside_the_model(tiny_models, tmp_path):
+    """The layer-similarity analysis's Qwen ViT block outputs are the blocks' outputs inside the model's generate
+    (hooked there, window order undone), to 1e-5."""
+    import layer_similarity
+    from encoders import image_processor_of, qwen_window_index, window_to_raster
+    from vlm import build_prompt, generate, load_model, open_image
+
+    q, _ = write_manifests(tmp_path, [(420, 200)])
+    meta = read_table(q).row(0, named=True)
+    lm = load_model("qwen", entry("qwen2_5_vl", tiny_models["qwen2_5_vl"]))
+    visual = vision_tower_of(lm)
+    image = open_image(meta["image_path"])
+    prompt = build_prompt("qwen2_5_vl", lm.processor, "Is there a dog in the image?")
+    inside = {i: [] for i in range(len(visual.blocks))}
+    hooks = [block.register_forward_hook(lambda _m, _i, out, i=i: inside[i].append(out))
+             for i, block in enumerate(visual.blocks)]
+    try:
+        generate(lm, [prompt], [image], 2, GREEDY, seed=0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    grid = lm.processor(text=[prompt], images=[image], return_tensors="pt")["image_grid_thw"]
+    _, gh, gw = grid[0].tolist()
+    window_index = qwen_window_index(visual, grid)
+    states, _ = layer_similarity.qwen_pair_states(visual, image_processor_of(lm.processor), meta)
+    assert len(states) == len(visual.blocks) and all(len(v) == 1 for v in inside.values())
+    for i, ours in enumerate(states):
+        out = inside[i][0][0] if isinstance(inside[i][0], tuple) else inside[i][0]
+        theirs = window_to_raster(out, window_index, gh, gw, visual.config.spatial_merge_size)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
 # --- the demo DAG --------------------------------------------------------------------------------------------
 
 ANALYSIS_OUTPUTS = ["results/analysis/attention/attention.parquet", "results/analysis/layer_similarity/similarity.parquet",

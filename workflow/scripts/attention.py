@@ -67,6 +67,25 @@ def display_image(pixel_values: torch.Tensor, image_processor) -> np.ndarray:
     return np.clip(x, 0.0, 1.0)
 
 
+def encode_image(tower, image_processor, meta: dict):
+    """One manifest row (an image and its strip box) through the image processor and the CLIP tower, as LLaVA's
+    forward runs them: the pixel values, the strip's map onto the processed image, the text-region mask and the
+    tower's outputs (hidden states and attentions of every layer)."""
+    grid, patch = clip_grid(tower)
+    image = load_rgb(meta["image_path"])  # the loader inference uses
+    pv = image_processor(images=image, return_tensors="pt")["pixel_values"]
+    affine = clip_affine(image_processor, int(meta["width"]), int(meta["height"]))
+    if (affine.out_h, affine.out_w) != tuple(pv.shape[-2:]) or affine.out_w != grid * patch:
+        raise PipelineError(
+            f"{meta['image_path']}: processed image is {tuple(pv.shape[-2:])}, expected "
+            f"{(affine.out_h, affine.out_w)} from the processor settings and {grid * patch} from the tower")
+    mask = text_patch_mask(meta, affine, grid, grid, patch)
+    out = clip_outputs(tower, pv, attentions=True)
+    if not out.attentions:
+        raise PipelineError("the vision tower returned no attentions; it must run with eager attention")
+    return pv, affine, mask, out
+
+
 def analyse(pairs: pl.DataFrame, tower, image_processor, layers: list[int]):
     """All numbers for all pairs; plus the material of the figures."""
     n_layers = tower.config.num_hidden_layers
@@ -80,17 +99,7 @@ def analyse(pairs: pl.DataFrame, tower, image_processor, layers: list[int]):
         example = {"sample_id": pair["sample_id"]}
         for variant in VARIANTS:
             meta = row_of(pair, "q_" if variant == "question" else "c_")
-            image = load_rgb(meta["image_path"])  # the loader inference uses
-            pv = image_processor(images=image, return_tensors="pt")["pixel_values"]
-            affine = clip_affine(image_processor, int(meta["width"]), int(meta["height"]))
-            if (affine.out_h, affine.out_w) != tuple(pv.shape[-2:]) or affine.out_w != grid * patch:
-                raise PipelineError(
-                    f"{meta['image_path']}: processed image is {tuple(pv.shape[-2:])}, expected "
-                    f"{(affine.out_h, affine.out_w)} from the processor settings and {grid * patch} from the tower")
-            mask = text_patch_mask(meta, affine, grid, grid, patch)
-            out = clip_outputs(tower, pv, attentions=True)
-            if not out.attentions:
-                raise PipelineError("the vision tower returned no attentions; it must run with eager attention")
+            pv, affine, mask, out = encode_image(tower, image_processor, meta)
             maps_by_layer = {}
             for layer in probe:
                 stats, maps = attention_stats(out.attentions[layer - 1][0], mask)

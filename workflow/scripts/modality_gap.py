@@ -7,7 +7,8 @@ text CHAIR scores; one caption per sample and condition, so adding repeats never
 condition A = the first setting of ``analysis.modality_gap.conditions`` (default ``control``: control image + the
 caption instruction as text), condition B = the second (default ``prompt_in_image``: question image, no text).
 Per sample and condition, one forward pass over chat prompt (rebuilt by ``vlm.build_prompt`` from the row's
-``text_prompt``, as inference built it) + caption tokens; the final layer's output (after the final norm,
+``text_prompt``, as inference built it) + caption tokens, with the processor's token types so that the image
+tokens get the model's 3-D RoPE positions (``gap_inputs``); the final layer's output (after the final norm,
 ``last_hidden_state``) at the ``<|image_pad|>`` positions and at the caption positions gives
 - ``centroid_distance``: 1 - cos(mean image-token embedding, mean caption-token embedding),
 - ``pairwise_distance``: mean of 1 - cos over all (image token, caption token) pairs.
@@ -66,20 +67,35 @@ def paired_test(a: np.ndarray, b: np.ndarray, resamples: int, confidence: float,
     return out
 
 
+def gap_inputs(processor, image, prompt: str, caption: str) -> tuple[dict, int]:
+    """The model inputs of one forward pass over ``prompt`` (with the image) + ``caption``, and the prompt's length
+    in tokens. Everything the processor returns is passed on, ``mm_token_type_ids`` included: Qwen2.5-VL builds
+    its 3-D RoPE positions of the image tokens from them (transformers 5.23, ``compute_3d_position_ids``) and
+    without them silently gives every token a plain sequential position. The caption's tokens are text (type 0)."""
+    enc = processor(text=[prompt], images=[image], return_tensors="pt")
+    if "mm_token_type_ids" not in enc:
+        raise PipelineError(f"{type(processor).__name__} returned no mm_token_type_ids; the image tokens would get "
+                            "sequential positions instead of the model's 3-D RoPE. Use the checkpoint's own processor")
+    cap_ids = processor.tokenizer(caption, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    n_prompt = enc["input_ids"].shape[1]
+    inputs = dict(enc)
+    inputs["input_ids"] = torch.cat([enc["input_ids"], cap_ids], dim=1)
+    inputs["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(cap_ids)], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    return inputs, n_prompt
+
+
 @torch.no_grad()
 def embed(model, processor, image, prompt: str, caption: str, device) -> tuple[np.ndarray, np.ndarray]:
-    """Final-layer embeddings (float32) of the image tokens and of the caption tokens after ``prompt``."""
-    enc = processor(text=[prompt], images=[image], return_tensors="pt")
-    cap_ids = processor.tokenizer(caption, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    input_ids = torch.cat([enc["input_ids"], cap_ids], dim=1)
-    n_prompt = enc["input_ids"].shape[1]
-    inner = getattr(model, "model", model)
+    """Final-layer embeddings (float32, after the final norm) of the image tokens and of the caption tokens after
+    ``prompt``."""
+    inputs, n_prompt = gap_inputs(processor, image, prompt, caption)
     dtype = next(model.parameters()).dtype
-    out = inner(input_ids=input_ids.to(device), attention_mask=torch.ones_like(input_ids).to(device),
-                pixel_values=enc["pixel_values"].to(device=device, dtype=dtype),
-                image_grid_thw=enc["image_grid_thw"].to(device))
-    hidden = out.last_hidden_state[0].float().cpu()
-    image_pos = input_ids[0] == model.config.image_token_id
+    inputs = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+              for k, v in inputs.items()}
+    inner = getattr(model, "model", model)
+    hidden = inner(**inputs).last_hidden_state[0].float().cpu()
+    image_pos = inputs["input_ids"][0].cpu() == model.config.image_token_id
     if not image_pos.any():
         raise PipelineError("no <|image_pad|> token in the prompt; the processor did not expand the image")
     return hidden[image_pos].numpy(), hidden[n_prompt:].numpy()
