@@ -247,6 +247,20 @@ def test_similarity_rows_regions():
     assert rows["n_patches"].to_list() == [2, 2, 2, 2] and rows["layer_from_end"].to_list() == [1, 1, 0, 0]
 
 
+def test_feature_layers_from_the_model_config():
+    from attention import feature_layers, layer_label
+    from pipeline_io import PipelineError
+
+    cfg = SimpleNamespace
+    assert feature_layers(cfg(vision_feature_layer=-2), 24) == [23]  # LLaVA-1.5: the second-to-last layer
+    assert feature_layers(cfg(vision_feature_layer=[-1, 12, 0]), 24) == [12, 24]  # embeddings (0) have no attention
+    assert feature_layers(cfg(), 24) == []
+    with pytest.raises(PipelineError, match="outside the tower's 24 layers"):
+        feature_layers(cfg(vision_feature_layer=-26), 24)
+    assert layer_label(23, 24, [23]) == "layer 23 (fed to the LLM)" and layer_label(24, 24, [23]) == "layer 24 (last)"
+    assert layer_label(4, 24, [23]) == "layer 4"
+
+
 def test_attention_stats_regions():
     from attention import attention_stats
 
@@ -312,8 +326,11 @@ def test_attention_and_similarity_mains(tiny_models, tmp_path):
     attention.main(fake_snakemake({"question": str(q), "control": str(c)}, out, model="llava", model_entry=llava,
                                   n_pairs=2, layers=[1, 2], seed=0))
     table = read_table(out["table"], "attention")
-    assert sorted(table["layer"].unique()) == [1, 2, 4]  # configured layers + the last
-    assert len(table) == 2 * 2 * 3 and table["is_last_layer"].sum() == 4
+    # configured layers, the one LLaVA feeds its language model (vision_feature_layer -2: 3 of 4) and the last
+    assert sorted(table["layer"].unique()) == [1, 2, 3, 4]
+    assert len(table) == 2 * 2 * 4 and table["is_last_layer"].sum() == 4
+    assert table.filter(pl.col("is_feature_layer"))["layer"].unique().to_list() == [3]
+    assert read_metadata(out["table"])["feature_layers"] == [3]
     assert read_metadata(out["table"])["heat_map"] == "CLS-to-patch attention"
     assert Image.open(out["maps"]).size[0] > 600 and Image.open(out["diagonal"]).size[0] > 600
 
@@ -511,7 +528,7 @@ def test_analysis_rules_in_demo_dag(demo_run):
     """The three analyses as the demo DAG ran them (shared session run of the whole demo)."""
     tmp_path = demo_run
     att = read_table(tmp_path / ANALYSIS_OUTPUTS[0], "attention")
-    assert att["sample_id"].n_unique() == 6 and sorted(att["layer"].unique()) == [1, 2, 4]
+    assert att["sample_id"].n_unique() == 6 and sorted(att["layer"].unique()) == [1, 2, 3, 4]
     sim = read_table(tmp_path / ANALYSIS_OUTPUTS[1], "layer_similarity")
     assert set(sim["model"]) == {"qwen2_5_vl", "llava_1_5"}
     gap = read_table(tmp_path / ANALYSIS_OUTPUTS[2], "modality_gap")

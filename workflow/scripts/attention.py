@@ -1,8 +1,10 @@
 """Stage analysis / rule attention: where CLIP ViT-L/14 (the vision tower of a LLaVA model) attends on
 question vs control images of the POPE task.
 
-For each pair (same sample, question strip vs blank strip) and each probed layer (the configured 1-based layers
-plus the last layer), the head-averaged attention matrix A (tokens = CLS + patches, row = query) gives, per patch:
+For each pair (same sample, question strip vs blank strip) and each probed layer (the configured 1-based layers,
+the last layer, and the layer whose output the model feeds its language model: ``vision_feature_layer`` of the
+model's config, -2 for LLaVA-1.5, i.e. layer 23 of 24; the paper's "final layer" 24 is one LLaVA never uses),
+the head-averaged attention matrix A (tokens = CLS + patches, row = query) gives, per patch:
 - ``cls``: CLS-to-patch attention A[CLS, patch] (the heat map drawn over the images),
 - ``recv``: mean attention the patch receives, averaged over all query tokens,
 - ``diag``: self-attention A[patch, patch] (the paper's last-layer diagonal).
@@ -86,13 +88,36 @@ def encode_image(tower, image_processor, meta: dict):
     return pv, affine, mask, out
 
 
-def analyse(pairs: pl.DataFrame, tower, image_processor, layers: list[int]):
-    """All numbers for all pairs; plus the material of the figures."""
+def feature_layers(model_config, n_layers: int) -> list[int]:
+    """The 1-based tower layers whose output the model hands to its language model, read from the model config's
+    ``vision_feature_layer``: an index into the tower's hidden states (embeddings first, then each layer's output),
+    or a list of them. LLaVA-1.5's -2 is layer 23 of 24. The embeddings (index 0) have no attention: left out."""
+    value = getattr(model_config, "vision_feature_layer", None)
+    if value is None:
+        return []
+    layers = set()
+    for index in [value] if isinstance(value, int) else value:
+        if not -(n_layers + 1) <= int(index) <= n_layers:
+            raise PipelineError(f"the model config's vision_feature_layer {value!r} is outside the tower's "
+                                f"{n_layers} layers")
+        layers.add(int(index) % (n_layers + 1))
+    return sorted(layers - {0})
+
+
+def layer_label(layer: int, n_layers: int, fed: list[int]) -> str:
+    """'layer 23 (fed to the LLM)', 'layer 24 (last)': how the figures name a probed layer."""
+    roles = (["fed to the LLM"] if layer in fed else []) + (["last"] if layer == n_layers else [])
+    return f"layer {layer}" + (f" ({', '.join(roles)})" if roles else "")
+
+
+def analyse(pairs: pl.DataFrame, tower, image_processor, layers: list[int], fed: list[int]):
+    """All numbers for all pairs (at the configured layers, the last and the layers in ``fed``); plus the material
+    of the figures."""
     n_layers = tower.config.num_hidden_layers
     bad = [layer for layer in layers if layer > n_layers]
     if bad:
         raise PipelineError(f"analysis.attention.layers: {bad} exceed the tower's {n_layers} layers; use 1..{n_layers}")
-    probe = sorted(set(layers) | {n_layers})
+    probe = sorted(set(layers) | {n_layers} | set(fed))
     grid, patch = clip_grid(tower)
     rows, examples, diag_rows = [], [], []
     for i, pair in enumerate(pairs.iter_rows(named=True)):
@@ -104,7 +129,7 @@ def analyse(pairs: pl.DataFrame, tower, image_processor, layers: list[int]):
             for layer in probe:
                 stats, maps = attention_stats(out.attentions[layer - 1][0], mask)
                 rows.append({"sample_id": pair["sample_id"], "variant": variant, "layer": layer,
-                             "is_last_layer": layer == n_layers, **stats})
+                             "is_last_layer": layer == n_layers, "is_feature_layer": layer in fed, **stats})
                 maps_by_layer[layer] = maps
             for value, is_text in zip(maps_by_layer[n_layers]["diag"], mask.reshape(-1), strict=True):
                 diag_rows.append({"variant": variant, "region": "text" if is_text else "image", "diag": float(value)})
@@ -125,7 +150,8 @@ def pick_examples(examples: list[dict], n: int) -> list[dict]:
     return (with_text + rest)[:n]
 
 
-def plot_attention_maps(examples: list[dict], layers: list[int], grid: int, patch: int, path) -> None:
+def plot_attention_maps(examples: list[dict], layers: list[int], labels: dict[int, str], grid: int, patch: int,
+                        path) -> None:
     chosen = pick_examples(examples, N_EXAMPLES)
     n_rows, n_cols = 2 * len(chosen), 1 + len(layers)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.1 * n_cols + 0.6, 3.0 * n_rows), squeeze=False)
@@ -145,7 +171,7 @@ def plot_attention_maps(examples: list[dict], layers: list[int], grid: int, patc
                 im = ax.imshow(data["maps"][layer]["cls"].reshape(grid, grid), extent=(0, side, side, 0),
                                cmap="inferno", alpha=0.6, vmin=float(both.min()), vmax=float(both.max()),
                                interpolation="nearest")
-                ax.set_title(f"layer {layer}: CLS→patch attention\n({variant})", fontsize=9)
+                ax.set_title(f"{labels[layer]}: CLS→patch attention\n({variant})", fontsize=9)
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="attention")
             for ax in axes[r]:
                 x0, y0, x1, y1 = data["box"]
@@ -206,8 +232,11 @@ def main(snakemake) -> None:
     tower = families.get(loaded.family).vision_tower(loaded.model)
     tower.eval()
     image_processor = image_processor_of(loaded.processor)
-    table, examples, diag, grid, patch = analyse(pairs, tower, image_processor, layers)
     n_layers = tower.config.num_hidden_layers
+    fed = feature_layers(loaded.model.config, n_layers)
+    log.info("the model feeds its language model the output of layer(s) %s of %d (vision_feature_layer %r)",
+             fed, n_layers, getattr(loaded.model.config, "vision_feature_layer", None))
+    table, examples, diag, grid, patch = analyse(pairs, tower, image_processor, layers, fed)
     table = table.select(pl.lit(name, dtype=pl.String).alias("model"), pl.all())
     no_text = table.filter(pl.col("n_text_patches") == 0)["sample_id"].n_unique()
     if no_text:
@@ -217,8 +246,11 @@ def main(snakemake) -> None:
               f"models.{name}": entry, "seed": p.seed}
     meta = {"model": name, "model_path": entry["path"], "heat_map": "CLS-to-patch attention",
             "text_overlap_threshold": 0.5, "grid": grid, "patch_size": patch, "n_layers": n_layers,
-            "config": config}
-    plot_attention_maps(examples, layers, grid, patch, snakemake.output.maps)
+            "vision_feature_layer": getattr(loaded.model.config, "vision_feature_layer", None),
+            "feature_layers": fed, "config": config}
+    drawn = sorted(set(layers) | set(fed))
+    plot_attention_maps(examples, drawn, {layer: layer_label(layer, n_layers, fed) for layer in drawn}, grid, patch,
+                        snakemake.output.maps)
     plot_diagonal(diag, examples, n_layers, grid, snakemake.output.diagonal)
     write_table(table, snakemake.output.table, "attention", metadata=meta)
     log.info("wrote %d rows for %d pairs", len(table), len(pairs))
