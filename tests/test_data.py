@@ -161,6 +161,15 @@ def test_pope_sample_parquet_and_id_list(tmp_path, pope_file):
         assert QUESTION.match(text).group(2) == obj
 
 
+def test_sample_tables_hold_questions_in_nfc(pope_file):
+    """A decomposed question (e + U+0301) enters the sample table, hence prompts, rendering and scoring, as NFC."""
+    sampled = sample.sample_pope(sample.read_pope(pope_file), 2, True, seed=1)
+    sampled = sampled.with_columns(pl.Series("text", ["Is there a cafe\u0301 in the image?"] * 2))
+    assert sample.pope_sample_table(sampled)["question"].to_list() == ["Is there a caf\u00e9 in the image?"] * 2
+    table = sample.caption_sample_table(pl.DataFrame({"image_id": [1], "image_file": ["x.jpg"]}), "De\u0301cris")
+    assert table["question"].to_list() == ["D\u00e9cris"]
+
+
 # --- caption sampling ----------------------------------------------------------------------------------------
 
 def write_instances(path: Path, image_ids) -> Path:

@@ -192,6 +192,23 @@ def test_characters_the_font_has_pass():
     assert ord("猫") not in font.codepoints
 
 
+def test_decomposed_question_renders_as_its_nfc_form(tmp_path):
+    """A question stored in NFD ('cafe' + U+0301) is drawn, checked and recorded as its NFC form ('café')."""
+    nfd, nfc = "Is there a cafe\u0301 in the image?", "Is there a caf\u00e9 in the image?"
+    assert nfd != nfc and len(nfd) == len(nfc) + 1
+    out = {}
+    for name, question in (("nfd", nfd), ("nfc", nfc)):
+        (tmp_path / name).mkdir()
+        samples = _samples(tmp_path / name, [(320, 240, question)])
+        out[name] = {v: render.render_variant(samples, v, tmp_path / name / "out" / f"{v}.parquet", CFG, task="pope")
+                     for v in ("control", "question")}
+    for variant in ("control", "question"):
+        a, b = out["nfd"][variant].row(0, named=True), out["nfc"][variant].row(0, named=True)
+        assert a["image_sha256"] == b["image_sha256"] and a["height"] == b["height"]
+        assert np.array_equal(_px(a["image_path"]), _px(b["image_path"]))
+    assert out["nfd"]["question"]["text"].to_list() == [nfc]
+
+
 @pytest.mark.parametrize("question", ["", "   ", None, float("nan")], ids=["empty", "blank", "none", "nan"])
 def test_empty_question_fails_with_sample_id(tmp_path, question):
     samples = _bad_text_samples(tmp_path, question)

@@ -23,7 +23,9 @@ Source pixels come from ``images.load_rgb`` (EXIF orientation applied, transpare
 to 8 bit), the loader inference uses too, so the ``original`` variant shows a model the same upright picture as
 the upper part of ``control`` and ``question``; ``orig_width`` / ``orig_height`` are the upright size.
 
-Questions are checked before any output is written: an empty question, or one with characters the font has no
+Questions are NFC-normalised (``unicodedata.normalize("NFC", ...)``) before they are checked, drawn and recorded,
+so a question stored decomposed renders and scores exactly as its composed form; the manifest's ``text`` is the
+text as drawn. Questions are checked before any output is written: an empty question, or one with characters the font has no
 glyph for (they would be drawn as empty boxes while the manifest records the real text), fails the job. An image
 too narrow for any text fails the ``question`` variant; its ``control`` still renders, with a one-line strip.
 
@@ -36,6 +38,7 @@ import hashlib
 import importlib
 import io
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,8 +274,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def _question_text(row: dict, sample_id: str) -> str:
+    """The question as it is checked, drawn and recorded: Unicode NFC (a decomposed 'é', e + U+0301, becomes the
+    one character the font draws as such and the manifest and the scorers compare), white space collapsed."""
     question = row["question"]
-    text = "" if question is None or question != question else " ".join(str(question).split())  # NaN: none
+    if question is None or question != question:  # NaN: none
+        question = ""
+    text = " ".join(unicodedata.normalize("NFC", str(question)).split())
     if not text:
         raise PipelineError(f"sample {sample_id}: empty question in the sample table; fix the data stage's output")
     return text

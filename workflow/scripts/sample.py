@@ -7,6 +7,7 @@ The rules sample_pope and sample_caption (one script each) write ``results/data/
 import json
 import random
 import re
+import unicodedata
 from pathlib import Path
 
 import polars as pl
@@ -150,14 +151,15 @@ def attach_images(table: pl.DataFrame, coco: dict) -> pl.DataFrame:
 def pope_sample_table(sampled: pl.DataFrame, task: str = "pope") -> pl.DataFrame:
     """The sample rows of a POPE task (``pope``, or a further split such as ``pope_random``): sample ids
     ``<task>-<question_id>``."""
-    objects = [m.group(1) if (m := QUESTION_OBJECT.match(t)) else None for t in sampled["text"]]
+    questions = [unicodedata.normalize("NFC", t) for t in sampled["text"]]  # as rendering draws them
+    objects = [m.group(1) if (m := QUESTION_OBJECT.match(t)) else None for t in questions]
     n = len(sampled)
     return pl.DataFrame({
         "sample_id": pl.Series([f"{task}-{q}" for q in sampled["question_id"]], dtype=pl.String),
         "task": pl.Series([task] * n, dtype=pl.String),
         "image_id": pl.Series([image_id_of(name) for name in sampled["image"]], dtype=pl.Int64),
         "image_file": sampled["image"].cast(pl.String),
-        "question": sampled["text"].cast(pl.String),
+        "question": pl.Series(questions, dtype=pl.String),
         "label": sampled["label"].cast(pl.String),
         "question_id": sampled["question_id"].cast(pl.Int64),
         "object": pl.Series(objects),  # all null (no question names an object): Arrow's null type
@@ -173,7 +175,7 @@ def caption_sample_table(sampled: pl.DataFrame, question: str) -> pl.DataFrame:
         "task": pl.Series(["caption"] * n, dtype=pl.String),
         "image_id": sampled["image_id"].cast(pl.Int64),
         "image_file": sampled["image_file"].cast(pl.String),
-        "question": pl.Series([question] * n, dtype=pl.String),
+        "question": pl.Series([unicodedata.normalize("NFC", question)] * n, dtype=pl.String),
         "label": pl.Series([None] * n, dtype=pl.Null),
         "question_id": pl.Series([None] * n, dtype=pl.Int64),
         "object": pl.Series([None] * n, dtype=pl.Null),
