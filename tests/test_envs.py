@@ -26,6 +26,9 @@ def test_env_files_match_requirements():
         pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
         got = pins(pip)
         assert len(got) == len(pip), f"{path.name}: every pip entry must be pinned with =="
+        if path.stem == "vllm":  # vLLM pins its own torch and transformers; its release is run.sh's
+            assert f"VLLM_CUDA=vllm=={got.pop('vllm')}" in (ROOT / "run.sh").read_text()
+            assert not {"torch", "transformers"} & set(got), "envs/vllm.yaml: vllm pins torch and transformers"
         for name, version in got.items():
             assert required.get(name) == version, f"{path.name}: {name}=={version}, requirements.txt has {required.get(name)}"
         # every stage script imports pipeline_io (pyarrow, pyyaml)

@@ -15,6 +15,7 @@ from pathlib import Path
 import demo_models
 import families
 import infer
+import polars as pl
 import pytest
 import vlm
 from conftest import SCRIPTS
@@ -451,27 +452,28 @@ def test_a_task_asks_the_questions_of_its_source_sample(tmp_path, models_dir):
     assert not (tmp_path / "out2.parquet").exists()
 
 
-class NoModel:
-    """A model source that must not be used: a unit copied from the cache loads no model."""
+class NoRun(FakeBackend):
+    """A backend that must not run: a unit copied from the cache generates nothing."""
 
-    def backend(self, job):
-        raise AssertionError(f"model loaded for {job.task}/{job.setting}/r{job.repeat}, which the cache holds")
+    def run(self, chunk, seed):
+        raise AssertionError(f"{len(chunk)} requests generated, which the cache holds")
 
 
 def test_finished_units_are_kept_and_reused_only_when_unchanged(tmp_path, caplog):
     """An infer job reruns every unit of its model when anything in its params changes. A unit whose fingerprint
-    (config that can change its rows, repeat, inputs) is unchanged is copied byte for byte from the cache without
-    loading the model; a changed prompt, repeat or input image generates again and replaces the kept copy."""
+    (config that can change its rows, repeat, inputs, prompts) is unchanged is copied byte for byte from the cache
+    without generating; a changed prompt, repeat or input image
+    generates again and replaces the kept copy."""
     job, _, sample, manifest = _requests(tmp_path, n=6)
     cache, out = tmp_path / "cache" / "r0.parquet", tmp_path / "out" / "r0.parquet"
     first = infer.run_job(job, sample, manifest, out, tmp_path / "p", backend=FakeBackend(), cache=cache)
     assert cache.read_bytes() == out.read_bytes()
-    assert read_metadata(out)["fingerprint"] == infer.fingerprint(job, infer.build_requests(
-        read_table(sample), read_table(manifest), job))
+    reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
+    assert read_metadata(out)["fingerprint"] == infer.fingerprint(job, reqs, [FakeBackend().prompt(r) for r in reqs])
     before = out.read_bytes()
     out.unlink()  # Snakemake deletes a job's outputs before it reruns
     with caplog.at_level(logging.INFO, logger="pii"):
-        again = infer.run_job(job, sample, manifest, out, tmp_path / "p", cache=cache, models=NoModel())
+        again = infer.run_job(job, sample, manifest, out, tmp_path / "p", cache=cache, backend=NoRun())
     assert out.read_bytes() == before and "unchanged, copied from" in caplog.text
     assert_frame_equal(first, again, check_dtypes=False)
 
@@ -501,9 +503,39 @@ def test_finished_units_are_kept_and_reused_only_when_unchanged(tmp_path, caplog
     regenerated(infer.Job("pope", "m", "hybrid", prompt, repeat=1), tmp_path / "manifest2.parquet")
 
 
+def test_a_kept_unit_is_checked_before_it_is_copied(tmp_path, caplog):
+    """A kept unit with its metadata (fingerprint) intact but rows cut away or edited, or whose prompts the backend
+    now builds differently, is generated again with a log line saying why; 4.0 and 4 are one key."""
+    job, reqs, sample, manifest = _requests(tmp_path, n=6)
+    cache, out = tmp_path / "cache" / "r0.parquet", tmp_path / "out" / "r0.parquet"
+    infer.run_job(job, sample, manifest, out, tmp_path / "p", backend=FakeBackend(), cache=cache)
+    floats = infer.Job("pope", "m", "hybrid", {**job.cfg, "inference": {**job.inference, "batch_size": 4.0}})
+    prompts = [FakeBackend().prompt(r) for r in reqs]
+    assert infer.fingerprint(floats, reqs, prompts) == infer.fingerprint(job, reqs, prompts)
+    meta, rows = read_metadata(cache), read_table(cache, "inference")
+    from pipeline_io import write_table
+
+    class OtherPrompt(FakeBackend):
+        def prompt(self, req):
+            return f"Q:{req.text_prompt}"
+
+    for edit, why, backend in [(rows.head(4), "4 rows for 6 requests", FakeBackend()),
+                               (rows.reverse(), "row 0 is sample", FakeBackend()),
+                               (rows.with_columns(prompt=pl.lit("edited")), "prompt of sample", FakeBackend()),
+                               (rows, "another fingerprint", OtherPrompt())]:
+        write_table(edit, cache, "inference", metadata=meta, types=infer.ARROW_TYPES)
+        out.unlink()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pii"):
+            infer.run_job(job, sample, manifest, out, tmp_path / "p", backend=backend, cache=cache)
+        assert backend.calls and why in caplog.text and "generating again" in caplog.text
+        assert len(read_table(out, "inference")) == 6
+
+
 def test_a_rewritten_local_checkpoint_is_not_taken_from_the_cache(tmp_path):
-    """The fingerprint covers a local model folder's files (name, size, mtime): the same config on rewritten weights
-    generates again instead of copying the kept unit; a hub id (no folder) has no such part."""
+    """The fingerprint covers a local model folder's files by content (sha256): other bytes written in place make
+    another key, the same bytes with another mtime (touch, tar, rsync) do not; a hub id (no folder) has no such
+    part."""
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"weights v1")
@@ -512,7 +544,8 @@ def test_a_rewritten_local_checkpoint_is_not_taken_from_the_cache(tmp_path):
     reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
     before = infer.fingerprint(job, reqs)
     assert infer.fingerprint(job, reqs) == before
-    os.utime(folder / "model.safetensors", ns=(1, 1))  # the same bytes written again: another mtime
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # the same bytes, another mtime
+    assert infer.fingerprint(job, reqs) == before
+    (folder / "model.safetensors").write_bytes(b"weights v2")  # new bytes (and a new mtime)
     assert infer.fingerprint(job, reqs) != before
-    hub = infer.Job("pope", "m", "hybrid", {**job.cfg, "models.m": {**job.entry, "path": "owner/name"}})
-    assert infer.model_files("owner/name") is None and infer.fingerprint(hub, reqs)
+    assert infer.model_files("owner/name") is None

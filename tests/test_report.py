@@ -104,7 +104,8 @@ def fake_inputs(tmp: Path) -> SimpleNamespace:
             pope_row("llava", "prompt_in_image", 0.69, 0.69, -0.01, 0.0004, n_unknown=9)]
     chair = [chair_row("qwen", "baseline", 0.301), chair_row("qwen", "prompt_in_image", 0.25, -0.051, 0.2),
              chair_row("llava", "baseline", 0.4), chair_row("llava", "prompt_in_image", 0.45, 0.05, 0.5)]
-    metrics = [write_parquet(pope, scores / "pope_metrics.parquet", "pope_metrics", SCORING_META),
+    metrics = [write_parquet(pope, scores / "pope_metrics.parquet", "pope_metrics",
+                             {**SCORING_META, "p_yes_temperature": 1.0}),
                write_parquet(chair, scores / "chair_metrics.parquet", "chair_metrics", SCORING_META)]
     tables = tmp / "tables"
     # the paper's numbers as the table rules write them beside each table: <model>:<metric>_paper, one row per setting
@@ -258,6 +259,7 @@ def test_tables_come_from_the_metrics_and_the_paper_numbers(tmp_path):
     pyes = section(page, "POPE · P(yes) at the first token")
     assert "<table class='results single'>" in pyes and "<span class='v'>0.800</span>" in pyes
     assert "100 / 100" in pyes and pyes.count("Qwen2.5-VL") == 1  # the model named on its first row only
+    assert "P(yes) is taken at temperature 1.0" in pyes  # from the metrics file's metadata
     # one repeat: McNemar's p, no spread table
     assert "p: exact McNemar test for accuracy" in table1 and "Spread over" not in page
     md = Path(smk.output.md).read_text()

@@ -20,7 +20,7 @@ import scoring
 import stats as st
 import yaml
 from conftest import ROOT, assign, concat, row, run_snakemake
-from pipeline_io import read_table, write_table
+from pipeline_io import read_metadata, read_table, write_table
 
 # --- answer rules -------------------------------------------------------------------------------------------
 
@@ -369,6 +369,11 @@ def test_pope_pyes_table_layout():
     blip = [c.strip() for c in lines[4].strip("|").split("|")]
     assert blip == ["InstructBLIP", "baseline", "0 / 60", "—", "—", "—", "—"]
     assert "images resampled" in md
+    # P(yes) says at which temperature it was taken: the metrics file's metadata, then the table's note
+    assert pope_scoring.pope_metadata(metrics)["p_yes_temperature"] == 1.0
+    _, md = paper_tables.build_pyes_table(metrics, _paper(), models, ["baseline"], 0.95, p_yes_temperature=1.0)
+    assert "P(yes) is taken at temperature 1.0: the model's untempered first-step distribution" in md
+    assert "not recorded" in paper_tables.build_pyes_table(metrics, _paper(), models, ["baseline"], 0.95)[1]
 
 
 # --- the rules, through Snakemake -------------------------------------------------------------------------------
@@ -408,6 +413,17 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
                                 n_response_tokens=1, finish_reason="stop", seed=0, repeat=repeat)
                     write_table(df, tmp_path / f"results/inference/{task}/{model}/{setting}/r{repeat}.parquet",
                                 "inference")
+    # the samples the files answer (the scorers check every file holds exactly these ids)
+    for task, ids, image_ids, labels in (("pope", [f"pope-{i}" for i in range(30)], [i // 3 for i in range(30)],
+                                          ["yes", "no"] * 15),
+                                         ("caption", ["caption-1", "caption-2", "caption-3"], [1, 2, 3], [None] * 3)):
+        n = len(ids)
+        write_table(pl.DataFrame({"sample_id": ids, "task": task, "image_id": image_ids, "image_file": "x.jpg",
+                                  "image_path": "x.jpg", "question": "q", "label": pl.Series(labels, dtype=pl.String),
+                                  "question_id": pl.Series(list(range(n)) if task == "pope" else [None] * n,
+                                                           dtype=pl.Int64),
+                                  "object": pl.Series(["dog"] * n if task == "pope" else [None] * n, dtype=pl.String)}),
+                    tmp_path / f"results/data/{task}_sample.parquet", "sample")
     targets = ["results/tables/table1_pope.md", "results/tables/table2_chair.md", "results/tables/table1_pope.csv",
                "results/tables/table2_chair.csv", "results/tables/pope_pyes.md", "results/tables/pope_pyes.csv"]
     # options first: conftest puts --configfile (which takes several values) right before these arguments
@@ -420,6 +436,8 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
     assert (pope["n_p_yes"] > 0).to_list() == [m == models[0] for m in pope["model"]]
     assert pope.filter(pl.col("model") != models[0])["p_yes_auroc"].is_null().all()
     assert pope.filter(pl.col("model") == models[0])["p_yes_auroc"].is_not_null().all()
+    assert read_metadata(tmp_path / "results/scores/pope_metrics.parquet")["p_yes_temperature"] == 1.0
+    assert "taken at temperature 1.0" in (tmp_path / "results/tables/pope_pyes.md").read_text()
     pyes = pl.read_csv(tmp_path / "results/tables/pope_pyes.csv")
     # in the workflow's model order (the merged config's), the order of the metrics file
     assert len(pyes) == len(models) * len(settings)
@@ -584,3 +602,21 @@ def test_inference_file_names_carry_the_repeat(tmp_path: Path):
     write_table(df, old, "inference")
     with pytest.raises(pipeline_io.PipelineError, match=r"baseline.parquet: not an inference file \(results/inference/"):
         scoring.read_inference([str(old)], "pope")
+
+
+def test_an_inference_file_must_answer_exactly_its_sample(tmp_path: Path):
+    """A cut or edited inference file (metadata intact) is refused, naming the file and the missing ids, rather than
+    scored on fewer rows than the other settings."""
+    df = assign(_pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]),
+                text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1, n_response_tokens=1,
+                finish_reason="stop", seed=0, repeat=0)
+    path = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
+    write_table(df, path, "inference")
+    ids = df["sample_id"].to_list()
+    data, _ = scoring.read_inference([str(path)], "pope", sample_ids=ids)
+    assert len(data) == 2
+    with pytest.raises(pipeline_io.PipelineError, match=r"r0.parquet: its rows do not match the task's sample: 1 of the "
+                       r"sample's 3 ids missing \(pope-extra\)"):
+        scoring.read_inference([str(path)], "pope", sample_ids=ids + ["pope-extra"])
+    with pytest.raises(pipeline_io.PipelineError, match=rf"1 ids not in the sample \({ids[1]}\)"):
+        scoring.read_inference([str(path)], "pope", sample_ids=ids[:1])

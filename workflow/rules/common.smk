@@ -196,11 +196,30 @@ def inference_targets():
         for model in MODELS
         for repeat in REPEATS
         for task, setting in inference_units()
-    ]
+    ] + invariance_targets()
 
 
-def inference_uses_gpu():
-    return 1 if config["inference"]["backend"] == "transformers" else 0
+def invariance_targets():
+    """The batch-invariance check's files (inference.invariance_check > 0), one per model."""
+    if not config["inference"].get("invariance_check"):
+        return []
+    return [f"results/inference/invariance/{model}.parquet" for model in MODELS]
+
+
+def inference_backend(model):
+    """models.<m>.backend, else inference.backend."""
+    return config["models"][model].get("backend") or config["inference"]["backend"]
+
+
+def inference_uses_gpu(model):
+    """The local engines (transformers, vllm) hold a GPU; the openai backend only sends requests."""
+    return 0 if inference_backend(model) == "openai" else 1
+
+
+def inference_env(model):
+    """The conda environment of a model's infer job: vLLM's own for the vllm backend."""
+    name = "vllm" if inference_backend(model) == "vllm" else "inference"
+    return f"../../envs/{name}.yaml"
 
 
 # --- scoring ---------------------------------------------------------------------------------------------
@@ -325,6 +344,7 @@ def report_inputs(wildcards):
     paper's model and row names from the paper file (never the Markdown tables)."""
     inputs = {
         "metrics": report_metrics(),
+        "invariance": invariance_targets(),
         # every table's copy (for `snakemake --report`); the page reads the paper's numbers from Table 1 / 2's
         "table_csvs": [
             f"results/report/tables/{name}.csv" for name in report_table_names()

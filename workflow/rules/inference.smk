@@ -1,6 +1,7 @@
 # Stage: inference. One job per model and decoding repeat, writing one file per task x setting; the demo's tiny
 # checkpoints are built here too.
 import families
+from infer import local_model_inputs
 from openai_backend import row_settings
 
 
@@ -33,6 +34,11 @@ rule build_demo_model:
 rule infer:
     input:
         unpack(infer_inputs),
+        # a user's local checkpoint folder, file by file (only read, never an output): weights replaced in place
+        # rerun the job, which then generates only the units whose key (file contents included) changed
+        user_model=lambda wc: local_model_inputs(
+            config["models"][wc.model]["path"], DEMO_MODEL_PATHS.values()
+        ),
     output:
         [
             inference_path(task, "{model}", setting, "{repeat}")
@@ -43,12 +49,12 @@ rule infer:
     benchmark:
         "results/benchmarks/infer/{model}/r{repeat}.tsv"
     conda:
-        "../../envs/inference.yaml"
+        lambda wc: inference_env(wc.model)
     # inference.cpu_threads (default 4): a GPU job needs few; the demo's tiny CPU models run best one thread per
     # job, so that two models' jobs run side by side
     threads: config["inference"].get("cpu_threads", 4)
     resources:
-        gpu=lambda wc: inference_uses_gpu(),
+        gpu=lambda wc: inference_uses_gpu(wc.model),
         mem_mb=32000,
         runtime=1440,
     params:
@@ -64,8 +70,44 @@ rule infer:
         },
         decoding=config["decoding"],
         seed=config["seed"],
-        inference=row_settings(config["inference"]),
+        inference=lambda wc: row_settings(
+            config["inference"], config["models"][wc.model]
+        ),
         checkpoints="results/inference/.partial",
         cache="results/inference/.cache",
     script:
         "../scripts/infer.py"
+
+
+# The batch-invariance check (inference.invariance_check: N > 0): N POPE requests of the baseline setting, greedy,
+# in the job's batches and one at a time, through the model's own backend and environment.
+rule invariance_check:
+    input:
+        sample=sample_path("pope"),
+        manifest=manifest_path("pope", setting_variant(SCORING_BASELINE)),
+        model=lambda wc: model_folder_inputs(wc.model),
+    output:
+        "results/inference/invariance/{model}.parquet",
+    log:
+        "logs/inference/{model}/invariance.log",
+    conda:
+        lambda wc: inference_env(wc.model)
+    threads: config["inference"].get("cpu_threads", 4)
+    resources:
+        gpu=lambda wc: inference_uses_gpu(wc.model),
+        mem_mb=32000,
+        runtime=120,
+    params:
+        model_name=lambda wc: wc.model,
+        model=lambda wc: config["models"][wc.model],
+        task="pope",
+        task_cfg=lambda wc: config["tasks"]["pope"],
+        setting=SCORING_BASELINE,
+        setting_cfg=lambda wc: config["settings"][SCORING_BASELINE],
+        seed=config["seed"],
+        inference=lambda wc: row_settings(
+            config["inference"], config["models"][wc.model]
+        ),
+        n=config["inference"].get("invariance_check", 0),
+    script:
+        "../scripts/invariance_check.py"

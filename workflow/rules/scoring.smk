@@ -7,6 +7,8 @@
 rule score_pope:
     input:
         inference=lambda wc: scored_inference(wc.task),
+        # every file must answer exactly the sample's questions
+        sample=lambda wc: sample_path(wc.task),
     output:
         metrics="results/scores/{task}_metrics.parquet",
         answers="results/scores/{task}_answers.parquet",
@@ -28,6 +30,7 @@ rule score_pope:
 rule score_chair:
     input:
         inference=scored_inference("caption"),
+        sample=sample_path("caption"),
         instances=coco_annotation("instances"),
         captions=coco_annotation("captions"),
         synonyms=scoring_data("chair_synonyms.yaml"),

@@ -145,6 +145,19 @@ def _check_image_preprocess(models: dict) -> None:
                               f"'{entry['family']}'. Use checkpoint")
 
 
+def _check_backends(config: dict) -> None:
+    """A model on the vllm backend is of a family vLLM implements (``Family.vllm_supported``)."""
+    import families
+
+    default = config["inference"]["backend"]
+    for name, entry in config["models"].items():
+        backend = entry.get("backend") or default
+        if backend == "vllm" and not families.get(entry["family"]).vllm_supported:
+            where = f"models.{name}.backend" if entry.get("backend") else "inference.backend"
+            raise ConfigError(f"{where}: vLLM cannot serve '{name}' (family {entry['family']}, which vLLM does not "
+                              f"implement); set models.{name}.backend: transformers")
+
+
 def _check_baseline(config: dict) -> None:
     """scoring.baseline names a setting that the scored tasks run (not one a task claims for itself)."""
     baseline = config["scoring"].get("baseline", "baseline")
@@ -161,6 +174,7 @@ def _check_references(config: dict) -> None:
     _check_prompts(config["settings"])
     models = config["models"]
     _check_image_preprocess(models)
+    _check_backends(config)
     built = set(demo_model_paths(config).values())
     for name, entry in models.items():
         path = entry["path"]

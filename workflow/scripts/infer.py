@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -135,11 +136,15 @@ class Job:
 
     @property
     def batch_size(self) -> int:
-        return int(self.entry.get("batch_size") or self.inference["batch_size"])
+        """Requests per batch (and checkpoint): the model's, else the backend's (vLLM batches continuously inside
+        one call, so it takes many more at once), else inference.batch_size."""
+        vllm_batch = (self.inference.get("vllm") or {}).get("batch_size") if self.backend_name == "vllm" else None
+        return int(self.entry.get("batch_size") or vllm_batch or self.inference["batch_size"])
 
     @property
     def backend_name(self) -> str:
-        return self.inference["backend"]
+        """models.<m>.backend, else inference.backend."""
+        return self.entry.get("backend") or self.inference["backend"]
 
 
 def repeat_seed(seed: int, repeat: int) -> int:
@@ -219,27 +224,224 @@ def check_images(requests: list[Request], manifest_name: str) -> None:
 
 def row_config(cfg: dict) -> dict:
     """The job's config less what cannot change a row (see openai_backend.row_settings)."""
-    return {**cfg, "inference": row_settings(cfg["inference"])}
+    entry = next((v for k, v in cfg.items() if k.startswith("models.")), None)
+    return {**cfg, "inference": row_settings(cfg["inference"], entry)}
 
 
-def fingerprint(job: Job, requests: list[Request]) -> str:
-    """What a checkpoint or kept unit must match to be reused: what can change the unit's rows (the repeat
-    included), the files of a local model folder, and its exact inputs."""
+def fingerprint(job: Job, requests: list[Request], prompts: list[str] | None = None,
+                weights: dict | None = None) -> str:
+    """What a checkpoint or kept unit must match to be reused: what can change the unit's rows (the config less
+    retries and the like, integral floats as ints so ``4`` and ``4.0`` are one key; the repeat), the weights
+    (``weights``, see model_identity: a local folder's file contents or a hub checkpoint's commit), the exact prompt
+    strings the backend builds (``prompts``: a change to prompt-building code shows here) and the inputs."""
+    weights = model_identity(job) if weights is None else weights
+    cfg = plain_numbers(row_config(job.cfg))
+    # the revision is in ``weights`` as the commit it names: 'main' and its pinned sha are one key
+    cfg[f"models.{job.model}"] = {k: v for k, v in cfg[f"models.{job.model}"].items() if k != "revision"}
     inputs = [(r.sample_id, r.image_sha256 or r.image_path, r.text_prompt) for r in requests]
-    return config_hash({"cfg": row_config(job.cfg), "task": job.task, "model": job.model, "setting": job.setting,
-                        "repeat": job.repeat, "inputs": inputs, "columns": COLUMNS,
-                        "model_files": model_files(job.entry["path"])})
+    return config_hash({"cfg": cfg, "task": job.task, "model": job.model, "setting": job.setting,
+                        "repeat": job.repeat, "inputs": inputs, "prompts": prompts, "columns": COLUMNS,
+                        "weights": weights})
 
 
-def model_files(path: str) -> list | None:
-    """A local checkpoint folder's files as (name, bytes, mtime in ns): weights rewritten in place (a new
-    fine-tune, a rebuilt demo model) make every unit of that model run again. None for a hub id (its revision is
-    in the config; the resolved commit is recorded in each file's metadata)."""
-    folder = Path(path)
+def plain_numbers(value):
+    """``value`` with every integral float as an int, recursively: YAML's ``4.0`` and ``4`` give the same rows."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_numbers(v) for v in value]
+    return value
+
+
+# --- what identifies the weights ----------------------------------------------------------------------------
+
+# sha256 of model files by (absolute path, size, mtime in ns), for this process and, when the job has a cache
+# folder, in a small JSON file there (never in the model's folder, which is only read)
+HASH_MEMO = "model-file-hashes.json"
+_FILE_HASHES: dict[str, list] = {}
+_COMMITS: dict[tuple[str, str], str | None] = {}
+_PROMPT_MODELS: dict[tuple, object] = {}
+
+
+def model_folder_files(path: str) -> list[Path] | None:
+    """The files of a local checkpoint folder, sorted; hidden ones (a download tool's ``.cache/`` notes, ``.git``)
+    left out, as they are no part of the checkpoint. None for a hub id."""
+    folder = Path(path).expanduser()
     if not folder.is_dir():
         return None
-    return sorted((f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
-                  for f in folder.rglob("*") if f.is_file())
+    return sorted(f for f in folder.rglob("*")
+                  if f.is_file() and not any(p.startswith(".") for p in f.relative_to(folder).parts))
+
+
+def local_model_inputs(path: str, built=()) -> list[str]:
+    """The infer rule's inputs for a user's local checkpoint folder: its files, so that weights replaced in place
+    rerun the job (a folder's own time does not change when a file in it is rewritten); the job then decides by
+    content which units to generate. Nothing for a hub id or a folder a rule builds (already an input)."""
+    if path in built:
+        return []
+    return [str(f) for f in model_folder_files(path) or []]
+
+
+def hash_memo(cache: Path | None) -> Path | None:
+    """Where file hashes are kept between jobs: the root of the unit cache (the nearest ``.cache`` folder above
+    the kept unit, results/inference/.cache/), else beside the kept unit; None without a cache."""
+    if cache is None:
+        return None
+    return next((p / HASH_MEMO for p in cache.parents if p.name == ".cache"), cache.parent / HASH_MEMO)
+
+
+def _load_hashes(memo: Path | None) -> None:
+    if memo is None or not memo.is_file():
+        return
+    try:
+        stored = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a damaged memo only costs hashing again
+        return
+    for key, entry in stored.items():
+        _FILE_HASHES.setdefault(key, entry)
+
+
+def _save_hashes(memo: Path) -> None:
+    _load_hashes(memo)  # keep what a concurrent job (another model) wrote meanwhile
+    try:
+        with atomic_path(memo) as tmp:
+            Path(tmp).write_text(json.dumps(_FILE_HASHES, sort_keys=True), encoding="utf-8")
+    except OSError as err:
+        log.warning("could not keep the model file hashes in %s (%s); they are computed again next time", memo, err)
+
+
+def file_sha256(f: Path) -> tuple[str, bool]:
+    """(sha256 of ``f``, whether it was computed now): a file of unchanged size and mtime is not read again."""
+    st = f.stat()
+    key = str(f.resolve())
+    entry = _FILE_HASHES.get(key)
+    if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+        return entry[2], False
+    if st.st_size > 1 << 27:
+        log.info("hashing %s (%.1f GB) once; later runs read its hash from the memo", f, st.st_size / 1e9)
+    digest = sha256_file(f)
+    _FILE_HASHES[key] = [st.st_size, st.st_mtime_ns, digest]
+    return digest, True
+
+
+def model_files(path: str, memo: Path | None = None) -> list | None:
+    """A local checkpoint folder's files as (name, sha256): weights replaced in place (a new fine-tune, a rebuilt
+    demo model) make every unit of that model run again, while a copy with new file times (tar, rsync, a fresh
+    clone) or a ``touch`` does not. Hashes are memoised by (size, mtime) in ``memo``, so a 15 GB checkpoint is read
+    once. None for a hub id (its commit identifies it, see resolve_commit)."""
+    files = model_folder_files(path)
+    if files is None:
+        return None
+    _load_hashes(memo)
+    folder, computed, out = Path(path).expanduser(), False, []
+    for f in files:
+        digest, new = file_sha256(f)
+        computed |= new
+        out.append((f.relative_to(folder).as_posix(), digest))
+    if computed and memo is not None:
+        _save_hashes(memo)
+    return out
+
+
+def resolve_commit(model: str, entry: dict) -> str | None:
+    """The commit a hub checkpoint's ``revision`` (default main) names: itself when it is a 40-hex sha, else asked of
+    the hub, else (offline) read from the local Hugging Face cache; None when neither knows it. Once per job: an
+    unpinned branch's commit is logged once."""
+    path, revision = str(entry["path"]), entry.get("revision") or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    if (path, revision) in _COMMITS:
+        return _COMMITS[(path, revision)]
+    commit, source = None, None
+    try:
+        from huggingface_hub import HfApi
+
+        commit, source = HfApi().model_info(path, revision=revision, timeout=10).sha, "the hub"
+    except Exception:  # offline, no network, unknown id: the local cache may still know the branch
+        commit, source = _cached_commit(path, revision), "the local Hugging Face cache"
+    _COMMITS[(path, revision)] = commit
+    if commit is None:
+        log.warning("models.%s: could not resolve revision '%s' of %s to a commit (offline and not in the local "
+                    "cache); its units are keyed by the branch name", model, revision, path)
+    else:
+        log.info("models.%s: revision '%s' of %s is commit %s (from %s); pin it with models.%s.revision: %s",
+                 model, revision, path, commit, source, model, commit)
+    return commit
+
+
+def _cached_commit(path: str, revision: str) -> str | None:
+    """The commit the local Hugging Face cache holds for ``revision`` (its refs file), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(path, "config.json", revision=revision)
+    except Exception:
+        return None
+    match = re.search(r"[/\\]snapshots[/\\]([0-9a-f]{40})[/\\]", found) if isinstance(found, str) else None
+    return match.group(1) if match else None
+
+
+def model_identity(job: Job, memo: Path | None = None) -> dict:
+    """What identifies the unit's weights: a local folder's files by content, a hub checkpoint's commit (the branch
+    name when it cannot be resolved), or for the openai backend the configured revision (the server decides)."""
+    from config_check import is_local_model_path
+
+    files = model_files(job.entry["path"], memo)
+    if files is not None:
+        return {"files": files}
+    revision = job.entry.get("revision") or "main"
+    if job.backend_name == "openai" or is_local_model_path(str(job.entry["path"])):
+        return {"revision": revision}  # a served model, or a folder that is not there (its loading fails)
+    commit = resolve_commit(job.model, job.entry)
+    return {"commit": commit} if commit else {"revision": revision}
+
+
+def unit_prompts(job: Job, requests: list[Request], backend=None, weights: dict | None = None) -> list[str]:
+    """The exact prompt of each request as the unit's backend builds it (chat template applied; for openai the
+    messages sent, the image as a stand-in naming its sha256), without loading weights: ``backend`` when given,
+    else the backend's own prompt code over the checkpoint's processor (tokenizer and chat template), loaded once
+    per job."""
+    return [(backend or prompt_builder(job, weights)).prompt(r) for r in requests]
+
+
+def prompt_builder(job: Job, weights: dict | None = None):
+    """A backend that can build prompts but holds no weights."""
+    if job.backend_name == "openai":
+        return make_backend(job)  # opens no connection until it sends
+    import vlm
+    from config_check import is_local_model_path
+
+    entry, path = job.entry, str(job.entry["path"])
+    local = is_local_model_path(path)
+    path = str(Path(path).expanduser()) if local else path
+    # the processor of the commit the key names, when it is known
+    revision = None if local else (weights or {}).get("commit") or entry.get("revision")
+    key = (entry["family"], path, revision)
+    if key not in _PROMPT_MODELS:
+        try:
+            processor = vlm.load_processor(entry["family"], path, revision)
+        except OSError as err:
+            raise PipelineError(f"models.{job.model}.path: cannot load the processor of '{path}' "
+                                f"({str(err).splitlines()[0]}); check the id, revision and network access, or point "
+                                "it at a local checkpoint folder") from err
+        _PROMPT_MODELS[key] = vlm.LoadedModel(name=job.model, family=entry["family"], model=None, processor=processor,
+                                              device=None, dtype=None, path=path, revision=revision)
+    return TransformersBackend(job, lm=_PROMPT_MODELS[key])
+
+
+def library_versions() -> dict:
+    """The versions that can change a row without changing the key (recorded in every file's metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 # --- the transformers backend -------------------------------------------------------------------------------
@@ -309,6 +511,85 @@ class TransformersBackend:
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
 
+class VLLMBackend(TransformersBackend):
+    """One unit's requests through the job's vLLM engine (vllm_backend.py): prompts, images, stop ids, Yes/No ids
+    and strip visibility exactly as the transformers backend has them, from the same processor; the weights live in
+    the engine."""
+
+    name = "vllm"
+
+    def __init__(self, job: Job, engine):
+        import vlm
+
+        self.vlm = vlm
+        self.job = job
+        self.lm = vlm.load_for_prompts(job.model, job.entry)
+        self.engine = engine
+        self.want_p_yes = job.wants_p_yes
+        self._views: dict = {}
+        self._views_unknown = False
+        self._padded: dict[str, str] = {}
+
+    def start(self) -> None:
+        """Load the engine unless an earlier unit of the job did."""
+        import families
+        from vllm_backend import qwen_pixel_limits
+
+        if self.engine.proc is not None:
+            return
+        entry = self.job.entry
+        self.engine.load(self.lm.path, dtype=entry.get("dtype") or "bfloat16", revision=self.lm.revision,
+                         seed=self.job.seed, engine=(self.job.inference.get("vllm") or {}).get("engine") or {},
+                         mm_processor_kwargs=qwen_pixel_limits(families.get(self.lm.family).image_processor(
+                             self.lm.processor)))
+
+    def image_file(self, path: str) -> str:
+        """The image the engine opens: the file itself, or for image_preprocess: pad a lossless PNG of it padded to a
+        square (vLLM's processor does not pad), written once per image into the engine's scratch folder."""
+        if self.job.entry.get("image_preprocess", "checkpoint") != "pad":
+            return path
+        if path not in self._padded:
+            import families
+            from vllm_backend import pad_to_square
+
+            processor = families.get(self.lm.family).image_processor(self.lm.processor)
+            dest = Path(self.engine.scratch, f"{hashlib.sha256(path.encode()).hexdigest()[:20]}.png")
+            pad_to_square(self.vlm.open_image(path), processor.image_mean).save(dest, format="PNG")
+            self._padded[path] = str(dest)
+        return self._padded[path]
+
+    def run(self, chunk: list[Request], seed: int) -> list[dict]:
+        from vllm_backend import p_yes_from_logprobs, sampling_values
+
+        self.start()
+        stops = self.vlm.stop_ids(self.lm)
+        # one seed per request, seed + its sorted position: the rows do not depend on how requests are batched
+        requests = [{"prompt": self.prompt(r), "image": self.image_file(r.image_path), "seed": seed + i}
+                    for i, r in enumerate(chunk)]
+        ids = self.lm.answer_ids if self.want_p_yes and all(self.lm.answer_ids.values()) else None
+        outs = self.engine.generate(requests, sampling_values(self.job.decoding, self.job.task_cfg["max_new_tokens"]),
+                                    sorted(stops), sorted(ids["yes"] + ids["no"]) if ids else None)
+        results = []
+        for req, sent, out in zip(chunk, requests, outs, strict=True):
+            p_yes = p_yes_from_logprobs(out["first_logprobs"], ids) if ids else None
+            row = self.vlm.response_row(self.lm, out["token_ids"], stops, out["n_prompt_tokens"], p_yes,
+                                        ended=out["finish_reason"] == "stop")
+            row.update(seed=sent["seed"], **self.strip_seen(req))
+            results.append(row)
+        return results
+
+    def metadata(self) -> dict:
+        import transformers
+
+        info = self.engine.info
+        return {"model_path": self.lm.path, "revision": self.lm.revision, "commit_hash": None,
+                "family": self.lm.family, "device": None, "dtype": info.get("engine", {}).get("dtype"),
+                "gpu": None, "vllm": {"version": info.get("vllm"), "python": self.engine.python,
+                                      "engine": {k: v for k, v in (info.get("engine") or {}).items()
+                                                 if k not in ("model", "tokenizer")}},
+                "versions": {"transformers (prompts)": transformers.__version__, "vllm": info.get("vllm")}}
+
+
 def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -320,17 +601,29 @@ def make_backend(job: Job, device=None, lm=None):
         return OpenAIBackend(job)
     if job.backend_name == "transformers":
         return TransformersBackend(job, device=device, lm=lm)
-    raise PipelineError(f"inference.backend: '{job.backend_name}' is not one of ['transformers', 'openai']")
+    if job.backend_name == "vllm":
+        from vllm_backend import VLLMEngine, vllm_python
+
+        return VLLMBackend(job, VLLMEngine(vllm_python(job.inference.get("vllm"))))
+    raise PipelineError(f"inference.backend: '{job.backend_name}' is not one of ['transformers', 'openai', 'vllm']")
 
 
 class SharedModel:
-    """Backends for the units of one job that load the model once, on the first unit that needs it."""
+    """Backends for the units of one job that load the model (or start the vLLM engine) once, on the first unit
+    that needs it; ``close`` stops the engine."""
 
     def __init__(self, device=None):
         self.device = device
         self.lm = None
+        self.engine = None
 
     def backend(self, job: Job):
+        if job.backend_name == "vllm":
+            from vllm_backend import VLLMEngine, vllm_python
+
+            if self.engine is None:
+                self.engine = VLLMEngine(vllm_python(job.inference.get("vllm")))
+            return VLLMBackend(job, self.engine)
         if job.backend_name != "transformers":
             return make_backend(job, device=self.device)
         if self.lm is None:
@@ -339,20 +632,38 @@ class SharedModel:
             self.lm = vlm.load_model(job.model, job.entry, device=self.device)
         return make_backend(job, lm=self.lm)
 
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
 
 # --- the cache of finished units ----------------------------------------------------------------------------
 
 
-def cached_unit(cache: Path | None, fp: str) -> pl.DataFrame | None:
-    """The rows of the kept output of this exact unit (same fingerprint, readable, of the schema), or None."""
+def cached_unit(cache: Path | None, fp: str, requests: list[Request],
+                prompts: list[str] | None = None) -> tuple[pl.DataFrame | None, str | None]:
+    """The kept rows of this exact unit, checked before they are copied: the file reads back (schema included),
+    carries this fingerprint, and holds one row per request, in the job's order, with the prompt the backend
+    builds. Returns (rows, None), or (None, why not); why is None when nothing is kept."""
     if cache is None or not cache.is_file():
-        return None
+        return None, None
     try:
-        if read_metadata(cache).get("fingerprint") == fp:
-            return read_table(cache, "inference")
-    except Exception:  # an unreadable or foreign file is regenerated and overwritten
-        pass
-    return None
+        if read_metadata(cache).get("fingerprint") != fp:
+            return None, "another fingerprint: the config, inputs, prompts or weights changed"
+        rows = read_table(cache, "inference")
+    except Exception as err:  # an unreadable or foreign file is regenerated and overwritten
+        return None, f"unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    if len(rows) != len(requests):
+        return None, f"{len(rows)} rows for {len(requests)} requests"
+    ids = rows["sample_id"].to_list()
+    for i, (sid, req) in enumerate(zip(ids, requests, strict=True)):
+        if sid != req.sample_id:
+            return None, f"row {i} is sample '{sid}', the request there is '{req.sample_id}'"
+    if prompts is not None:
+        for i, (got, want) in enumerate(zip(rows["prompt"].to_list(), prompts, strict=True)):
+            if got != want:
+                return None, f"the prompt of sample '{ids[i]}' differs from the one the backend builds now"
+    return rows, None
 
 
 def copy_file(src: Path, dest: str | os.PathLike) -> None:
@@ -530,28 +841,40 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
     manifest = read_table(manifest_path, "manifest")
     requests = build_requests(sample, manifest, job, manifest_name=str(manifest_path))
     check_images(requests, str(manifest_path))
-    fp = fingerprint(job, requests)
     cache = Path(cache) if cache else None
-    kept = cached_unit(cache, fp)
+    # the key needs no weights: file hashes (memoised), the commit, and prompts from the processor alone
+    weights = model_identity(job, hash_memo(cache))
+    prompts = unit_prompts(job, requests, backend, weights)
+    fp = fingerprint(job, requests, prompts, weights)
+    kept, why_not = cached_unit(cache, fp, requests, prompts)
+    unit = f"{job.task} / {job.model} / {job.setting}, repeat {job.repeat}"
     if kept is not None:
         copy_file(cache, out)
-        log.info("%s / %s / %s, repeat %d: unchanged, copied from %s", job.task, job.model, job.setting, job.repeat,
-                 cache)
+        log.info("%s: unchanged, copied from %s", unit, cache)
         return kept
+    if why_not:
+        log.info("%s: kept copy %s not used (%s); generating again", unit, cache, why_not)
     log.info("%s / %s / %s, repeat %d (seed %d): %d requests, backend %s, batch size %d", job.task, job.model,
              job.setting, job.repeat, job.run_seed, len(requests), job.backend_name, job.batch_size)
     backend = backend or (models.backend(job) if models else make_backend(job, device=device))
     t0 = time.monotonic()
     df, facts = run_requests(job, requests, backend, Path(partial), fp)
+    backend_meta = backend.metadata()
     metadata = {
         "task": job.task, "model": job.model, "setting": job.setting, "backend": backend.name,
         "model_id": job.entry["path"], "revision": job.entry.get("revision"),
         "decoding": job.decoding, "max_new_tokens": job.task_cfg["max_new_tokens"], "seed": job.seed,
         "repeat": job.repeat, "repeat_seed": job.run_seed, "n_p_yes": int(df["p_yes"].fill_nan(None).is_not_null().sum()),
         "batch_size": job.batch_size, "config_hash": config_hash(row_config(job.cfg)), "fingerprint": fp,
-        "python": platform.python_version(),
-        "wall_s_this_run": round(time.monotonic() - t0, 3), **facts, **backend.metadata(),
+        "python": platform.python_version(), "resolved_commit": weights.get("commit"),
+        "model_files_sha256": weights.get("files"),
+        "wall_s_this_run": round(time.monotonic() - t0, 3), **facts, **backend_meta,
+        "versions": {**library_versions(), **(backend_meta.get("versions") or {})},
     }
+    loaded = backend_meta.get("commit_hash")
+    if loaded and weights.get("commit") and loaded != weights["commit"]:
+        log.warning("%s: loaded commit %s, but the unit is keyed by commit %s (the branch moved during the run?); "
+                    "pin models.%s.revision", unit, loaded, weights["commit"], job.model)
     write_table(df, out, "inference", metadata=metadata, types=ARROW_TYPES)
     if cache is not None:
         copy_file(Path(out), cache)
@@ -572,6 +895,13 @@ def main(snakemake) -> None:
     claim_gpu()  # before torch touches CUDA: one device per job on a multi-GPU workstation
     model, params = snakemake.wildcards.model, snakemake.params
     models = SharedModel()
+    try:
+        run_units(snakemake, model, params, models)
+    finally:
+        models.close()
+
+
+def run_units(snakemake, model: str, params, models: SharedModel) -> None:
     for out in snakemake.output:
         task, setting, repeat = unit_of(out)
         # the unit's config, in the shape of the one-unit command line (and of its fingerprint)

@@ -54,14 +54,18 @@ def redact_url(text: str | None) -> str | None:
     return None if text is None else _USERINFO.sub("***@", text)
 
 
-def row_settings(inference: dict) -> dict:
-    """The part of the ``inference`` config block that can change a row: the backend, the batch size and, for the
-    openai backend, which server answers (its URL without credentials). The infer rule's params and the checkpoint
-    fingerprint use only this, so editing how requests are sent (``api_key_env``, ``concurrency``, ``max_retries``,
-    ``timeout_s``) reruns and discards nothing."""
+def row_settings(inference: dict, entry: dict | None = None) -> dict:
+    """The part of the ``inference`` config block that can change a row of the model ``entry``: the backend, the
+    batch size and, for the openai backend, which server answers (its URL without credentials), for the vllm backend
+    its batch and engine settings (vLLM's batching is not batch-invariant), not where its Python is. The infer rule's
+    params and the checkpoint fingerprint use only this, so editing how requests are sent (``api_key_env``,
+    ``concurrency``, ``max_retries``, ``timeout_s``) reruns and discards nothing."""
     kept = {"backend": inference["backend"], "batch_size": inference["batch_size"]}
-    if inference["backend"] == "openai":
+    backend = (entry or {}).get("backend") or inference["backend"]
+    if backend == "openai":
         kept["openai"] = {"base_url": redact_url((inference.get("openai") or {}).get("base_url"))}
+    if backend == "vllm":
+        kept["vllm"] = {k: v for k, v in (inference.get("vllm") or {}).items() if k != "python"}
     return kept
 
 

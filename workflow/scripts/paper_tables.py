@@ -141,10 +141,20 @@ def repeats_note(repeats: int, unit: str) -> str:
             "images and the decoding noise together; the per-repeat spread is shown below.")
 
 
+def pyes_temperature_note(temperature: float | None) -> str:
+    """The note saying at which temperature P(yes) was taken (the metrics file's ``p_yes_temperature``)."""
+    if temperature is None:
+        return "The temperature P(yes) was taken at is not recorded in the metrics file; rerun scoring."
+    return (f"P(yes) is taken at temperature {format_number(float(temperature), 1)}: the model's untempered "
+            "first-step distribution, not the sampling temperature the answers are drawn with (decoding.temperature, "
+            "0.7 in the paper), because AUROC and calibration describe the model's own probabilities.")
+
+
 def build_pyes_table(metrics: pl.DataFrame, paper: dict, models: dict[str, dict], settings: list[str],
-                     confidence: float) -> tuple[pl.DataFrame, str]:
+                     confidence: float, p_yes_temperature: float | None = None) -> tuple[pl.DataFrame, str]:
     """(CSV frame, markdown text) of the P(yes) metrics: one row per model x setting (config order). The CSV
-    holds the metrics table's own columns (fractions); the markdown shows disagreement in percent."""
+    holds the metrics table's own columns (fractions); the markdown shows disagreement in percent and says at
+    which temperature P(yes) was taken (``p_yes_temperature`` of the metrics file's metadata)."""
     present_models = [m for m in models if m in set(metrics["model"])]
     present_settings = [s for s in settings if s in set(metrics["setting"])]
     matched = match_paper_models({m: models[m] for m in present_models}, paper.get("models", {}))
@@ -174,6 +184,7 @@ def build_pyes_table(metrics: pl.DataFrame, paper: dict, models: dict[str, dict]
               "count half); Brier: mean (P(yes) − label)²; ECE: expected calibration error over 10 equal-width bins; "
               "Disagree: answers whose parsed answer (POPE's official rule) differs from P(yes) > 0.5. ECE is biased "
               "upwards in small samples and more so in a resample, so its interval can lie above the value.",
+              pyes_temperature_note(p_yes_temperature),
               f"Value [{pct}% percentile bootstrap interval, images resampled with all their questions]; Δ: "
               "difference to the baseline setting of the same model on the questions both answered with a P(yes), "
               "with its paired image-level bootstrap p-value."]

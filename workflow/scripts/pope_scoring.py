@@ -6,7 +6,8 @@ test on the discordant pairs; per question, i.e. it treats the questions as inde
 yes-ratio when both settings have one decoding repeat, the paired image-level bootstrap p-value otherwise and for
 every other metric.
 
-P(yes) metrics (from the inference tables' ``p_yes``, rows without it left out): AUROC of p_yes against the label
+P(yes) metrics (from the inference tables' ``p_yes``, rows without it left out; P(yes) is taken from the untempered
+first-step distribution, ``P_YES_TEMPERATURE`` = 1, not at the sampling temperature): AUROC of p_yes against the label
 (Mann-Whitney, ties half), Brier score, expected calibration error (10 equal-width bins), and the share of answers
 whose official parsed answer disagrees with ``p_yes > 0.5``; intervals and deltas as for the answer metrics
 (deltas on the pairs where both settings have a p_yes). No p_yes at all gives NaN, not an error.
@@ -38,6 +39,9 @@ from stats import bootstrap_p, group_rng, mcnemar_exact, percentile_interval
 
 POPE_METRICS = pm.METRICS
 PYES_METRICS = tuple(f"p_yes_{m}" for m in st.PYES_METRICS)
+# The temperature of the distribution P(yes) is read from: 1, the model's own, whatever temperature the answers are
+# sampled at (vlm.p_yes_from_logits says why; vLLM's logprobs are raw too; an OpenAI server decides its own).
+P_YES_TEMPERATURE = 1.0
 MCNEMAR_METRICS = ("accuracy", "yes_ratio")
 POPE_INTERVAL = ("percentile bootstrap over images (clustered: all questions about an image resampled together); "
                  "paired bootstrap for deltas resamples images too")
@@ -221,4 +225,5 @@ def pope_metadata(metrics: pl.DataFrame) -> dict:
                   if repeats_in(metrics) == 1 else "paired bootstrap over images (all repeats) for every metric"),
         "repeats": REPEATS_METADATA,
         "p_yes": "p_yes_* over rows with a p_yes; AUROC Mann-Whitney (ties half), Brier, ECE with "
-                 f"{st.ECE_BINS} equal-width bins, disagreement of the official answer with p_yes > 0.5"}
+                 f"{st.ECE_BINS} equal-width bins, disagreement of the official answer with p_yes > 0.5",
+        "p_yes_temperature": P_YES_TEMPERATURE}

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import yaml
 from markupsafe import Markup, escape
 from paper_models import match_paper_models
+from paper_tables import pyes_temperature_note
 from pipeline_io import PipelineError, atomic_output, log, read_metadata, run_main
 from table_cells import format_number, format_p
 
@@ -340,9 +341,10 @@ def repeats_note(repeats: int, unit: str, where: str = "shown below") -> str:
 
 
 def result_blocks(spec: TableSpec, metrics: list[dict], paper_rows: dict[str, dict], models: list[str],
-                  settings: list[str], labels: dict[str, str], rows_of: dict[str, str], confidence: float
-                  ) -> list[Block]:
-    """The tables and notes of one results table, from its metrics rows (and the paper's numbers)."""
+                  settings: list[str], labels: dict[str, str], rows_of: dict[str, str], confidence: float,
+                  meta: dict | None = None) -> list[Block]:
+    """The tables and notes of one results table, from its metrics rows and metadata (and the paper's numbers)."""
+    meta = meta or {}
     present = {(r["model"], r["setting"]) for r in metrics}
     models = [m for m in models if any(k[0] == m for k in present)]
     settings = [s for s in settings if any(k[1] == s for k in present)]
@@ -352,7 +354,7 @@ def result_blocks(spec: TableSpec, metrics: list[dict], paper_rows: dict[str, di
     if not models or not settings:
         return [Block(note=f"No scored groups in {spec.metrics} for the configured models and settings.")]
     if not spec.paper:
-        return pyes_blocks(spec, by_key, models, settings, labels, repeats, pct)
+        return pyes_blocks(spec, by_key, models, settings, labels, repeats, pct, meta.get("p_yes_temperature"))
     columns = [c for m in spec.columns for c in (Column(m.label), Column("paper", "paper", own=False))]
 
     def main_cells(row, paper_row, model):
@@ -379,7 +381,7 @@ def result_blocks(spec: TableSpec, metrics: list[dict], paper_rows: dict[str, di
 
 
 def pyes_blocks(spec: TableSpec, by_key: dict, models: list[str], settings: list[str], labels: dict[str, str],
-                repeats: int, pct: int) -> list[Block]:
+                repeats: int, pct: int, p_yes_temperature: float | None = None) -> list[Block]:
     """The P(yes) table: one row per model and setting (the model named on its first row)."""
     columns = [Column("Model", "label"), Column("Setting", "label"), Column("with P(yes) / n")]
     columns += [Column(m.label) for m in spec.columns]
@@ -394,6 +396,7 @@ def pyes_blocks(spec: TableSpec, by_key: dict, models: list[str], settings: list
                          count_cell(row, "n_p_yes")] + [result_cell(row, m) for m in spec.columns])
             first = False
     blocks = [Block(tables=[Table(columns, rows)]), Block(note=PYES_NOTE),
+              Block(note=pyes_temperature_note(p_yes_temperature)),
               Block(note=f"Value [{pct}% percentile bootstrap interval, {spec.unit}]; Δ: difference to the baseline "
                          "setting of the same model on the questions both answered with a P(yes), with its paired "
                          "image-level bootstrap p-value.")]
@@ -536,6 +539,30 @@ def transcribe_section(rows: list[dict], meta: dict, models: list[str], labels: 
             "the requests by how much of the strip reached its vision encoder, with their share.")
     return TableSection("transcribe", title, caption, [Block(tables=[Table(columns, body)]), Block(note=note)],
                         nav=nav)
+
+
+def invariance_section(paths: list[str], models: list[str], labels: dict[str, str]) -> TableSection:
+    """The batch-invariance check (inference.invariance_check): per model and engine, how many greedy answers are
+    the same in the job's batches and one at a time, and the largest |dP(yes)| between the two."""
+    title, nav = "Do answers depend on the batch?", "Batch invariance"
+    caption = Markup("<p>Greedy POPE answers of the baseline setting, run once in the batches the infer job forms "
+                     "and once one request at a time, through the same backend. Padding, kernels chosen by batch "
+                     "shape and continuous batching can change answers; a model whose answers move here has noise "
+                     "of that size in every table.</p>")
+    columns = [Column("Model", "label"), Column("Engine", "label"), Column("Batch"), Column("Requests"),
+               Column("Identical answers"), Column("Largest |ΔP(yes)|")]
+    body = []
+    frames = {Path(f).stem: read_checked(f, "invariance")[0] for f in paths}
+    for model in [m for m in models if m in frames]:
+        rows = frames[model]
+        same = sum(bool(r["identical"]) for r in rows)
+        diffs = [float(r["abs_diff_p_yes"]) for r in rows if r.get("abs_diff_p_yes") is not None]
+        body.append([Cell(labels.get(model, model), "label"), Cell(rows[0]["backend"], "label"),
+                     Cell(str(rows[0]["batch_size"])), Cell(f"{len(rows):,}"),
+                     Cell(f"{same:,}", ci=share_text(same, len(rows))),
+                     Cell(f"{max(diffs):.1e}" if diffs else "–")])
+    blocks = [Block(tables=[Table(columns, body)])] if body else [Block(note="No model was checked.")]
+    return TableSection("invariance", title, caption, blocks, nav=nav)
 
 
 # --- captions and figures ----------------------------------------------------------------------------------------
@@ -699,7 +726,7 @@ def table_sections(names: list[str], metrics: dict[str, tuple[list[dict], dict]]
         if not math.isfinite(confidence):
             raise PipelineError(f"{spec.metrics}: no scoring.confidence in the table's metadata; rerun scoring")
         paper_rows = {r.get("setting", ""): r for r in paper_csvs.get(name, [])}
-        blocks = result_blocks(spec, rows, paper_rows, models, settings, labels, rows_of, confidence)
+        blocks = result_blocks(spec, rows, paper_rows, models, settings, labels, rows_of, confidence, meta)
         figure = result_figure(name, result_figures.pop(name)) if name in result_figures else None
         title = TABLE_TITLES.get(name, f"{name} · POPE in Table 1's layout (the paper reports adversarial only)")
         sections.append(TableSection(name, title,
@@ -730,6 +757,8 @@ def main(smk) -> None:
                                         labels, rows_of))
     if "transcribe_metrics" in metrics:
         strip.append(transcribe_section(*metrics["transcribe_metrics"], models, labels))
+    if getattr(smk.input, "invariance", None):
+        strip.append(invariance_section(list(smk.input.invariance), models, labels))
     unplaced = [result_figure(name, path) for name, path in result_figures.items()]  # figures without their table
     contact_sheets = [Figure(p, f"Contact sheet · {TASK_TITLES.get(t, t)}")
                       for p in smk.input.contact_sheets for t in [Path(p).stem.removeprefix("contact_sheet_")]]

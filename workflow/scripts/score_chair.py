@@ -1,13 +1,14 @@
 """Rule score_chair: CHAIR detail per caption and CHAIR metrics per task/model/setting (``chair_scoring``)."""
 
 from chair_scoring import CHAIR_INTERVAL, CHAIR_METADATA, chair_metrics, load_ground_truth, score_captions
-from pipeline_io import log, run_main, write_table
+from pipeline_io import log, read_table, run_main, write_table
 from scoring import metadata, read_inference
 
 
 def main(smk) -> None:
     p = smk.params
-    data, groups = read_inference(list(smk.input.inference), "caption")
+    data, groups = read_inference(list(smk.input.inference), "caption",
+                                  sample_ids=read_table(smk.input.sample, "sample")["sample_id"].to_list())
     vocab, gt = load_ground_truth(data, smk.input.synonyms, smk.input.instances, smk.input.captions)
     log.info("CHAIR ground truth for %d images; scoring %d captions", len(gt), len(data))
     captions = score_captions(data, vocab, gt)

@@ -1,7 +1,7 @@
 """Rule score_pope: POPE metrics per model/setting of one POPE task (``pope_scoring``; the paper's ``pope`` or a
 further split such as ``pope_random``) and every parsed answer."""
 
-from pipeline_io import log, run_main, write_table
+from pipeline_io import log, read_table, run_main, write_table
 from pope_scoring import POPE_INTERVAL, pope_metadata, score_pope
 from scoring import metadata, read_inference
 
@@ -9,7 +9,8 @@ from scoring import metadata, read_inference
 def main(smk) -> None:
     p = smk.params
     task = smk.wildcards.task
-    data, groups = read_inference(list(smk.input.inference), task, kind="pope")
+    data, groups = read_inference(list(smk.input.inference), task, kind="pope",
+                                  sample_ids=read_table(smk.input.sample, "sample")["sample_id"].to_list())
     log.info("scoring %d %s rows in %d files", len(data), task, len(groups))
     metrics, answers = score_pope(data, p.seed, p.resamples, p.confidence, groups, p.baseline)
     meta = metadata(p.seed, p.resamples, p.confidence, p.baseline, POPE_INTERVAL, pope_metadata(metrics))

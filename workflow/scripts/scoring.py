@@ -158,9 +158,11 @@ def key_of_path(path: str | Path) -> tuple[str, str, str, int]:
     return p.parents[2].name, p.parents[1].name, p.parent.name, int(match.group(1))
 
 
-def read_inference(paths: list[str], task: str, kind: str | None = None) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
+def read_inference(paths: list[str], task: str, kind: str | None = None, sample_ids: list[str] | None = None
+                   ) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
     """Every inference file of one task (all repeats), checked against its file name; (rows, groups in order).
-    ``kind``: the task's kind (default: its name); a POPE task's rows must carry labels and valid p_yes."""
+    ``kind``: the task's kind (default: its name); a POPE task's rows must carry labels and valid p_yes.
+    ``sample_ids``: the task's sample; every file must answer exactly these (no setting scored on fewer rows)."""
     frames, groups, seen = [], [], set()
     for path in paths:
         df = read_table(path, "inference")
@@ -180,6 +182,8 @@ def read_inference(paths: list[str], task: str, kind: str | None = None) -> tupl
         dup = ids.filter(ids.is_duplicated() & ~ids.is_first_distinct())
         if len(dup):
             raise PipelineError(f"{path}: sample_id '{dup[0]}' appears twice; rerun inference for this file")
+        if sample_ids is not None:
+            check_rows_match_sample(path, ids.to_list(), sample_ids)
         if (kind or task) == "pope":
             labelled = (df["label"].cast(pl.String).is_in([pm.YES, pm.NO]).fill_null(False).to_numpy()
                         if "label" in df.columns else np.zeros(len(df), dtype=bool))
@@ -204,6 +208,22 @@ def read_inference(paths: list[str], task: str, kind: str | None = None) -> tupl
     data = data.with_columns(pl.col("response").cast(pl.String).fill_null(""))
     return data, groups
 
+
+def check_rows_match_sample(path: str, ids: list[str], sample_ids: list[str]) -> None:
+    """An inference file holds one row per sample id: none missing (a cut or edited file), none foreign."""
+    have, want = set(ids), set(sample_ids)
+    missing = [s for s in sample_ids if s not in have]
+    extra = [s for s in ids if s not in want]
+    if missing or extra:
+        what = []
+        if missing:
+            what.append(f"{len(missing)} of the sample's {len(want)} ids missing ({', '.join(missing[:5])}"
+                        f"{', ...' if len(missing) > 5 else ''})")
+        if extra:
+            what.append(f"{len(extra)} ids not in the sample ({', '.join(extra[:5])}"
+                        f"{', ...' if len(extra) > 5 else ''})")
+        raise PipelineError(f"{path}: its rows do not match the task's sample: {'; '.join(what)}; delete the file "
+                            "and rerun inference for it")
 
 
 def repeats_in(metrics: pl.DataFrame) -> int:

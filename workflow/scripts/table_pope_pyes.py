@@ -1,14 +1,14 @@
 """Rule table_pope_pyes: POPE's P(yes) metrics per model and setting (``paper_tables``)."""
 
 from paper_tables import PYES_TITLE, build_pyes_table, models_by_key, read_paper, write_table_files
-from pipeline_io import read_table, run_main
+from pipeline_io import read_metadata, read_table, run_main
 
 
 def main(smk) -> None:
     p = smk.params
     metrics = read_table(smk.input.metrics, "pope_metrics")
     frame, markdown = build_pyes_table(metrics, read_paper(smk.input.paper), models_by_key(p.models), p.settings,
-                                       p.confidence)
+                                       p.confidence, read_metadata(smk.input.metrics).get("p_yes_temperature"))
     write_table_files(frame, markdown, smk.output.csv, smk.output.md, PYES_TITLE)
 
 

@@ -34,10 +34,16 @@ class LoadedModel:
     revision: str | None = None
     commit_hash: str | None = None
     answer_ids: dict = field(default_factory=dict)
+    # set when there are no weights here (load_for_prompts); else the model's own
+    generation_config: Any = None
 
     @property
     def tokenizer(self):
         return self.processor.tokenizer
+
+    @property
+    def generation(self):
+        return self.generation_config if self.model is None else self.model.generation_config
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -126,6 +132,33 @@ def load_model(name: str, entry: dict, device=None, attn_implementation: str | N
     return lm
 
 
+def load_for_prompts(name: str, entry: dict) -> LoadedModel:
+    """What the prompts, stop ids and Yes/No ids of ``models.<name>`` need, without the weights: the processor
+    (image_preprocess applied) and the generation config, as ``load_model`` gives them; ``model`` is None. For a
+    backend whose engine holds the weights elsewhere (vLLM)."""
+    from transformers import GenerationConfig
+
+    check_entry(name, entry)
+    family, path, revision = entry["family"], str(entry["path"]), entry.get("revision")
+    if is_local_model_path(path):
+        path, revision = str(Path(path).expanduser()), None
+    try:
+        processor = families.get(family).load_processor(path, revision)
+        if entry.get("image_preprocess", "checkpoint") == "pad":
+            families.get(family).pad_to_square(processor)
+        try:
+            generation_config = GenerationConfig.from_pretrained(path, revision=revision or "main")
+        except OSError:  # a checkpoint without generation_config.json: the tokenizer's eos alone stops
+            generation_config = GenerationConfig()
+    except OSError as err:
+        raise PipelineError(f"models.{name}.path: cannot load '{path}' ({str(err).splitlines()[0]}); check the id, "
+                            "revision and network access, or point it at a local checkpoint folder") from err
+    lm = LoadedModel(name=name, family=family, model=None, processor=processor, device=None, dtype=None, path=path,
+                     revision=revision, generation_config=generation_config)
+    lm.answer_ids = answer_token_ids(processor.tokenizer)
+    return lm
+
+
 # --- prompts ---------------------------------------------------------------------------------------------
 
 
@@ -194,8 +227,9 @@ def generation_kwargs(decoding: dict, max_new_tokens: int) -> dict:
     return kwargs
 
 
-def _stop_ids(lm: LoadedModel) -> set[int]:
-    eos = lm.model.generation_config.eos_token_id
+def stop_ids(lm: LoadedModel) -> set[int]:
+    """The generation config's eos ids and the tokenizer's: where a response ends."""
+    eos = lm.generation.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     if lm.tokenizer.eos_token_id is not None:
         eos.append(lm.tokenizer.eos_token_id)
@@ -204,14 +238,19 @@ def _stop_ids(lm: LoadedModel) -> set[int]:
 
 def _pad_id(lm: LoadedModel) -> int:
     """The tokenizer's pad id, else the generation config's, else the first stop id."""
-    for candidate in (lm.tokenizer.pad_token_id, lm.model.generation_config.pad_token_id):
+    for candidate in (lm.tokenizer.pad_token_id, lm.generation.pad_token_id):
         if candidate is not None:
             return int(candidate)
-    return min(_stop_ids(lm))
+    return min(stop_ids(lm))
 
 
 def p_yes_from_logits(logits, answer_ids: dict) -> list[float | None]:
     """P(Yes) / (P(Yes) + P(No)) per row of first-step logits, summing every single-token spelling."""
+    # Untempered on purpose (T = 1): ``generate`` passes ``output_logits``, the raw logits before any logits
+    # processor, so the answers may be sampled at decoding.temperature (0.7 in the paper) while P(yes) is the model's
+    # own distribution. That is what AUROC and calibration (Brier, ECE) are defined on and what other evaluations
+    # report; a tempered P(yes) would measure the decoding knob as much as the model (T < 1 pushes it to 0 or 1).
+    # The scored files say so (pope_scoring.P_YES_TEMPERATURE, metadata key p_yes_temperature).
     import torch
 
     if not answer_ids.get("yes") or not answer_ids.get("no"):
@@ -231,7 +270,7 @@ def generate(lm: LoadedModel, prompts: list[str], images: list, max_new_tokens: 
     inputs = prepare_inputs(lm, prompts, images)
     # Explicit stop and pad ids: a checkpoint whose generation config lacks the tokenizer's eos (seen with
     # InstructBLIP) would otherwise run every caption to max_new_tokens.
-    stops = _stop_ids(lm)
+    stops = stop_ids(lm)
     torch.manual_seed(seed)
     with torch.inference_mode():
         out = lm.model.generate(**inputs, **generation_kwargs(decoding, max_new_tokens), return_dict_in_generate=True,
@@ -241,13 +280,20 @@ def generate(lm: LoadedModel, prompts: list[str], images: list, max_new_tokens: 
     p_yes = p_yes_from_logits(out.logits[0], lm.answer_ids) if want_p_yes else [None] * len(prompts)
     results = []
     for row, tokens in enumerate(new):
-        cut = next((i for i, t in enumerate(tokens) if t in stops), None)
-        kept = tokens if cut is None else tokens[:cut]
-        results.append({
-            "response": lm.tokenizer.decode(kept, skip_special_tokens=True).strip(),
-            "n_prompt_tokens": int(inputs["attention_mask"][row].sum()),
-            "n_response_tokens": len(kept),
-            "finish_reason": "stop" if cut is not None else "length",
-            "p_yes": p_yes[row] if p_yes[row] is None or math.isfinite(p_yes[row]) else None,
-        })
+        p = p_yes[row] if p_yes[row] is None or math.isfinite(p_yes[row]) else None
+        results.append(response_row(lm, tokens, stops, int(inputs["attention_mask"][row].sum()), p))
     return results
+
+
+def response_row(lm: LoadedModel, tokens: list[int], stops: set[int], n_prompt_tokens: int, p_yes, ended=False):
+    """One request's result from its generated tokens: cut at the first stop id and decoded without special tokens
+    (every backend that returns tokens uses this). ``ended``: the engine stopped it before max tokens."""
+    cut = next((i for i, t in enumerate(tokens) if t in stops), None)
+    kept = tokens if cut is None else tokens[:cut]
+    return {
+        "response": lm.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+        "n_prompt_tokens": int(n_prompt_tokens),
+        "n_response_tokens": len(kept),
+        "finish_reason": "stop" if cut is not None or ended else "length",
+        "p_yes": p_yes,
+    }

@@ -35,6 +35,9 @@ class Family:
     encoder_label: ClassVar[str] = ""
     # Whether models.<m>.image_preprocess: pad is offered (the original LLaVA-1.5 expand-to-square).
     supports_pad: ClassVar[bool] = False
+    # Whether vLLM implements this architecture (models.<m>.backend: vllm); the default for a family of
+    # transformers' Auto classes, whose checkpoints vLLM mostly serves.
+    vllm_supported: ClassVar[bool] = True
     # Folder of CHECKPOINT_FILES whose real tokenizer, chat template and processor settings the demo model uses.
     demo_reference: ClassVar[str | None] = None
 

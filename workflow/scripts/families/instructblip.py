@@ -33,6 +33,9 @@ class InstructBlipParts:
 class InstructBlip(Family):
     name = "instructblip"
     model_class_name = "InstructBlipForConditionalGeneration"
+    # vLLM 0.32 has no InstructBLIP, and its Transformers fallback fails on this processor
+    # ("'InstructBlipProcessor' object has no attribute '_get_num_multimodal_tokens'")
+    vllm_supported = False
 
     def load_processor(self, path: str, revision: str | None = None, model_config=None) -> InstructBlipParts:
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer

@@ -70,7 +70,20 @@ class Llava(Family):
         model = LlavaForConditionalGeneration(config)
         model.generation_config = GenerationConfig.from_pretrained(ref)
         model.save_pretrained(out)
+        hub_weight_names(out / "model.safetensors")
         processor.save_pretrained(out)
+
+
+def hub_weight_names(weights: Path) -> None:
+    """Rename the CLIP tower's weights to the layout of the hub checkpoint (``vision_tower.vision_model.*``).
+    transformers 5.23 saves them as ``vision_tower.*`` and reads either; vLLM reads only the hub's."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    renamed = {(f"vision_tower.vision_model.{k.removeprefix('vision_tower.')}"
+                if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
+               for k, v in tensors.items()}
+    save_file(renamed, weights, metadata={"format": "pt"})
 
 
 FAMILY = Llava()

@@ -40,7 +40,7 @@ class Qwen2_5_VL(Family):
     def build_demo(self, out: Path) -> None:
         """The real tokenizer, chat template, processor settings and generation defaults; token ids and vocabulary
         size from the real config; only the dimensions shrunk (ViT: 4 blocks of width 32, windows of 112 px, full
-        attention in blocks 2 and 4; language model: 2 layers of width 64)."""
+        attention in blocks 2 and 4; language model: 2 layers of width 64, 2 heads of 32, as vLLM's CPU kernel needs)."""
         from transformers import (
             AutoImageProcessor,
             AutoTokenizer,
@@ -64,10 +64,10 @@ class Qwen2_5_VL(Family):
                                window_size=real["vision_config"]["window_size"], fullatt_block_indexes=[1, 3],
                                initializer_range=0.02),
             text_config=dict(vocab_size=real["vocab_size"], hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                              max_position_embeddings=4096,
                              rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                              "mrope_section": [2, 3, 3]},
+                                              "mrope_section": [4, 6, 6]},
                              bos_token_id=real["bos_token_id"], eos_token_id=real["eos_token_id"],
                              pad_token_id=tok.pad_token_id),
             tie_word_embeddings=False, **ids,
