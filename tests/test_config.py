@@ -51,6 +51,17 @@ def test_paper_defaults():
         "Qwen/Qwen2.5-VL-7B-Instruct", "llava-hf/llava-1.5-7b-hf", "Salesforce/instructblip-vicuna-7b"}
 
 
+def test_greedy_decoding_needs_no_temperature():
+    """do_sample: false alone is greedy; the backends send their greedy values, never the missing temperature."""
+    from vllm_backend import sampling_values
+
+    cfg = load()
+    cfg["decoding"].pop("temperature")
+    cfg["decoding"]["do_sample"] = False
+    validate_config(cfg)
+    assert sampling_values(cfg["decoding"], 8)["temperature"] == 0.0
+
+
 @pytest.mark.parametrize(
     "mutate, expected",
     [
@@ -67,6 +78,13 @@ def test_paper_defaults():
         (lambda c: c["sampling"]["pope"].update(n="many"), "sampling.pope.n: 'many' should be of type"),
         (lambda c: c["sampling"]["pope"].update(n=0), "sampling.pope.n"),
         (lambda c: c["decoding"].pop("temperature"), "decoding: 'temperature' is a required property"),
+        (lambda c: c["decoding"].update(temperature=0), "decoding.temperature: 0 with do_sample: true. For greedy "
+         "decoding write do_sample: false"),
+        (lambda c: c["decoding"].update(top_p=float("nan")), "decoding.top_p: nan is not a number a run can use"),
+        (lambda c: c["render"].update(font_size=float("inf")), "render.font_size: inf is not a number"),
+        (lambda c: c["inference"].update(batch_size=4096), "inference.batch_size: 4096 is greater than the maximum of "
+         "1024"),
+        (lambda c: c["models"]["llava_1_5"].update(batch_size=2000), "models.llava_1_5.batch_size: 2000 is greater"),
         (lambda c: c["models"]["qwen2_5_vl"].update(path="./no/such/folder"), "models.qwen2_5_vl.path: local folder"),
         (lambda c: c["analysis"]["attention"].update(model="qwen2_5_vl"), "analysis.attention.model: 'qwen2_5_vl' is a qwen2_5_vl model; attention runs on models of the families ['llava']"),
         (lambda c: c["analysis"]["modality_gap"].update(model="gpt"), "analysis.modality_gap.model: 'gpt' is not a key"),

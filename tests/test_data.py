@@ -66,6 +66,7 @@ def test_read_pope_keeps_rows(pope_file):
     ('{"question_id": 1, "image": "x.jpg", "text": "t", "label": "no"}', "already used on line 1"),
     ('{"question_id": "9", "image": "x.jpg", "text": "t", "label": "no"}', "not an integer"),
     ('{"question_id": 9.0, "image": "x.jpg", "text": "t", "label": "no"}', "not an integer"),
+    ('{"question_id": 9, "image": "x.jpg", "text": "t", "label": "no"}', "asks about 't' in x.jpg again (line 1 asks"),
 ])
 def test_read_pope_errors_name_file_and_line(tmp_path, line, needle):
     path = tmp_path / "bad.json"

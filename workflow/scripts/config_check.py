@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -51,8 +52,30 @@ def load_schema() -> dict:
     return schema
 
 
+def _check_finite(value, path=()) -> None:
+    """No NaN or infinity anywhere (YAML's .nan, .inf): every number the config holds must be usable, and a NaN
+    passes every schema bound, since it compares false with everything."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{_where(path)}: {value} is not a number a run can use. Give a finite value")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, (*path, i))
+
+
+def _check_decoding(decoding) -> None:
+    """Temperature 0 means greedy, which is written do_sample: false (transformers rejects temperature 0)."""
+    if isinstance(decoding, dict) and decoding.get("do_sample") and decoding.get("temperature") == 0:
+        raise ConfigError("decoding.temperature: 0 with do_sample: true. For greedy decoding write do_sample: false "
+                          "(no temperature is needed then)")
+
+
 def validate_config(config: dict) -> None:
     """Raise ConfigError with a one-line message naming the config key and what to do."""
+    _check_finite(config)
+    _check_decoding(config.get("decoding") if isinstance(config, dict) else None)
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))

@@ -26,7 +26,7 @@ def read_pope(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: POPE file not found; set data.pope.file or let the workflow fetch it")
-    rows, seen = [], {}
+    rows, seen, asked = [], {}, {}
     with open(path, encoding="utf-8-sig") as f:  # -sig: a byte order mark some editors write is not data
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -48,6 +48,13 @@ def read_pope(path: str | Path) -> pl.DataFrame:
                 raise PipelineError(f"{where}: question_id {row['question_id']} already used on line "
                                     f"{seen[row['question_id']]}; question ids must be unique")
             seen[row["question_id"]] = line_no
+            # the same object asked twice about one image would count one answer twice in every metric
+            text = unicodedata.normalize("NFC", row["text"]).strip()
+            asked_about = (row["image"], (m.group(1) if (m := QUESTION_OBJECT.match(text)) else text).lower())
+            if asked_about in asked:
+                raise PipelineError(f"{where}: asks about '{asked_about[1]}' in {row['image']} again (line "
+                                    f"{asked[asked_about]} asks the same); delete one of the two lines")
+            asked[asked_about] = line_no
             rows.append({k: row[k] for k in POPE_KEYS})
     if not rows:
         raise PipelineError(f"{path}: no questions in the file")
