@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -165,6 +166,10 @@ def test_live_transformers_serve(tmp_path, llava_dir):
     assert facts["requested"] is True and facts["rejected_by_server"] is None
     assert (facts["answers_with_logprobs"], facts["answers_without_logprobs"]) == (0, 4)
     assert facts["note"] == "the server returned no logprobs; p_yes is null"
+    # it rejects top_k / repetition_penalty (422, not in the OpenAI API); the demo's greedy values are neutral
+    sent = read_metadata(tmp_path / "out.parquet")["decoding_sent"]
+    assert (sent["temperature"], sent["top_p"]) == (0.0, 1.0) and "top_k" not in sent, sent
+    assert sent["rejected_by_server"].startswith("HTTP 422: ") and "top_k" in sent["rejected_by_server"]
     assert json.loads(df["prompt"][0])[0]["content"][1]["text"] == df["text_prompt"][0]
     assert not (tmp_path / ".partial").exists()
 
@@ -414,3 +419,256 @@ def test_caption_requests_ask_for_no_logprobs(tmp_path, scripted):
     assert "logprobs" not in Scripted.bodies[0] and "top_logprobs" not in Scripted.bodies[0]
     assert df["p_yes"].fill_nan(None).is_null().all()
     assert read_metadata(tmp_path / "out.parquet")["p_yes"]["requested"] is False
+
+
+# --- decoding values: all of them in every request -----------------------------------------------------------------
+
+
+def _decoding_job(base_url, decoding: dict, retries=0):
+    cfg = job_config("llava_1_5", "llava", "demo/llava", backend="openai", do_sample=decoding["do_sample"],
+                     openai={"base_url": base_url, "api_key_env": "PII_TEST_NO_KEY", "concurrency": 1,
+                             "max_retries": retries, "timeout_s": 20})
+    cfg["decoding"].update(decoding)
+    return infer.Job("pope", "llava_1_5", "hybrid", cfg)
+
+
+@pytest.mark.parametrize("decoding, sent", [
+    ({"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.05},
+     {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.05}),
+    # the paper's sampling: the config's top_k 0 (transformers' "off") goes as vLLM's -1, the penalty's 1.0 too
+    ({"do_sample": True, "temperature": 0.7, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0},
+     {"temperature": 0.7, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}),
+    # greedy: temperature 0 with top_p / top_k off whatever the config says; the penalty applies to greedy too
+    ({"do_sample": False, "temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.1},
+     {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.1}),
+], ids=["sampling", "sampling-top-k-off", "greedy"])
+def test_every_decoding_value_is_sent(tmp_path, scripted, decoding, sent):
+    """A vLLM server fills each value a request leaves out from the checkpoint's generation_config (Qwen2.5-VL-7B:
+    top_k 1, repetition_penalty 1.05), so every value goes in every request, with the config's value."""
+    sample, manifest = make_inputs(tmp_path, "pope", n=1)
+    job = _decoding_job(scripted, decoding)
+    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
+    backend.run([req], seed=3)
+    body = Scripted.bodies[0]
+    assert {k: body[k] for k in sent} == sent
+    assert all(type(body[k]) is type(v) for k, v in sent.items())          # -1 an int, 0.0 a float
+    assert body["max_tokens"] == 6 and body["seed"] == 3
+    assert backend.metadata()["decoding_sent"] == {**sent, "rejected_by_server": None}
+
+
+UNEXPECTED = "Unexpected fields in the request: {'top_k', 'repetition_penalty'}"  # transformers serve's 422
+
+
+def test_server_rejecting_top_k_is_asked_again_without_when_neutral(tmp_path, scripted, rule_log):
+    sample, manifest = make_inputs(tmp_path, "pope", n=1)
+    job = _decoding_job(scripted, {"do_sample": True, "top_k": 0, "repetition_penalty": 1.0})
+    Scripted.script = [(422, UNEXPECTED)]
+    backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
+    df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
+    assert list(df["response"]) == ["Yes"] and len(Scripted.bodies) == 2
+    assert Scripted.bodies[0]["top_k"] == -1 and Scripted.bodies[0]["repetition_penalty"] == 1.0
+    assert "top_k" not in Scripted.bodies[1] and "repetition_penalty" not in Scripted.bodies[1]
+    assert Scripted.bodies[1]["temperature"] == 0.7 and Scripted.bodies[1]["logprobs"] is True
+    sent = read_metadata(tmp_path / "out.parquet")["decoding_sent"]
+    assert sent == {"temperature": 0.7, "top_p": 1.0, "rejected_by_server": f"HTTP 422: {{\"error\": \"{UNEXPECTED}\"}}"}
+    assert "the server rejects top_k / repetition_penalty" in rule_log.read_text(encoding="utf-8")
+
+
+def test_server_rejecting_top_k_fails_the_job_when_it_matters(tmp_path, scripted):
+    """Sampling with top_k 50 on a server that cannot be told of it would be other decoding: the job stops."""
+    sample, manifest = make_inputs(tmp_path, "pope", n=1)
+    job = _decoding_job(scripted, {"do_sample": True, "top_k": 50, "repetition_penalty": 1.0}, retries=3)
+    Scripted.script = [(422, UNEXPECTED)]
+    with pytest.raises(PipelineError) as err:
+        infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
+    msg = str(err.value)
+    assert msg.startswith(f"{scripted}/chat/completions: request for pope-0 rejected (HTTP 422: ")
+    assert "so decoding.top_k 50 cannot be applied" in msg and "\n" not in msg and len(Scripted.bodies) == 1
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_empty_completion_is_an_answer_not_a_fault(tmp_path, scripted):
+    """Content "" is the model's (empty) answer: kept and counted, not retried like a server fault."""
+    sample, manifest = make_inputs(tmp_path, "pope", n=1)
+    job = _job(scripted)
+    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    Scripted.script = [(200, "")]
+    backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
+    row = backend.run([req], seed=0)[0]
+    assert row["response"] == "" and row["finish_reason"] == "error" and backend.n_empty == 1
+    assert len(Scripted.bodies) == 1
+
+
+# --- server faults in an HTTP 200: retried like a 5xx, never written as an answer -------------------------------
+
+
+GOOD = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Yes, there is."}, "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": 11, "completion_tokens": 4}})
+# name: (body, its Content-Length: "auto" the true one, a number a longer one (the body cut short), None none (the
+# body ends when the connection closes), what the error says)
+FAULTS = {
+    "error-object": ('{"error": {"message": "CUDA error: illegal memory access (request of {auth})", "code": 500}}',
+                     "auto", "HTTP 200 but an error object: {\"error\": {\"message\": \"CUDA error"),
+    "no-choices": ('{"id": "chatcmpl-1", "object": "chat.completion", "usage": {"prompt_tokens": 11}}', "auto",
+                   "HTTP 200 but no choices: {\"id\": \"chatcmpl-1\""),
+    "empty-choices": ('{"choices": [], "usage": {"prompt_tokens": 11}}', "auto", "HTTP 200 but empty choices"),
+    "null-message": ('{"choices": [{"message": null, "finish_reason": "stop"}]}', "auto",
+                     "HTTP 200 but a choice without a message"),
+    "null-content": ('{"choices": [{"message": {"role": "assistant", "content": null}, "finish_reason": "stop"}]}',
+                     "auto", "HTTP 200 but a message without text content"),
+    "not-json": ("<html><body>502 Bad Gateway</body></html>", "auto", "HTTP 200 but the body is not JSON: <html>"),
+    "json-array": ('[{"choices": []}]', "auto", "HTTP 200 but the body is an array, not a JSON object: [{"),
+    "cut-short": (GOOD[:40], len(GOOD), "RemoteProtocolError: peer closed connection without sending complete message"),
+    "cut-short-unsized": (GOOD[:40], None, "HTTP 200 but the body is not JSON: {\"choices\": [{\"message\""),
+}
+
+
+class Faulty(BaseHTTPRequestHandler):
+    """Answers HTTP 200 with the FAULTS named in ``script`` (one per request), then with a good completion; an error
+    object echoes the credentials the request carried, as careless servers do."""
+
+    script: list = []
+    hits = 0
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).hits += 1
+        name = type(self).script.pop(0) if type(self).script else None
+        body, length, _ = FAULTS[name] if name else (GOOD, "auto", None)
+        auth = self.headers.get("Authorization", "")
+        raw = body.replace("{auth}", base64.b64decode(auth[6:]).decode() if auth.startswith("Basic ") else "").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if length is not None:
+            self.send_header("Content-Length", str(len(raw) if length == "auto" else length))
+        self.end_headers()
+        self.wfile.write(raw)  # HTTP/1.0: the connection closes after each answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def faulty():
+    Faulty.script, Faulty.hits = [], 0
+    with serving(Faulty) as port:
+        yield port
+
+
+def _fault_job(base_url, retries, timeout_s=20.0):
+    cfg = job_config("llava_1_5", "llava", "demo/llava", backend="openai",
+                     openai={"base_url": base_url, "api_key_env": "PII_TEST_NO_KEY", "concurrency": 1,
+                             "max_retries": retries, "timeout_s": timeout_s})
+    return infer.Job("pope", "llava_1_5", "hybrid", cfg)
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_server_fault_kept_up_stops_the_job(tmp_path, faulty, fault):
+    sample, manifest = make_inputs(tmp_path, "pope", n=1)
+    job = _fault_job(f"http://alice:{PASSWORD}@127.0.0.1:{faulty}/v1", retries=2)
+    Faulty.script = [fault] * 3
+    backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
+    with pytest.raises(PipelineError) as err:
+        infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
+    msg = str(err.value)
+    assert msg.startswith(f"http://***@127.0.0.1:{faulty}/v1/chat/completions: request for pope-0 failed after 2 "
+                          f"retries ({FAULTS[fault][2]}")
+    assert "\n" not in msg and PASSWORD not in msg and Faulty.hits == 3
+    assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_server_fault_then_recovery_gives_a_normal_row(tmp_path, faulty, rule_log, fault):
+    sample, manifest = make_inputs(tmp_path, "pope", n=1)
+    job = _fault_job(f"http://127.0.0.1:{faulty}/v1", retries=3)
+    Faulty.script = [fault] * 2
+    backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
+    df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
+    row = df.row(0, named=True)
+    assert (row["response"], row["finish_reason"], row["n_response_tokens"]) == ("Yes, there is.", "stop", 4)
+    assert Faulty.hits == 3 and backend.n_empty == 0
+    text = rule_log.read_text(encoding="utf-8")
+    for attempt in (1, 2):
+        assert f"{FAULTS[fault][2][:60]}" in text and f"for pope-0; retry {attempt}/3 in " in text
+
+
+# --- timeout_s bounds the whole request ----------------------------------------------------------------------------
+
+
+class Trickle(BaseHTTPRequestHandler):
+    """Answers from a script of modes: "trickle" sends the headers of a good completion, then one byte of it every
+    0.4 s (a whole answer would take a minute); "slow" sends it in four parts 0.1 s apart; otherwise at once.
+    Handlers stop at ``stop`` and are recorded, so the test can see them end."""
+
+    script: list = []
+    hits = 0
+    stop = threading.Event()
+    threads: list = []
+
+    def do_POST(self):  # noqa: N802
+        type(self).threads.append(threading.current_thread())
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).hits += 1
+        mode = type(self).script.pop(0) if type(self).script else None
+        raw = GOOD.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        step, gap = {"trickle": (1, 0.4), "slow": (len(raw) // 4 + 1, 0.1)}.get(mode, (len(raw), 0.0))
+        try:
+            for start in range(0, len(raw), step):
+                self.wfile.write(raw[start:start + step])
+                self.wfile.flush()
+                if gap and type(self).stop.wait(gap):
+                    return
+        except OSError:  # the client cut the connection
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def trickling():
+    Trickle.script, Trickle.hits, Trickle.threads = [], 0, []
+    Trickle.stop = threading.Event()
+    with serving(Trickle) as port:
+        try:
+            yield port
+        finally:
+            Trickle.stop.set()
+            for thread in Trickle.threads:
+                thread.join(timeout=5)
+            assert not any(thread.is_alive() for thread in Trickle.threads)
+
+
+def test_trickling_server_meets_the_request_timeout(tmp_path, trickling):
+    """httpx's timeout bounds each read: a byte every 0.4 s would hold the request for a minute; timeout_s 1 cuts
+    each try at 1 s, retried, then the job stops with the URL and the timeout."""
+    sample, manifest = make_inputs(tmp_path, "pope", n=1)
+    job = _fault_job(f"http://127.0.0.1:{trickling}/v1", retries=1, timeout_s=1)
+    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    Trickle.script = ["trickle"] * 2
+    backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
+    t0 = time.monotonic()
+    with pytest.raises(PipelineError) as err:
+        backend.run([req], seed=0)
+    elapsed = time.monotonic() - t0
+    msg = str(err.value)
+    assert msg.startswith(f"http://127.0.0.1:{trickling}/v1/chat/completions: request for pope-0 failed after 1 "
+                          "retries (RequestDeadline: no complete answer within timeout_s = 1 s (HTTP 200, ")
+    assert "raise inference.openai.max_retries / timeout_s" in msg and "\n" not in msg
+    assert Trickle.hits == 2 and 2.0 <= elapsed < 5.0  # two tries of 1 s each, not a minute
+
+
+def test_trickle_retried_and_a_slow_whole_answer_kept(tmp_path, trickling, rule_log):
+    sample, manifest = make_inputs(tmp_path, "pope", n=1)
+    job = _fault_job(f"http://127.0.0.1:{trickling}/v1", retries=2, timeout_s=1)
+    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    Trickle.script = ["trickle", "slow"]  # then a slow answer that is whole within 1 s
+    row = openai_backend.OpenAIBackend(job, backoff_s=0.01).run([req], seed=0)[0]
+    assert (row["response"], row["finish_reason"]) == ("Yes, there is.", "stop") and Trickle.hits == 2
+    text = rule_log.read_text(encoding="utf-8")
+    assert "RequestDeadline: no complete answer within timeout_s = 1 s" in text and "for pope-0; retry 1/2 in" in text

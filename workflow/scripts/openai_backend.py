@@ -2,9 +2,17 @@
 (vLLM, ``transformers serve``, a hosted API).
 
 One user message per request: the image as a base64 data URL, then the setting's text turn (no text part when
-``text_prompt`` is null). Requests of a batch run concurrently (``inference.openai.concurrency``); 429, 5xx,
-timeouts and dropped connections are retried with exponential backoff (``max_retries``), then the job fails with
-one line. Empty answers are kept with ``finish_reason: error`` and counted in the log.
+``text_prompt`` is null). Every request carries all decoding values (temperature, top_p, top_k,
+repetition_penalty, max_tokens, seed; greedy too), since a server fills what is not sent from the checkpoint's
+generation_config (vLLM: Qwen2.5-VL-7B's top_k 1 and repetition_penalty 1.05 would turn T = 0.7 sampling nearly
+greedy). A server that rejects top_k / repetition_penalty (the OpenAI API has neither; ``transformers serve``
+answers 422) is asked again without them when the config's values are neutral, else the job fails.
+
+Requests of a batch run concurrently (``inference.openai.concurrency``); 429, 5xx, timeouts, dropped connections
+and server faults in an HTTP 200 (an ``error`` object, no choices, a null message or content, a body that is not a
+JSON object or is cut short) are retried with exponential backoff (``max_retries``), then the job fails with one
+line: a fault is never written as an answer. ``timeout_s`` bounds each whole request, not only each read. Empty
+answers (content ``""``) are kept with ``finish_reason: error`` and counted in the log.
 
 Secrets never reach a log, an error or a file: credentials in ``base_url`` (``https://user:key@host/v1``) and the
 API key's value are replaced by ``***`` wherever the backend reports a URL or a server's answer.
@@ -34,6 +42,7 @@ import math
 import mimetypes
 import os
 import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +55,8 @@ from pipeline_io import PipelineError, log
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 AUTH_STATUS = {401, 403}
 TOP_LOGPROBS = 20  # OpenAI's maximum for top_logprobs (and vLLM's default max_logprobs)
+# not in the OpenAI API (vLLM takes them), with the values that leave decoding as it is
+EXTRA_DECODING = {"top_k": -1, "repetition_penalty": 1.0}
 _USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
 
 
@@ -160,8 +171,73 @@ def _logsumexp(values: list[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
-class LogprobsRejected(Exception):
-    """The server rejected the logprobs fields of a request (HTTP 400/422 naming them)."""
+def decoding_values(decoding: dict) -> dict:
+    """The decoding values every request carries, greedy included, so none is left to the server's defaults
+    (vLLM >= 0.7 fills each field a request leaves out from the checkpoint's generation_config).
+
+    top_k off is sent as -1: vLLM's OpenAI server passes top_k to SamplingParams, where -1 means "all tokens" in
+    every version (0.7 rejects 0: "top_k must be -1 (disable), or at least 1"; later ones take 0 or -1), while the
+    config's 0 is transformers' "off". Greedy is temperature 0 (vLLM's greedy) with top_p 1 and top_k off, as the
+    vllm backend sends; repetition_penalty applies to greedy decoding too, so it is the config's either way."""
+    if decoding["do_sample"]:
+        top_k = int(decoding["top_k"])
+        values = {"temperature": float(decoding["temperature"]), "top_p": float(decoding["top_p"]),
+                  "top_k": top_k if top_k > 0 else -1}
+    else:
+        values = {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
+    return {**values, "repetition_penalty": float(decoding["repetition_penalty"])}
+
+
+_JSON_TYPE = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+              type(None): "null"}
+
+
+def read_completion(text: str) -> tuple[dict | None, str | None]:
+    """(the chat completion, None) when an HTTP 200 body is one whose first choice has a message with text
+    content (``""`` included: an empty answer is an answer), else (None, what is wrong with it). Such a body is a
+    server fault, retried like a 5xx and never written as an answer."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None, "the body is not JSON"
+    if not isinstance(data, dict):
+        return None, f"the body is {_JSON_TYPE.get(type(data), type(data).__name__)}, not a JSON object"
+    if data.get("error") is not None:
+        return None, "an error object"
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return None, "no choices" if choices is None else "empty choices"
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    if not isinstance(message, dict):
+        return None, "a choice without a message"
+    if not isinstance(message.get("content"), str):
+        return None, "a message without text content"
+    return data, None
+
+
+def cut_connection(resp, expired: threading.Event) -> None:
+    """Shut the socket under a streamed response (from the watchdog thread), so the read waiting on it ends now."""
+    expired.set()
+    stream = resp.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, under TLS too
+        except OSError:
+            pass
+
+
+class RequestDeadline(Exception):
+    """A request's answer did not arrive whole within ``timeout_s``."""
+
+
+class FieldsRejected(Exception):
+    """The server rejected optional fields of a request (HTTP 400/422 naming them): ``kind`` is "logprobs"
+    (logprobs / top_logprobs) or "decoding" (top_k / repetition_penalty)."""
+
+    def __init__(self, kind: str, answer: str):
+        super().__init__(answer)
+        self.kind, self.answer = kind, answer
 
 
 class OpenAIBackend:
@@ -184,6 +260,9 @@ class OpenAIBackend:
         self.client = client or httpx.Client(headers=headers, timeout=float(self.cfg["timeout_s"]))
         self.backoff_s = backoff_s
         self.n_empty = 0
+        # top_k / repetition_penalty: switched off for the run when the server rejects them (neutral values only)
+        self.send_extra_decoding = True
+        self.decoding_rejected: str | None = None
         # P(yes) from logprobs: POPE only; switched off for the run when the server rejects the fields
         self.want_p_yes = job.wants_p_yes
         self.send_logprobs = self.want_p_yes
@@ -207,44 +286,42 @@ class OpenAIBackend:
         return len(req.text_prompt or "")
 
     def body(self, req, seed: int) -> dict:
-        dec = self.job.decoding
         body = {"model": self.served_name, "messages": build_messages(data_url(req.image_path)[0], req.text_prompt),
                 "max_tokens": int(self.job.task_cfg["max_new_tokens"]), "seed": int(seed),
-                "temperature": float(dec["temperature"]) if dec["do_sample"] else 0.0, "top_p": float(dec["top_p"])}
-        # Not part of the OpenAI API: sent only when they change anything (vLLM accepts them).
-        if dec["do_sample"] and int(dec["top_k"]) > 0:
-            body["top_k"] = int(dec["top_k"])
-        if float(dec["repetition_penalty"]) != 1.0:
-            body["repetition_penalty"] = float(dec["repetition_penalty"])
+                **decoding_values(self.job.decoding)}
+        if not self.send_extra_decoding:
+            for key in EXTRA_DECODING:
+                body.pop(key)
         if self.send_logprobs:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         return body
 
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/chat/completions"
+
     def post(self, body: dict, sample_id: str) -> dict:
-        """POST with retries on 429 / 5xx / timeouts / connection errors, exponential backoff."""
+        """POST with retries on 429 / 5xx / timeouts / connection errors / faults in an HTTP 200, exponential
+        backoff. Returns a chat completion whose first choice has a message with text content."""
         import httpx
 
-        url = f"{self.base_url}/chat/completions"
-        shown = redact_url(url)
+        shown = redact_url(self.url)
         retries = int(self.cfg["max_retries"])
         last = ""
         for attempt in range(retries + 1):
             try:
-                resp = self.client.post(url, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as err:
+                status, text = self.exchange(body)
+            except (httpx.TransportError, RequestDeadline) as err:  # httpx's timeouts are TransportErrors
                 last = self.redact(f"{type(err).__name__}: {err}")
             else:
-                if resp.status_code == 200:
-                    return resp.json()
-                last = self.redact(f"HTTP {resp.status_code}: {' '.join(resp.text.split())}")[:200]
-                if resp.status_code in (400, 422) and "logprobs" in body and "logprob" in resp.text.lower():
-                    raise LogprobsRejected(last)
-                if resp.status_code in AUTH_STATUS:
-                    raise PipelineError(f"{shown}: request for {sample_id} rejected ({last}); check the API key in "
-                                        f"${self.key_env} (the variable named by inference.openai.api_key_env)")
-                if resp.status_code not in RETRY_STATUS:
-                    raise PipelineError(f"{shown}: request for {sample_id} rejected ({last}); check "
-                                        f"models.{self.job.model}.served_name and the server")
+                if status == 200:
+                    data, fault = read_completion(text)
+                    if fault is None:
+                        return data
+                    last = self.redact(f"HTTP 200 but {fault}: {' '.join(text.split()) or '(empty body)'}")[:200]
+                else:
+                    last = self.redact(f"HTTP {status}: {' '.join(text.split())}")[:200]
+                    self.check_rejection(status, text, last, body, sample_id)
             if attempt < retries:
                 wait = self.backoff_s * 2 ** attempt
                 log.warning("%s: %s for %s; retry %d/%d in %.1fs", shown, last, sample_id, attempt + 1, retries, wait)
@@ -252,18 +329,64 @@ class OpenAIBackend:
         raise PipelineError(f"{shown}: request for {sample_id} failed after {retries} retries ({last}); check the "
                             "server or raise inference.openai.max_retries / timeout_s")
 
+    def check_rejection(self, status: int, text: str, last: str, body: dict, sample_id: str) -> None:
+        """Raise for an answer other than 200 that is not worth retrying: the server rejects fields we can drop
+        (FieldsRejected), the key (401/403) or the request (other 4xx)."""
+        shown = redact_url(self.url)
+        if status in (400, 422):
+            named = text.lower()
+            if any(key in body for key in EXTRA_DECODING) and any(key in named for key in EXTRA_DECODING):
+                raise FieldsRejected("decoding", last)
+            if "logprobs" in body and "logprob" in named:
+                raise FieldsRejected("logprobs", last)
+        if status in AUTH_STATUS:
+            raise PipelineError(f"{shown}: request for {sample_id} rejected ({last}); check the API key in "
+                                f"${self.key_env} (the variable named by inference.openai.api_key_env)")
+        if status not in RETRY_STATUS:
+            raise PipelineError(f"{shown}: request for {sample_id} rejected ({last}); check "
+                                f"models.{self.job.model}.served_name and the server")
+
+    def exchange(self, body: dict) -> tuple[int, str]:
+        """One POST and its whole answer: (status, body text). httpx's timeout bounds each read, so a server that
+        trickles a byte now and then would hold a request for ever; a watchdog shuts the connection at
+        ``timeout_s`` after the request starts (a server that sends nothing at all meets httpx's read timeout)."""
+        import httpx
+
+        timeout = float(self.cfg["timeout_s"])
+        deadline = time.monotonic() + timeout
+        expired = threading.Event()
+        chunks: list[bytes] = []
+        with self.client.stream("POST", self.url, json=body) as resp:
+            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), cut_connection, (resp, expired))
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                for chunk in resp.iter_bytes():
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:  # where no socket could be shut (another transport)
+                        expired.set()
+                        break
+            except httpx.TransportError:
+                if not expired.is_set():
+                    raise
+            finally:
+                watchdog.cancel()
+                watchdog.join()  # a cut under way ends before the answer is judged
+        if expired.is_set():
+            raise RequestDeadline(f"no complete answer within timeout_s = {timeout:g} s (HTTP {resp.status_code}, "
+                                  f"{sum(map(len, chunks))} bytes of the body by then)")
+        return resp.status_code, b"".join(chunks).decode("utf-8", errors="replace")
+
     def one(self, req, seed: int) -> dict:
-        try:
-            data = self.post(self.body(req, seed), req.sample_id)
-        except LogprobsRejected as err:
-            with self._lock:
-                if self.send_logprobs:
-                    log.warning("the server rejects logprobs (%s); asking without them, p_yes stays null", err)
-                    self.send_logprobs, self.logprobs_rejected = False, str(err)
-            data = self.post(self.body(req, seed), req.sample_id)
-        choice = (data.get("choices") or [{}])[0]
-        text = ((choice.get("message") or {}).get("content") or "").strip()
-        usage = data.get("usage") or {}
+        while True:  # ends: each FieldsRejected turns its fields off for all later bodies (or fails the job)
+            try:
+                data = self.post(self.body(req, seed), req.sample_id)
+                break
+            except FieldsRejected as err:
+                self.drop_fields(err, req.sample_id)
+        choice = data["choices"][0]
+        text = choice["message"]["content"].strip()
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         finish = choice.get("finish_reason") or "stop"
         if not text:
             self.n_empty += 1
@@ -274,6 +397,30 @@ class OpenAIBackend:
                 "n_response_tokens": int(usage.get("completion_tokens") or 0),
                 "finish_reason": finish if finish in ("stop", "length") else ("error" if not text else "stop"),
                 "seed": int(seed), "p_yes": p_yes}
+
+    def drop_fields(self, err: FieldsRejected, sample_id: str) -> None:
+        """Send later requests without the fields the server rejected: the logprobs fields (p_yes stays null), or
+        top_k / repetition_penalty when the config's values are neutral (then the server's own values apply,
+        which ``transformers serve`` takes from the checkpoint's generation_config). Sampling with a top_k or a
+        repetition penalty such a server cannot be told of fails the job rather than running other decoding."""
+        with self._lock:
+            if err.kind == "logprobs":
+                if self.send_logprobs:
+                    log.warning("the server rejects logprobs (%s); asking without them, p_yes stays null", err.answer)
+                    self.send_logprobs, self.logprobs_rejected = False, err.answer
+                return
+            values = decoding_values(self.job.decoding)
+            unsendable = [f"decoding.{key} {self.job.decoding[key]}" for key, off in EXTRA_DECODING.items()
+                          if values[key] != off]
+            if unsendable:
+                raise PipelineError(
+                    f"{redact_url(self.url)}: request for {sample_id} rejected ({err.answer}); the server does not "
+                    f"take top_k / repetition_penalty, so {' and '.join(unsendable)} cannot be applied; use a server "
+                    "that takes them (vLLM) or set decoding.top_k: 0 and decoding.repetition_penalty: 1.0")
+            if self.send_extra_decoding:
+                log.warning("the server rejects top_k / repetition_penalty (%s); asking without them (the config's "
+                            "are neutral; the server's own values for them apply)", err.answer)
+                self.send_extra_decoding, self.decoding_rejected = False, err.answer
 
     def read_p_yes(self, choice: dict, sample_id: str) -> float | None:
         """P(yes) of one POPE answer from its logprobs, counting what the server gave."""
@@ -303,7 +450,15 @@ class OpenAIBackend:
 
         return {"base_url": redact_url(self.base_url), "served_name": self.served_name,
                 "n_empty_responses": self.n_empty, "device": "remote", "versions": {"httpx": httpx.__version__},
-                "p_yes": self.p_yes_facts()}
+                "p_yes": self.p_yes_facts(), "decoding_sent": self.decoding_facts()}
+
+    def decoding_facts(self) -> dict:
+        """The decoding values the requests carried (all of them unless the server rejected top_k /
+        repetition_penalty: then its answer, and the values requests carried from then on)."""
+        values = decoding_values(self.job.decoding)
+        if not self.send_extra_decoding:
+            values = {k: v for k, v in values.items() if k not in EXTRA_DECODING}
+        return {**values, "rejected_by_server": self.decoding_rejected}
 
     def p_yes_facts(self) -> dict:
         """Where p_yes came from in this run (requests of this run only: a resumed job's earlier batches are not
