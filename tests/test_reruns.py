@@ -115,7 +115,8 @@ def test_editing_one_model_reruns_only_its_jobs(completed):
     assert len(infer) == JOBS_PER_MODEL * REPEATS and {r for *_, r in infer} == {str(r) for r in range(REPEATS)}
     # nothing upstream and no other model reruns; the analyses that load llava's weights do not read batch_size
     assert not {"sample_pope", "sample_coco", "render_variants", "build_demo_model"} & set(jobs), jobs
-    assert set(jobs) - {"infer"} <= AGGREGATES, jobs
+    # the batch-invariance check runs llava's batches too: llava's only
+    assert jobs["invariance_check"] == 1 and set(jobs) - {"infer", "invariance_check"} <= AGGREGATES, jobs
     assert {"score_pope", "score_chair", "report"} <= set(jobs)
     assert demo["models"]["llava_1_5"]["path"]  # the edit kept the demo checkpoint
 
@@ -135,7 +136,7 @@ def test_adding_a_model_runs_only_new_jobs_and_aggregations(completed):
     jobs = planned_jobs(completed, "--configfile", edited)
     infer = planned_infer(completed, "--configfile", edited)
     assert {m for _, m, _, _ in infer} == {"llava_copy"} and len(infer) == JOBS_PER_MODEL * REPEATS
-    assert set(jobs) - {"infer"} <= AGGREGATES, jobs
+    assert jobs["invariance_check"] == 1 and set(jobs) - {"infer", "invariance_check"} <= AGGREGATES, jobs
     assert "build_demo_model" not in jobs and "render_variants" not in jobs
 
 

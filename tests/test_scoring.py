@@ -411,6 +411,9 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
                 for task, df in (("pope", pope), ("caption", cap)):
                     df = assign(df, text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1,
                                 n_response_tokens=1, finish_reason="stop", seed=0, repeat=repeat)
+                    if task == "caption":  # the second caption stopped at max_new_tokens
+                        df = df.with_columns(finish_reason=pl.Series(["stop", "length", "stop"]),
+                                             n_response_tokens=pl.Series([2, 8, 2]))
                     write_table(df, tmp_path / f"results/inference/{task}/{model}/{setting}/r{repeat}.parquet",
                                 "inference")
     # the samples the files answer (the scorers check every file holds exactly these ids)
@@ -449,6 +452,13 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
     assert caps["hallucinated_objects"][1].to_list() == ["dog"]
     md = (tmp_path / "results/tables/table2_chair.md").read_text()
     assert "| baseline | 33.3 [" in md and "32.3" in md
+    # captions cut at max_new_tokens: one of three per repeat, mean length (2 + 8 + 2) / 3 tokens
+    assert set(chair_m["n_truncated"]) == {repeats} and set(chair_m["mean_response_tokens"]) == {4.0}
+    assert caps["truncated"].to_list() == [False, True, False] * (len(caps) // 3)
+    cut = md[md.index("Captions cut at max_new_tokens"):]
+    assert f"| baseline | {repeats} / {3 * repeats} (33.3%) | 4.0 |" in cut
+    table2 = pl.read_csv(tmp_path / "results/tables/table2_chair.csv")
+    assert table2[f"{models[0]}:n_truncated"].to_list() == [repeats] * len(table2)
     assert md.index("Qwen2.5-VL CHAIRs") < md.index("LLaVA-1.5 CHAIRs") < md.index("InstructBLIP CHAIRs")
     # a second dry run has nothing to do: params are canonical
     dry = run_snakemake(tmp_path, "-n", *only_scoring, *targets)

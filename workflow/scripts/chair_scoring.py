@@ -3,6 +3,8 @@ task/model/setting CHAIRs, CHAIRi, recall and caption length with clustered boot
 bootstrap deltas and p-values against the baseline setting (``scoring``). One caption per image and repeat, so
 resampling images is resampling captions; every mention counts, repeated ones too."""
 
+import math
+
 import chair
 import numpy as np
 import polars as pl
@@ -75,12 +77,16 @@ def score_captions(df: pl.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[
             "gt_objects": cs.gt_objects, "n_words": cs.n_words, "n_mentions": cs.n_mentions,
             "n_hallucinated": cs.n_hallucinated, "hallucinated": cs.n_hallucinated > 0,
             "n_gt": len(cs.gt_objects), "n_gt_mentioned": cs.n_gt_mentioned,
+            # a caption that stopped at max_new_tokens (finish_reason length) ends mid-sentence; counted per group
+            "truncated": row.get("finish_reason") == "length", "n_response_tokens": row.get("n_response_tokens"),
         })
         records.append(record)
     columns = ["sample_id", "task", "model", "setting"] + (["repeat"] if has_repeat else []) + [
         "image_id", "response", "mentioned_words", "mentioned_objects", "hallucinated_words", "hallucinated_objects",
-        "gt_objects", "n_words", "n_mentions", "n_hallucinated", "hallucinated", "n_gt", "n_gt_mentioned"]
-    return records_frame(records, columns, {"repeat": pl.Int64} if has_repeat else None)
+        "gt_objects", "n_words", "n_mentions", "n_hallucinated", "hallucinated", "n_gt", "n_gt_mentioned",
+        "truncated", "n_response_tokens"]
+    types = {"n_response_tokens": pl.Int64, **({"repeat": pl.Int64} if has_repeat else {})}
+    return records_frame(records, columns, types)
 
 
 def _sums_matrix(captions: pl.DataFrame, suffix: str = "") -> np.ndarray:
@@ -103,6 +109,17 @@ def _chair_stats(captions: pl.DataFrame, clusters: np.ndarray, n_images: int, we
     return [p for p, _ in per], [b for _, b in per]
 
 
+def truncation(captions: pl.DataFrame) -> dict:
+    """How many captions of a group hit max_new_tokens (share of all, repeats included) and their mean length in
+    response tokens: CHAIR moves with max_new_tokens, and a looping caption is cut mid-sentence."""
+    n = len(captions)
+    cut = int(captions["truncated"].fill_null(False).sum()) if "truncated" in captions.columns else 0
+    tokens = (captions["n_response_tokens"].drop_nulls() if "n_response_tokens" in captions.columns
+              else pl.Series([], dtype=pl.Int64))
+    return {"n_truncated": cut, "truncated_share": cut / n if n else math.nan,
+            "mean_response_tokens": float(tokens.mean()) if len(tokens) else math.nan}
+
+
 def chair_metrics(captions: pl.DataFrame, seed: int, resamples: int, confidence: float,
                   groups: list[tuple[str, str, str]] | None = None, baseline: str = BASELINE) -> pl.DataFrame:
     """CHAIR metrics per task/model/setting with clustered-bootstrap intervals (the image is the unit, with all
@@ -121,7 +138,7 @@ def chair_metrics(captions: pl.DataFrame, seed: int, resamples: int, confidence:
         points, boots = _chair_stats(current, clusters, n_images, weights)
         row = {"task": task, "model": model, "setting": setting, "baseline": baseline, "n": n,
                "n_images": n_images, "n_mentions": int(x[:, 2].sum()), "n_hallucinated_mentions": int(x[:, 1].sum()),
-               "n_hallucinated_captions": int(x[:, 0].sum())}
+               "n_hallucinated_captions": int(x[:, 0].sum()), **truncation(current)}
         spread: dict = {"n_repeats": n_repeats(current)}
         for metric in CHAIR_METRICS:
             row[metric] = float(mean_stat(points, metric))

@@ -259,10 +259,52 @@ def pope_task_title(task: str) -> str:
 
 def table2_chair(metrics: pl.DataFrame, paper: dict, models: dict[str, dict], settings: list[str],
                  confidence: float) -> tuple[pl.DataFrame, str]:
-    """Table 2 (CHAIRs, CHAIRi) from the CHAIR metrics table."""
+    """Table 2 (CHAIRs, CHAIRi) from the CHAIR metrics table, and how many captions were cut at max_new_tokens."""
     notes = TABLE2_NOTES if repeats_in(metrics) == 1 else TABLE2_NOTES_REPEATS
-    return build_table(metrics, paper, "table2_chair", TABLE2, models, settings, confidence, notes, strict=False,
-                       unit=TABLE2_UNIT)
+    frame, markdown = build_table(metrics, paper, "table2_chair", TABLE2, models, settings, confidence, notes,
+                                  strict=False, unit=TABLE2_UNIT)
+    return truncation_columns(frame, metrics, models), markdown + truncation_markdown(metrics, models, settings)
+
+
+def truncation_columns(frame: pl.DataFrame, metrics: pl.DataFrame, models: dict[str, dict]) -> pl.DataFrame:
+    """Table 2's CSV with <model>:n_truncated, :truncated_share and :mean_response_tokens per setting."""
+    if "n_truncated" not in metrics.columns or frame.is_empty():
+        return frame
+    by_key = metric_rows(metrics)
+    extra = {f"{m}:{c}": [_finite_or_none(by_key.get((m, s), {}).get(c)) for s in frame["setting"]]
+             for m in models if m in set(metrics["model"])
+             for c in ("n_truncated", "truncated_share", "mean_response_tokens")}
+    return frame.with_columns(pl.Series(k, v, dtype=pl.Float64 if k.endswith(("share", "tokens")) else pl.Int64)
+                              for k, v in extra.items())
+
+
+def _finite_or_none(value):
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+
+
+def truncation_markdown(metrics: pl.DataFrame, models: dict[str, dict], settings: list[str]) -> str:
+    """The captions that hit max_new_tokens per model and setting, and the mean caption length: a group with many
+    cut captions (a model that loops) has its CHAIR decided by the token limit as much as by the model."""
+    if "n_truncated" not in metrics.columns:
+        return ""
+    by_key = metric_rows(metrics)
+    present = [m for m in models if m in set(metrics["model"])]
+    lines = ["", "Captions cut at max_new_tokens (finish_reason length) / captions, and the mean caption length in "
+             "response tokens:", "", "| Setting | " + " | ".join(f"{m} cut | {m} mean tokens" for m in present) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (2 * len(present))) + "|"]
+    for setting in [s for s in settings if s in set(metrics["setting"])]:
+        cells = [setting]
+        for model in present:
+            r = by_key.get((model, setting)) or {}
+            cut, share = _finite_or_none(r.get("n_truncated")), _finite_or_none(r.get("truncated_share"))
+            if cut is None:
+                cells += ["—", "—"]
+                continue
+            cells += [f"{int(cut)} / {int(r['n'])}" + (f" ({format_number(share * 100, 1)}%)" if share is not None
+                                                       else ""),
+                      format_number(r["mean_response_tokens"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def models_by_key(models: list[dict]) -> dict[str, dict]:

@@ -248,6 +248,10 @@ def count_cell(row: dict | None, part: str, whole: str = "n") -> Cell:
     return Cell(f"{int(row[part])} / {int(row[whole])}", "text")
 
 
+def mean_tokens_cell(row: dict | None) -> Cell:
+    return Cell(format_number(number((row or {}).get("mean_response_tokens")), 1), "text")
+
+
 def paper_cell(value: str | None, decimals: int) -> Cell:
     return Cell(format_number(number(value), decimals), "paper")
 
@@ -371,6 +375,14 @@ def result_blocks(spec: TableSpec, metrics: list[dict], paper_rows: dict[str, di
         blocks.append(paired_tables(by_key, paper_rows, models, settings, labels, rows_of,
                                     [Column(m.label) for m in spec.columns],
                                     lambda row, _paper, _model: [spread_cell(row, m) for m in spec.columns]))
+    if any("n_truncated" in r for r in metrics):
+        blocks.append(Block(note="Captions cut at max_new_tokens (finish_reason length) / captions, and the mean "
+                                 "caption length in response tokens: where many are cut, CHAIR depends on the token "
+                                 "limit as much as on the model."))
+        blocks.append(paired_tables(by_key, paper_rows, models, settings, labels, rows_of,
+                                    [Column("cut / n", own=False), Column("mean tokens", own=False)],
+                                    lambda row, _paper, _model: [count_cell(row, "n_truncated"),
+                                                                 mean_tokens_cell(row)]))
     if spec.strict:
         blocks.append(Block(note="Strict parser (yes / no / unknown; unknown counts as wrong):"))
         blocks.append(paired_tables(by_key, paper_rows, models, settings, labels, rows_of,
