@@ -115,6 +115,16 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def merge_configs(base: dict, over: dict) -> dict:
+    """``base`` updated by ``over`` the way Snakemake merges --configfile files (nested keys recursively); a new
+    dict, the inputs unchanged."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge_configs(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return out
+
+
 def config_paths(node, prefix=()):
     """Every key path of a nested config (dict keys and list indices), for fuzzing one value at a time."""
     if isinstance(node, dict):

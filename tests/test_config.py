@@ -10,7 +10,7 @@ import families
 import pytest
 import yaml
 from config_check import ConfigError, validate_config
-from conftest import ROOT, config_paths
+from conftest import ROOT, config_paths, merge_configs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,15 +22,7 @@ def load(name="config.yaml"):
 
 def merged_demo():
     """config.yaml updated by config.demo.yaml, the way Snakemake merges --configfile (recursively)."""
-    def update(base, over):
-        for k, v in over.items():
-            if isinstance(v, dict) and isinstance(base.get(k), dict):
-                update(base[k], v)
-            else:
-                base[k] = v
-        return base
-
-    return update(load(), load("config.demo.yaml"))
+    return merge_configs(load(), load("config.demo.yaml"))
 
 
 def test_shipped_configs_are_valid():

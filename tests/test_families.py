@@ -19,7 +19,7 @@ import torch
 import transformers
 import vlm
 import yaml
-from conftest import ROOT, copy_project, run_snakemake
+from conftest import ROOT, copy_project, merge_configs, run_snakemake
 from PIL import Image
 
 # --- 1. the registry is the only list ----------------------------------------------------------------------------
@@ -276,16 +276,10 @@ def planned_jobs(stdout: str) -> list[dict]:
 
 def merged_config(project: Path) -> dict:
     """config.yaml updated by config.toy.yaml, as Snakemake merges them."""
-    def merge(base: dict, over: dict) -> dict:
-        out = dict(base)
-        for key, value in over.items():
-            out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-        return out
-
     def read(name):
         return yaml.safe_load((project / name).read_text(encoding="utf-8"))
 
-    return merge(read("config.yaml"), read("config.toy.yaml"))
+    return merge_configs(read("config.yaml"), read("config.toy.yaml"))
 
 
 def config_errors(proc) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, merge_configs, run_snakemake
 
 # Aggregations downstream of every inference job (those present in the DAG).
 AGGREGATES = {"score_pope", "score_chair", "table1_pope", "table_pope_pyes", "table2_chair", "plot_table1_pope",
@@ -75,18 +75,10 @@ def _outputs_of(dry_run: str, rule: str) -> str:
 
 def write_config(workdir: Path, overrides: dict, name: str = "edited.yaml") -> str:
     base = yaml.safe_load((ROOT / "config.demo.yaml").read_text(encoding="utf-8"))
-    _merge(base, overrides)
+    base = merge_configs(base, overrides)
     path = workdir / name
     path.write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
     return str(path)
-
-
-def _merge(into: dict, new: dict) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import vlm
 import yaml
 from config_check import ConfigError, validate_config
-from conftest import ROOT
+from conftest import ROOT, merge_configs
 from inference_fixtures import job_config, make_inputs
 from pipeline_io import PipelineError, read_metadata, read_table
 from test_config import merged_demo
@@ -166,15 +166,7 @@ def test_p_yes_from_logprobs_is_the_logit_rule():
 
 def demo_on_vllm() -> dict:
     """config.yaml, config.demo.yaml and config.demo-vllm.yaml merged as Snakemake merges --configfile."""
-    def update(base, over):
-        for k, v in over.items():
-            if isinstance(v, dict) and isinstance(base.get(k), dict):
-                update(base[k], v)
-            else:
-                base[k] = v
-        return base
-
-    return update(merged_demo(), yaml.safe_load((ROOT / "config.demo-vllm.yaml").read_text()))
+    return merge_configs(merged_demo(), yaml.safe_load((ROOT / "config.demo-vllm.yaml").read_text()))
 
 
 def test_the_demo_overlay_puts_qwen_and_llava_on_vllm():

@@ -156,7 +156,7 @@ def p_yes_from_logprobs(logprobs: dict | None) -> float | None:
     mass = answer_logprobs(logprobs)
     if not mass["yes"] and not mass["no"]:
         return None
-    yes, no = (_logsumexp(mass[k]) for k in ("yes", "no"))
+    yes, no = (logsumexp(mass[k]) for k in ("yes", "no"))
     if yes == -math.inf:
         return 0.0
     if no == -math.inf:
@@ -164,7 +164,7 @@ def p_yes_from_logprobs(logprobs: dict | None) -> float | None:
     return 1.0 / (1.0 + math.exp(no - yes)) if no - yes < 700 else 0.0
 
 
-def _logsumexp(values: list[float]) -> float:
+def logsumexp(values: list[float]) -> float:
     if not values:
         return -math.inf
     top = max(values)

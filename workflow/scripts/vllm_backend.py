@@ -30,6 +30,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from openai_backend import logsumexp
 from pipeline_io import PipelineError, log
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -161,13 +162,8 @@ def p_yes_from_logprobs(first: dict, answer_ids: dict) -> float | None:
     no = [first[str(i)] for i in answer_ids.get("no", []) if str(i) in first]
     if not yes or not no:
         return None
-    margin = _logsumexp(yes) - _logsumexp(no)
+    margin = logsumexp(yes) - logsumexp(no)
     if not math.isfinite(margin):
         return None
     # the logistic function, written so that exp never overflows
     return 1.0 / (1.0 + math.exp(-margin)) if margin >= 0 else math.exp(margin) / (1.0 + math.exp(margin))
-
-
-def _logsumexp(values: list[float]) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
