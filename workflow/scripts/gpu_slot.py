@@ -2,13 +2,11 @@
 
 Snakemake counts the ``gpu`` resource (``--resources gpu=N`` in profiles/workstation) so that at most N GPU jobs
 run at once, but it never tells a job *which* device to use: every job would land on device 0. A GPU stage script
-therefore calls ``claim_gpu()`` once at the start of its Snakemake entry (or first thing in its ``main``), before
-anything touches CUDA (``import torch`` alone is fine; ``torch.cuda.*`` calls are not)::
+therefore has ``claim_gpu()`` called once, after its log is set up and before anything touches CUDA
+(``import torch`` alone is fine; ``torch.cuda.*`` calls are not), which ``pipeline_io.run_main`` does::
 
     if "snakemake" in globals():
-        from gpu_slot import claim_gpu
-        claim_gpu()
-        run_main(main, snakemake)
+        run_main(main, snakemake, gpu=True)
 
 ``claim_gpu`` takes an exclusive ``flock`` on ``gpu<index>.lock`` for the first free device among the visible ones
 and sets ``CUDA_VISIBLE_DEVICES`` to it. The lock folder is one per machine and user, not per project folder, so
@@ -107,11 +105,13 @@ def try_lock(device: str, lock_dir: Path) -> GpuSlot | None:
 
 
 def claim_gpu(env: dict | os._Environ = os.environ, n_gpus: int | None = None, lock_dir: Path | None = None,
-              wait_s: float = 3600.0, poll_s: float = 2.0) -> GpuSlot | None:
+              wait_s: float = 3600.0, poll_s: float = 2.0, log_every_s: float = 60.0) -> GpuSlot | None:
     """Lock a free visible device and set ``CUDA_VISIBLE_DEVICES`` to it in ``env``; see the module docstring.
 
     Waits (polling) while every device is taken, which happens only when ``--resources gpu=N`` allows more
-    jobs than there are devices; after ``wait_s`` seconds it fails with a message saying so.
+    jobs than there are devices or another run holds them; the log says so when the wait starts and then every
+    ``log_every_s`` seconds, so a job that waits is never mistaken for one that hangs. After ``wait_s`` seconds
+    it fails with a message saying so.
     """
     if env.get("PII_GPU_SLOT", "").lower() in ("off", "0", "false", "no"):
         log.info("gpu_slot: PII_GPU_SLOT=off, leaving CUDA_VISIBLE_DEVICES=%s", env.get("CUDA_VISIBLE_DEVICES"))
@@ -128,18 +128,28 @@ def claim_gpu(env: dict | os._Environ = os.environ, n_gpus: int | None = None, l
         log.info("gpu_slot: no GPU visible, running on the CPU")
         return None
     folder = Path(lock_dir) if lock_dir is not None else default_lock_dir(env)
-    deadline = time.monotonic() + wait_s
+    started = time.monotonic()
+    deadline = started + wait_s
+    next_note = started
     while True:
         for device in devices:
             slot = try_lock(device, folder)
             if slot is not None:
                 env["CUDA_VISIBLE_DEVICES"] = device
                 _HELD.append(slot)
-                log.info("gpu_slot: using GPU %s (lock %s)", device, slot.lock_path)
+                waited = time.monotonic() - started
+                log.info("gpu_slot: using GPU %s (lock %s)%s", device, slot.lock_path,
+                         f" after waiting {waited:.0f} s" if next_note > started else "")
                 return slot
         if time.monotonic() >= deadline:
             raise PipelineError(
                 f"gpu_slot: all {len(devices)} visible GPU(s) {devices} stayed busy for {wait_s:.0f} s; "
                 "set --resources gpu=N to at most the number of GPUs (profiles/workstation/config.yaml)"
             )
+        now = time.monotonic()
+        if now >= next_note:
+            log.info("gpu_slot: all %d visible GPU(s) %s are taken by other jobs (locks in %s); waiting%s, "
+                     "at most %.0f s in all", len(devices), devices, folder,
+                     f" for {now - started:.0f} s so far" if now > started + poll_s else "", wait_s)
+            next_note = now + log_every_s
         time.sleep(poll_s)

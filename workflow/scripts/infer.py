@@ -236,8 +236,10 @@ def fingerprint(job: Job, requests: list[Request], prompts: list[str] | None = N
     strings the backend builds (``prompts``: a change to prompt-building code shows here) and the inputs."""
     weights = model_identity(job) if weights is None else weights
     cfg = plain_numbers(row_config(job.cfg))
-    # the revision is in ``weights`` as the commit it names: 'main' and its pinned sha are one key
-    cfg[f"models.{job.model}"] = {k: v for k, v in cfg[f"models.{job.model}"].items() if k != "revision"}
+    # the revision is in ``weights`` as the commit it names: 'main' and its pinned sha are one key; a local
+    # folder is its files' contents, wherever it lies (a checkpoint moved to another disk keeps its units)
+    dropped = {"revision", "path"} if "files" in weights else {"revision"}
+    cfg[f"models.{job.model}"] = {k: v for k, v in cfg[f"models.{job.model}"].items() if k not in dropped}
     inputs = [(r.sample_id, r.image_sha256 or r.image_path, r.text_prompt) for r in requests]
     return config_hash({"cfg": cfg, "task": job.task, "model": job.model, "setting": job.setting,
                         "repeat": job.repeat, "inputs": inputs, "prompts": prompts, "columns": COLUMNS,
@@ -890,9 +892,6 @@ def unit_of(path: str) -> tuple[str, str, int]:
 
 
 def main(snakemake) -> None:
-    from gpu_slot import claim_gpu
-
-    claim_gpu()  # before torch touches CUDA: one device per job on a multi-GPU workstation
     model, params = snakemake.wildcards.model, snakemake.params
     models = SharedModel()
     try:
@@ -942,6 +941,7 @@ def cli(argv=None) -> None:
 
 
 if "snakemake" in globals():
-    run_main(main, snakemake)
+    # one device per job on a multi-GPU workstation; the unit cache must take the finished units
+    run_main(main, snakemake, gpu=True, writes=(snakemake.params.cache,))
 elif __name__ == "__main__":
     cli()

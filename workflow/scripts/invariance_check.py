@@ -49,9 +49,6 @@ def check(job: Job, sample_path, manifest_path, n: int, out) -> pl.DataFrame:
 
 
 def main(snakemake) -> None:
-    from gpu_slot import claim_gpu
-
-    claim_gpu()
     p = snakemake.params
     cfg = {f"models.{p.model_name}": p.model, f"tasks.{p.task}": p.task_cfg, f"settings.{p.setting}": p.setting_cfg,
            "decoding": GREEDY, "seed": p.seed, "inference": p.inference}
@@ -61,4 +58,4 @@ def main(snakemake) -> None:
 
 
 if "snakemake" in globals():
-    run_main(main, snakemake)
+    run_main(main, snakemake, gpu=True)  # one device per job on a multi-GPU workstation

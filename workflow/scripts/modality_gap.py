@@ -244,7 +244,4 @@ def main(snakemake) -> None:
 
 
 if "snakemake" in globals():
-    from gpu_slot import claim_gpu
-
-    claim_gpu()
-    run_main(main, snakemake)
+    run_main(main, snakemake, gpu=True)  # one device per job on a multi-GPU workstation
