@@ -280,6 +280,33 @@ def test_dag_bad_model_entry_is_one_config_line(tmp_path, mutation, expected):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("decoding:\n  temperature: .nan\n", "Config error: decoding.temperature: nan is not a number a run can use"),
+    ("inference:\n  batch_size: .inf\n", "Config error: inference.batch_size: inf is not a number a run can use"),
+    ("decoding:\n  do_sample: true\n  temperature: 0\n",
+     "Config error: decoding.temperature: 0 with do_sample: true. For greedy decoding write do_sample: false"),
+    ("decoding:\n  temperature: null\n", "Config error: decoding.temperature: None should be of type number"),
+    ("inference:\n  batch_size: 2000\n", "Config error: inference.batch_size: 2000 is greater than the maximum of 1024"),
+])
+def test_dag_config_values_that_cannot_work_stop_at_the_start(tmp_path, override, expected):
+    """YAML's .nan and .inf pass every schema bound; temperature 0 is greedy written wrongly; a batch of 2,000
+    would run out of memory hours in."""
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(override)
+    proc = run_snakemake(tmp_path, "-n", f"--configfile={cfg}", check=False, timeout=120)
+    assert proc.returncode != 0
+    lines = error_lines(proc, "Config error:")
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_dag_greedy_decoding_needs_no_temperature(tmp_path):
+    """do_sample: false with config.yaml's temperature unset (null); sampling without one is an error above."""
+    cfg = tmp_path / "greedy.yaml"
+    cfg.write_text("decoding:\n  do_sample: false\n  temperature: null\n")
+    run_snakemake(tmp_path, "-n", f"--configfile={cfg}", timeout=120)
+
+
 # --- interruptions -------------------------------------------------------------------------------------------------
 
 
