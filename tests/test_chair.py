@@ -142,3 +142,31 @@ def test_caption_without_objects_and_empty_group(vocab):
     m = chair_scoring.chair_metrics(caps, 0, 100, 0.95, groups=[("caption", "m", "baseline"), ("caption", "m", "x")])
     assert m["chair_s"][0] == 0 and np.isnan(m["chair_i"][0])   # no mention: CHAIRi undefined
     assert m["n"][1] == 0 and np.isnan(m["chair_s"][1])          # no caption at all: NaN, no crash
+
+
+@pytest.mark.parametrize("caption, kept", [
+    ("A man rides a horse. There is a dog and", "A man rides a horse."),
+    ("The pole is 3.5 m tall. Beside it", "The pole is 3.5 m tall."),  # a decimal point ends no sentence
+    ("Look! A cat? And a", "Look! A cat?"),
+    ("A dog running across the", ""),  # no sentence was finished
+    ("A dog.", "A dog."),
+])
+def test_drop_incomplete_sentence(caption, kept):
+    assert chair_scoring.drop_incomplete_sentence(caption) == kept
+
+
+def test_only_cut_captions_lose_their_last_sentence(vocab):
+    """A caption that stopped by itself keeps its words even without a final full stop; a cut one loses the
+    unfinished sentence, and its counts with it."""
+    df = pl.DataFrame({"sample_id": ["a", "b"], "task": "caption", "model": "m", "setting": "s", "image_id": [1, 1],
+                       "response": ["A cat. A dog on a", "A cat. A dog on a"], "finish_reason": ["length", "stop"]})
+    caps = chair_scoring.score_captions(df, vocab, {1: {"cat"}}, drop_incomplete=True)
+    assert caps["response_complete"].to_list() == ["A cat.", "A cat. A dog on a"]
+    assert caps["n_hallucinated"].to_list() == [1, 1] and caps["n_hallucinated_complete"].to_list() == [0, 1]
+    assert caps["n_mentions_complete"].to_list() == [1, 2]
+    metrics = chair_scoring.chair_metrics(caps, seed=0, resamples=200, confidence=0.95)
+    assert metrics["chair_s"][0] == 1.0 and metrics["chair_s_complete"][0] == 0.5
+    assert metrics["chair_i_complete"][0] == pytest.approx(1 / 3)
+    plain = chair_scoring.score_captions(df, vocab, {1: {"cat"}})
+    assert "response_complete" not in plain.columns
+    assert "chair_s_complete" not in chair_scoring.chair_metrics(plain, 0, 200, 0.95).columns

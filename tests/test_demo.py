@@ -102,11 +102,12 @@ def test_rerun_has_nothing_to_do(demo_run):
 
 def test_what_each_model_saw_of_the_strip(demo_run):
     """Every strip row records how much of the strip the model's processor passed on, recomputed here from the
-    manifest through the model's processor: LLaVA's centre crop cuts some strips (portrait images), the padded
-    LLaVA, Qwen2.5-VL and InstructBLIP see every strip; the original image has none. The scores split by it, the
-    analyses draw only pairs whose strip the CLIP tower sees, and the transcription task is scored."""
+    manifest through the model's processor (the probe every family uses, and the per-processor rule to within a
+    canvas row): LLaVA's centre crop cuts some strips (portrait images), the padded LLaVA, Qwen2.5-VL, InstructBLIP
+    and the tiling Idefics3 see every strip; the original image has none. The scores split by it, the analyses draw
+    only pairs whose strip the CLIP tower sees, and the transcription task is scored."""
     from snakemake.utils import update_config
-    from strip_view import strip_view_of_row
+    from strip_view import probed_view, strip_view_of_row
     from vlm import load_image_processor
 
     with open(ROOT / "config.yaml") as f:
@@ -115,18 +116,31 @@ def test_what_each_model_saw_of_the_strip(demo_run):
     manifest = {r["sample_id"]: r for r in read_table(demo_run / "results/images/pope/question.parquet",
                                                       "manifest").iter_rows(named=True)}
     seen = {}
-    for model in ("qwen2_5_vl", "llava_1_5", "llava_1_5_pad", "instructblip"):
+    def probed(processor, r):
+        box = tuple(r[k] for k in ("strip_x0", "strip_y0", "strip_x1", "strip_y1"))
+        return probed_view(processor, r["width"], r["height"], box, r["font_size"])
+
+    for model in ("qwen2_5_vl", "llava_1_5", "llava_1_5_pad", "instructblip", "idefics3"):
         entry = cfg["models"][model]
         processor = load_image_processor(model, {**entry, "path": str(demo_run / entry["path"])})
         rows = read_table(demo_run / f"results/inference/pope/{model}/hybrid/r0.parquet", "inference")
-        want = [strip_view_of_row(processor, manifest[s]).strip_visible_fraction for s in rows["sample_id"]]
-        assert rows["strip_visible_fraction"].to_list() == pytest.approx(want), model
-        assert rows["text_px_in_model"].is_not_null().all()
+        views = [probed(processor, manifest[s]) for s in rows["sample_id"]]
+        assert rows["strip_visible_fraction"].to_list() == pytest.approx([v.strip_visible_fraction for v in views])
+        assert rows["photo_visible_fraction"].to_list() == pytest.approx([v.photo_visible_fraction for v in views])
+        assert rows["text_px_in_model"].to_list() == pytest.approx([v.text_px_in_model for v in views])
+        assert rows["text_legible"].to_list() == [v.text_px_in_model >= cfg["inference"]["legible_text_px"]
+                                                  for v in views]
+        if model != "idefics3":  # the rules know no tiling processor
+            for v, s in zip(views, rows["sample_id"], strict=True):
+                r, strip_rows = strip_view_of_row(processor, manifest[s]), manifest[s]["strip_y1"] - manifest[s]["strip_y0"]
+                assert abs(v.strip_visible_fraction - r.strip_visible_fraction) * v.scale_y * strip_rows <= 1.0, model
         seen[model] = rows["strip_visible_fraction"]
         baseline = read_table(demo_run / f"results/inference/pope/{model}/baseline/r0.parquet", "inference")
-        assert baseline["strip_visible_fraction"].is_null().all()
+        assert baseline["strip_visible_fraction"].is_null().all() and baseline["text_legible"].is_null().all()
+        assert baseline["photo_visible_fraction"].is_not_null().all()
     assert (seen["llava_1_5"] < 1).any() and (seen["llava_1_5"] == 1).any()
     assert (seen["llava_1_5_pad"] == 1).all() and (seen["qwen2_5_vl"] == 1).all() and (seen["instructblip"] == 1).all()
+    assert (seen["idefics3"] == 1).all()
     vis = read_table(demo_run / "results/scores/visibility_metrics.parquet", "visibility_metrics")
     assert {"all", "whole", "none"} <= set(vis.filter(pl.col("model") == "llava_1_5")["visibility"])
     assert set(vis.filter(pl.col("model") == "llava_1_5_pad", pl.col("setting") == "hybrid")["visibility"]) == \

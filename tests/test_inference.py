@@ -445,6 +445,9 @@ def test_a_task_asks_the_questions_of_its_source_sample(tmp_path, models_dir):
     rows = read_table(out, "inference")
     assert len(rows) == 3 and set(rows["task"]) == {"transcribe"}
     assert set(rows["text_prompt"]) == {"What is written in the white strip at the bottom of the image?"}
+    # measured through the demo LLaVA's own processor (Family.strip_geometry); no threshold set: legibility null
+    assert rows["photo_visible_fraction"].is_not_null().all() and rows["text_px_in_model"].is_not_null().all()
+    assert rows["text_legible"].is_null().all()
     cfg["tasks.transcribe"]["source"] = "caption"
     with pytest.raises(PipelineError, match="no sampled row of task 'caption'"):
         infer.run_job(infer.Job("transcribe", "llava_1_5", "transcribe", cfg), sample, manifest,
@@ -501,6 +504,36 @@ def test_finished_units_are_kept_and_reused_only_when_unchanged(tmp_path, caplog
     # a corrupt kept copy is not trusted: generated again
     cache.write_bytes(b"not parquet")
     regenerated(infer.Job("pope", "m", "hybrid", prompt, repeat=1), tmp_path / "manifest2.parquet")
+
+
+class SeesText(FakeBackend):
+    """Records a text height per request, as the backends that know the processor do."""
+
+    def run(self, chunk, seed):
+        return [{**row, "strip_visible_fraction": 1.0, "photo_visible_fraction": 1.0, "text_px_in_model": 4.0 + i}
+                for i, row in enumerate(super().run(chunk, seed))]
+
+
+def test_text_legible_follows_the_threshold_without_regenerating(tmp_path, caplog):
+    """text_legible is text_px_in_model >= inference.legible_text_px; the threshold is no part of the fingerprint,
+    so a kept unit is relabelled when it changes, and nothing is generated again."""
+    job, reqs, sample, manifest = _requests(tmp_path, n=6)
+    cache, out = tmp_path / "cache" / "r0.parquet", tmp_path / "out" / "r0.parquet"
+    at = lambda px: infer.Job("pope", "m", "hybrid", {**job.cfg, "inference": {**job.inference,  # noqa: E731
+                                                                                "legible_text_px": px}})
+    rows = infer.run_job(at(6), sample, manifest, out, tmp_path / "p", backend=SeesText(), cache=cache)
+    px = rows["text_px_in_model"].to_list()
+    assert rows["text_legible"].to_list() == [v >= 6 for v in px] and len(set(px)) > 1
+    prompts = [FakeBackend().prompt(r) for r in reqs]
+    assert infer.fingerprint(at(6), reqs, prompts) == infer.fingerprint(at(9), reqs, prompts)
+    out.unlink()
+    with caplog.at_level(logging.INFO, logger="pii"):
+        again = infer.run_job(at(7.5), sample, manifest, out, tmp_path / "p", backend=NoRun(), cache=cache)
+    assert "unchanged, copied from" in caplog.text
+    for frame in (again, read_table(out, "inference"), read_table(cache, "inference")):
+        assert frame["text_legible"].to_list() == [v >= 7.5 for v in frame["text_px_in_model"].to_list()]
+    assert read_metadata(out)["fingerprint"] == read_metadata(cache)["fingerprint"]
+    assert infer.is_legible(None, 8) is None and infer.is_legible(8.0, None) is None and infer.is_legible(8.0, 8)
 
 
 def test_a_kept_unit_is_checked_before_it_is_copied(tmp_path, caplog):

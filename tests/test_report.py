@@ -560,3 +560,23 @@ def test_one_number_format_for_every_table():
         "1.23", "−0.5", "+0.5"]
     assert format_number(0.004, 2, sign=True) == "±0.00" and format_number(None, 1) == format_number(math.nan, 1) == "—"
     assert (format_p(0.0004), format_p(0.0123), format_p(None), format_p(math.nan)) == ("p<0.001", "p=0.012", "", "")
+
+
+def test_chair_without_unfinished_sentences_is_shown_beside_the_plain_numbers(tmp_path):
+    """scoring.chair.drop_incomplete_sentence adds chair_*_complete to the metrics: the report shows them after the
+    truncation counts; without them the block is absent."""
+    smk = fake_inputs(tmp_path)
+    report.main(smk)
+    assert "unfinished last sentence" not in section(Path(smk.output.html).read_text(),
+                                                     "Table 2 · CHAIR on detailed captions")
+    path = Path(smk.input.metrics[1])
+    rows = pq.read_table(path).to_pylist()
+    for r in rows:
+        r |= {"n_truncated": 3, "truncated_share": 0.03, "mean_response_tokens": 180.0, "chair_s_complete": 0.2135,
+              "chair_i_complete": 0.0833}
+    write_parquet(rows, path, "chair_metrics", SCORING_META)
+    report.main(smk)
+    table2 = section(Path(smk.output.html).read_text(), "Table 2 · CHAIR on detailed captions")
+    block = table2[table2.index("unfinished last sentence"):]
+    assert "<th>CHAIRs complete (%)</th>" in block and block.count("<td class='num'>21.3</td>") == 4
+    assert block.count("<td class='num'>8.3</td>") == 4

@@ -407,7 +407,7 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
                                     "model": model, "setting": setting, "image_id": [1, 2, 3],
                                     "question": "Describe.", "label": [None] * 3,
                                     "p_yes": pl.Series([None] * 3, dtype=pl.Float64),
-                                    "response": ["A dog.", "A dog and a cat.", "A bench."]})
+                                    "response": ["A dog.", "A cat. A dog and", "A bench."]})
                 for task, df in (("pope", pope), ("caption", cap)):
                     df = assign(df, text_prompt="q", prompt="q", image_path="x.png", n_prompt_tokens=1,
                                 n_response_tokens=1, finish_reason="stop", seed=0, repeat=repeat)
@@ -459,6 +459,13 @@ def test_scoring_rules_end_to_end(tmp_path: Path):
     assert f"| baseline | {repeats} / {3 * repeats} (33.3%) | 4.0 |" in cut
     table2 = pl.read_csv(tmp_path / "results/tables/table2_chair.csv")
     assert table2[f"{models[0]}:n_truncated"].to_list() == [repeats] * len(table2)
+    # the demo sets scoring.chair.drop_incomplete_sentence: the cut caption's "A dog and" goes, and with it the one
+    # hallucinated dog; the plain CHAIR above keeps it
+    assert caps["response_complete"].to_list()[:3] == ["A dog.", "A cat.", "A bench."]
+    assert set(chair_m["chair_s_complete"]) == {0.0} and set(chair_m["chair_i_complete"]) == {0.0}
+    assert table2[f"{models[0]}:chair_s_complete"].to_list() == [0.0] * len(table2)
+    assert f"| baseline | {repeats} / {3 * repeats} (33.3%) | 4.0 | 0.0 | 0.0 |" in cut
+    assert read_metadata(tmp_path / "results/scores/chair_metrics.parquet")["drop_incomplete_sentence"] is True
     assert md.index("Qwen2.5-VL CHAIRs") < md.index("LLaVA-1.5 CHAIRs") < md.index("InstructBLIP CHAIRs")
     # a second dry run has nothing to do: params are canonical
     dry = run_snakemake(tmp_path, "-n", *only_scoring, *targets)

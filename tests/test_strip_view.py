@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 from PIL import Image
 from pipeline_io import PipelineError
-from strip_view import StripView, measured_affine, processor_affine, strip_view, strip_view_of_row
+from strip_view import StripView, measured_affine, probed_view, processor_affine, strip_view, strip_view_of_row
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
@@ -303,3 +303,124 @@ def test_unknown_processor_is_measured(width, height):
 def test_unmeasurable_processor_raises_a_clear_error():
     with pytest.raises(PipelineError, match="not one image"):
         measured_affine(qwen(), 640, 514)
+
+
+# --- the probe: measured through the processor itself --------------------------------------------------------
+
+
+def idefics3_demo():
+    """The demo's Idefics3 processor (families/hf.py): 112 px long side, 56-px tiles plus a global view."""
+    from families.hf import demo_image_processor
+
+    return demo_image_processor()
+
+
+# The probe's fit is good to a fraction of a canvas pixel; the rules are exact.
+CANVAS_PX = 1.0
+
+
+@pytest.mark.parametrize("width,height", SIZES)
+@pytest.mark.parametrize("name", ["llava_crop", "llava_pad", "qwen", "instructblip", "clip_224"])
+def test_probe_agrees_with_the_rules(name, width, height):
+    """The per-processor rules of strip_view are the cross-check of the probe every family uses."""
+    ip = PROCESSORS[name]()
+    box = (0, height - STRIP_PX, width, height)
+    probe, rule = probed_view(ip, width, height, box, FONT_PX), strip_view(ip, width, height, box, FONT_PX)
+    assert probe.method == "probe" and probe.n_views == 1
+    assert (probe.input_width, probe.input_height) == (rule.input_width, rule.input_height)
+    # a whole strip or photo is whole exactly, as by the rule (the groups test for 1.0)
+    assert (probe.strip_visible_fraction == 1.0) == (rule.strip_visible_fraction == 1.0)
+    assert (probe.strip_visible_fraction == 0.0) == (rule.strip_visible_fraction == 0.0)
+    assert (probe.photo_visible_fraction == 1.0) == (rule.photo_visible_fraction == 1.0)
+    rows_px, photo_px = STRIP_PX * rule.scale_y, (height - STRIP_PX) * rule.scale_y
+    assert abs(probe.strip_visible_fraction - rule.strip_visible_fraction) * rows_px <= CANVAS_PX
+    assert abs(probe.strip_visible_col_fraction - rule.strip_visible_col_fraction) * width * rule.scale_x <= CANVAS_PX
+    assert abs(probe.photo_visible_fraction - rule.photo_visible_fraction) * photo_px <= CANVAS_PX
+    assert abs(probe.photo_visible_area - rule.photo_visible_area) <= 2 * CANVAS_PX / min(rows_px, photo_px)
+    assert probe.text_px_in_model == pytest.approx(rule.text_px_in_model, rel=0.005)
+
+
+def test_the_probe_is_memoised_per_processor_and_size(monkeypatch):
+    import strip_view as sv
+
+    ip, calls = llava_crop(), []
+    real = sv.processed_views
+    monkeypatch.setattr(sv, "processed_views", lambda p, image: calls.append(image.size) or real(p, image))
+    for font, box in ((FONT_PX, (0, 480, 640, 514)), (12, (0, 470, 640, 514)), (None, None)):
+        probed_view(ip, 640, 514, box, font)
+    probed_view(ip, 480, 674, (0, 640, 480, 674), FONT_PX)
+    probed_view(llava_crop(), 640, 514, (0, 480, 640, 514), FONT_PX)  # another processor object: its own probe
+    assert calls == [(640, 514), (480, 674), (640, 514)]
+
+
+def test_llava_crop_of_a_tall_canvas_keeps_only_strip():
+    """A long question makes a tall strip: the centre crop keeps strip rows only, none of the photo."""
+    width, height, strip = 640, 2480, 2000
+    box = (0, height - strip, width, height)
+    probe, rule = probed_view(llava_crop(), width, height, box, FONT_PX), strip_view(llava_crop(), width, height, box,
+                                                                                     FONT_PX)
+    assert probe.photo_visible_fraction == rule.photo_visible_fraction == 0.0
+    assert 0.3 < probe.strip_visible_fraction < 0.35
+    assert abs(probe.strip_visible_fraction - rule.strip_visible_fraction) * strip * rule.scale_y <= CANVAS_PX
+    m = measure("llava_crop", width, height, box)
+    assert m["rows"] == pytest.approx(336, abs=0.05)  # every row the encoder gets is strip
+
+
+def test_photo_rows_and_area_of_the_centre_crop():
+    """A landscape photo loses its sides to the crop (area), not its rows; the baseline image (no strip) too."""
+    strip = probed_view(llava_crop(), 640, 514, (0, 480, 640, 514), FONT_PX)
+    assert strip.photo_visible_fraction == 1.0 and strip.photo_visible_area == pytest.approx(336 / 418, abs=0.003)
+    baseline = probed_view(llava_crop(), 640, 480, None, None)
+    assert math.isnan(baseline.strip_visible_fraction) and math.isnan(baseline.text_px_in_model)
+    assert baseline.photo_visible_fraction == 1.0 and baseline.photo_visible_area == pytest.approx(0.75, abs=0.003)
+    square = probed_view(llava_crop(), 640, 674, (0, 640, 640, 674), FONT_PX)
+    assert 0.97 < square.photo_visible_fraction < 0.98  # the crop's top cut: ~17 of 640 photo rows
+
+
+def _tiles(ip, image) -> list[np.ndarray]:
+    """The views (tiles, then the global view) of a tiling processor in 0..255 levels, padding dropped."""
+    out = ip(images=image, return_tensors="np")
+    px = np.asarray(out["pixel_values"], dtype=np.float64).reshape(-1, 3, *out["pixel_values"].shape[-2:])
+    mask = np.asarray(out["pixel_attention_mask"]).reshape(len(px), *px.shape[-2:]).astype(bool)
+    mean, std = np.asarray(ip.image_mean).reshape(3, 1, 1), np.asarray(ip.image_std).reshape(3, 1, 1)
+    return [(v * std + mean) / ip.rescale_factor for v, m in zip(px, mask, strict=True) if m.any()]
+
+
+@pytest.mark.parametrize("width,height", SIZES)
+def test_idefics3_tiles_are_measured(width, height):
+    """The demo's Idefics3 splits the image into 2 x 2 tiles plus a global view: every view is read back, the strip
+    and photo reach the encoder whole, and the text height is that of the tiles (twice the global view's)."""
+    ip, box = idefics3_demo(), (0, height - STRIP_PX, width, height)
+    v = probed_view(ip, width, height, box, FONT_PX)
+    assert v.n_views == 5 and (v.input_width, v.input_height) == (56, 56)
+    assert v.strip_visible_fraction == v.strip_visible_col_fraction == v.photo_visible_fraction == 1.0
+    # the real pixels: the strip's extent in the bottom tiles and in the global view, from the painted image
+    tiles = _tiles(ip, painted(width, height, box))
+    assert len(tiles) == 5
+    bottom, global_view = strip_extent(tiles[2])[0], strip_extent(tiles[4])[0]
+    assert abs(STRIP_PX * v.scale_y - bottom) <= 1.0
+    assert bottom == pytest.approx(2 * global_view, abs=1.0)
+    assert v.text_px_in_model == pytest.approx(FONT_PX * v.scale_y)
+    assert v.text_px_in_model < 8  # the demo's tiny tiles: text of 4-6 px, illegible at the config's threshold
+
+
+def test_idefics3_at_its_own_default_size_tiles_and_upscales():
+    """transformers' Idefics3 defaults (1456 px long side, 364-px tiles, as Idefics3-8B-Llama3 ships them): a
+    640 x 514 image is upscaled to 4 x 4 tiles, and the text is about 74 px high in them."""
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    v = probed_view(Idefics3ImageProcessorPil(), 640, 514, (0, 480, 640, 514), FONT_PX)
+    assert v.n_views == 17 and v.strip_visible_fraction == v.photo_visible_fraction == 1.0
+    assert v.text_px_in_model == pytest.approx(FONT_PX * 1456 / 514, rel=0.01)  # 514 rows -> 1170 -> 1456
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "instructblip", "hf"])
+def test_every_family_measures_through_its_processor(family):
+    """Family.strip_geometry (what inference records) is the probe through the family's image processor."""
+    import families
+
+    ip = {"llava": llava_crop, "qwen2_5_vl": qwen, "instructblip": instructblip, "hf": idefics3_demo}[family]()
+    processor = SimpleNamespace(image_processor=ip)
+    got = families.get(family).strip_geometry(processor, 640, 514, (0, 480, 640, 514), FONT_PX)
+    assert got == probed_view(ip, 640, 514, (0, 480, 640, 514), FONT_PX)
+    assert got.method == "probe" and not math.isnan(got.text_px_in_model)

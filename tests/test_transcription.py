@@ -41,6 +41,25 @@ def test_visibility_groups(fraction, group):
     assert tr.visibility_group(fraction) == group
 
 
+@pytest.mark.parametrize("strip, photo, legible, group", [
+    (1.0, 1.0, True, "whole"), (1.0, 1.0, None, "whole"), (1.0, None, None, "whole"),
+    (1.0, 1.0, False, "illegible"),  # all of it seen, the text too small
+    (0.5, 1.0, True, "part"), (0.5, 1.0, False, "part"),
+    (0.33, 0.0, True, "photo cut"),  # LLaVA's centre crop of a tall canvas: only strip left
+    (0.49, 0.97, True, "photo cut"), (1.0, 0.9, True, "photo cut"),
+    (0.0, 0.75, True, "none"), (0.0, 1.0, False, "none"), (None, 1.0, None, "unknown")])
+def test_visibility_groups_with_photo_and_legibility(strip, photo, legible, group):
+    assert tr.visibility_group(strip, photo, legible) == group
+    assert group in tr.VISIBILITY_GROUPS
+
+
+def test_groups_are_read_from_the_inference_columns():
+    rows = pl.DataFrame({"strip_visible_fraction": [1.0, 1.0, 0.3, None], "photo_visible_fraction": [1.0, 1.0, 0.0, 1.0],
+                         "text_legible": [True, False, True, None]})
+    assert tr.seen_groups(rows) == ["whole", "illegible", "photo cut", "unknown"]
+    assert tr.seen_groups(rows.select("strip_visible_fraction")) == ["whole", "whole", "part", "unknown"]
+
+
 def _rows(model: str, replies: list[str], fractions: list[float | None]) -> pl.DataFrame:
     n = len(replies)
     return pl.DataFrame({"model": [model] * n, "setting": ["transcribe"] * n, "repeat": [0] * n,
@@ -77,6 +96,10 @@ def test_visibility_metrics_split_pope_and_chair_by_what_the_model_saw():
     out = {r["visibility"]: r for r in score_visibility.group_metrics(
         rows, "pope", score_visibility.METRICS["pope"], seed=0, resamples=100, confidence=0.95)}
     assert list(out) == ["all", "whole", "part", "none"]
+    seen = seen.with_columns(photo_visible_fraction=pl.Series([1.0, 1.0, 0.8, 0.0]),
+                             text_legible=pl.Series([True, False, True, True]))
+    groups = score_visibility.with_groups(answers, seen)["visibility"].to_list()
+    assert groups == ["whole", "illegible", "none", "photo cut"]
     assert out["all"]["accuracy"] == 0.5 and out["whole"]["accuracy"] == 1.0 and out["none"]["accuracy"] == 0.0
     assert out["whole"]["share"] == 0.5 and out["part"]["n"] == 1
     assert out["all"]["yes_ratio"] == 0.75

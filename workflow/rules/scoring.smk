@@ -46,6 +46,7 @@ rule score_chair:
         resamples=config["scoring"]["bootstrap_resamples"],
         confidence=config["scoring"]["confidence"],
         baseline=SCORING_BASELINE,
+        drop_incomplete_sentence=config["scoring"]["chair"]["drop_incomplete_sentence"],
     script:
         "../scripts/score_chair.py"
 

@@ -4,6 +4,7 @@ bootstrap deltas and p-values against the baseline setting (``scoring``). One ca
 resampling images is resampling captions; every mention counts, repeated ones too."""
 
 import math
+import re
 
 import chair
 import numpy as np
@@ -59,13 +60,29 @@ def chair_from_sums(sums: np.ndarray, n: np.ndarray | float) -> dict[str, np.nda
     }
 
 
-def score_captions(df: pl.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[str]]) -> pl.DataFrame:
+# A sentence ends at . ! or ? followed by white space or the end of the caption ("3.5 m" goes on).
+SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+COMPLETE = "_complete"  # suffix of the per-caption counts and metrics scored without an unfinished last sentence
+
+
+def drop_incomplete_sentence(text: str) -> str:
+    """The caption up to the end of its last finished sentence; empty when no sentence was finished (the whole
+    caption is the unfinished sentence)."""
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    return text[:ends[-1]] if ends else ""
+
+
+def score_captions(df: pl.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[str]],
+                   drop_incomplete: bool = False) -> pl.DataFrame:
     """Per-caption CHAIR detail: mentioned and hallucinated objects, ground truth, counts; the repeat column is
-    kept when present."""
+    kept when present. With ``drop_incomplete`` (scoring.chair.drop_incomplete_sentence), each caption is also
+    scored without its unfinished last sentence when it was cut at max_new_tokens (``response_complete`` and the
+    counts with the suffix ``_complete``; a caption that ended by itself is scored as it is)."""
     has_repeat = "repeat" in df.columns
     records = []
     for row in df.iter_rows(named=True):
-        cs = chair.score_caption(vocab, row["response"], gt[int(row["image_id"])])
+        truth = gt[int(row["image_id"])]
+        cs = chair.score_caption(vocab, row["response"], truth)
         record = {"sample_id": row["sample_id"], "task": row["task"], "model": row["model"],
                   "setting": row["setting"]}
         if has_repeat:
@@ -80,11 +97,20 @@ def score_captions(df: pl.DataFrame, vocab: chair.Vocabulary, gt: dict[int, set[
             # a caption that stopped at max_new_tokens (finish_reason length) ends mid-sentence; counted per group
             "truncated": row.get("finish_reason") == "length", "n_response_tokens": row.get("n_response_tokens"),
         })
+        if drop_incomplete:
+            kept = drop_incomplete_sentence(row["response"]) if record["truncated"] else row["response"]
+            cc = cs if kept == row["response"] else chair.score_caption(vocab, kept, truth)
+            record.update({"response_complete": kept, f"hallucinated{COMPLETE}": cc.n_hallucinated > 0,
+                           f"n_hallucinated{COMPLETE}": cc.n_hallucinated, f"n_mentions{COMPLETE}": cc.n_mentions,
+                           f"n_gt_mentioned{COMPLETE}": cc.n_gt_mentioned, f"n_gt{COMPLETE}": len(cc.gt_objects),
+                           f"n_words{COMPLETE}": cc.n_words})
         records.append(record)
     columns = ["sample_id", "task", "model", "setting"] + (["repeat"] if has_repeat else []) + [
         "image_id", "response", "mentioned_words", "mentioned_objects", "hallucinated_words", "hallucinated_objects",
         "gt_objects", "n_words", "n_mentions", "n_hallucinated", "hallucinated", "n_gt", "n_gt_mentioned",
         "truncated", "n_response_tokens"]
+    if drop_incomplete:
+        columns += ["response_complete"] + [f"{c}{COMPLETE}" for c in _CHAIR_SUMS]
     types = {"n_response_tokens": pl.Int64, **({"repeat": pl.Int64} if has_repeat else {})}
     return records_frame(records, columns, types)
 
@@ -102,9 +128,10 @@ def _chair_point_and_boot(x: np.ndarray, clusters: np.ndarray, n_images: int, we
     return chair_from_sums(total[:-1], total[-1]), chair_from_sums(boot[:, :-1], boot[:, -1])
 
 
-def _chair_stats(captions: pl.DataFrame, clusters: np.ndarray, n_images: int, weights: np.ndarray):
+def _chair_stats(captions: pl.DataFrame, clusters: np.ndarray, n_images: int, weights: np.ndarray,
+                 suffix: str = ""):
     """Per repeat: (point, bootstrap) CHAIR metrics, every repeat with the same image weights."""
-    x = _sums_matrix(captions)
+    x = _sums_matrix(captions, suffix)
     per = [_chair_point_and_boot(x[m], clusters[m], n_images, weights) for m in repeats_of(captions)]
     return [p for p, _ in per], [b for _, b in per]
 
@@ -145,6 +172,12 @@ def chair_metrics(captions: pl.DataFrame, seed: int, resamples: int, confidence:
             row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = percentile_interval(mean_stat(boots, metric),
                                                                                     confidence)
             spread_columns(spread, metric, points, metric)
+        if f"hallucinated{COMPLETE}" in current.columns:  # the same images resampled, so the two are comparable
+            points_c, boots_c = _chair_stats(current, clusters, n_images, weights, COMPLETE)
+            for metric in CHAIR_METRICS:
+                row[f"{metric}{COMPLETE}"] = float(mean_stat(points_c, metric))
+                row[f"{metric}{COMPLETE}_ci_low"], row[f"{metric}{COMPLETE}_ci_high"] = percentile_interval(
+                    mean_stat(boots_c, metric), confidence)
         base = by_group.get((task, model, baseline))
         if setting != baseline and base is not None:
             b, s, clusters_b, clusters_s, n_images, row["n_paired"] = paired_frames(base, current, names, baseline)

@@ -55,9 +55,11 @@ from pipeline_io import (
 
 COLUMNS = ["sample_id", "task", "model", "setting", "repeat", "image_id", "question", "label", "text_prompt", "prompt",
            "image_path", "response", "n_prompt_tokens", "n_response_tokens", "finish_reason", "seed", "p_yes",
-           "strip_visible_fraction", "text_px_in_model"]
+           "strip_visible_fraction", "photo_visible_fraction", "text_px_in_model", "text_legible"]
 COLUMN_TYPES = {"repeat": pl.Int64, "p_yes": pl.Float64, "strip_visible_fraction": pl.Float64,
-                "text_px_in_model": pl.Float64}
+                "photo_visible_fraction": pl.Float64, "text_px_in_model": pl.Float64, "text_legible": pl.Boolean}
+# What the model's processor passed on (Family.strip_geometry), written by the backends that know the processor.
+SEEN_COLUMNS = ("strip_visible_fraction", "photo_visible_fraction", "text_px_in_model")
 # label and text_prompt are stored as Arrow ``string`` (the other text columns as ``large_string``), as inference
 # files always have been; a column of nulls only (no label in the caption task, no text turn) has the null type.
 ARROW_TYPES = {"label": pa.string(), "text_prompt": pa.string()}
@@ -124,6 +126,12 @@ class Job:
     @property
     def openai(self) -> dict:
         return {**(self.inference.get("openai") or {}), **(self.settings or {})}
+
+    @property
+    def legible_text_px(self) -> float | None:
+        """inference.legible_text_px: the text height in model pixels from which text_legible is true."""
+        value = self.inference.get("legible_text_px")
+        return None if value is None else float(value)
 
     @property
     def seed(self) -> int:
@@ -240,6 +248,8 @@ def fingerprint(job: Job, requests: list[Request], prompts: list[str] | None = N
     # folder is its files' contents, wherever it lies (a checkpoint moved to another disk keeps its units)
     dropped = {"revision", "path"} if "files" in weights else {"revision"}
     cfg[f"models.{job.model}"] = {k: v for k, v in cfg[f"models.{job.model}"].items() if k not in dropped}
+    # text_legible is recomputed whenever a unit is written or copied (with_legibility)
+    cfg["inference"] = {k: v for k, v in cfg["inference"].items() if k != "legible_text_px"}
     inputs = [(r.sample_id, r.image_sha256 or r.image_path, r.text_prompt) for r in requests]
     return config_hash({"cfg": cfg, "task": job.task, "model": job.model, "setting": job.setting,
                         "repeat": job.repeat, "inputs": inputs, "prompts": prompts, "columns": COLUMNS,
@@ -480,26 +490,23 @@ class TransformersBackend:
         return results
 
     def strip_seen(self, req: Request) -> dict:
-        """How much of the strip this model's processor passes on, and the text size in its input pixels
-        (strip_view.py); None for an image without a strip or a processor whose geometry is not known."""
+        """How much of the strip and of the photo this model's processor passes on, and the text size in its input
+        pixels, measured through the processor (Family.strip_geometry, memoised per canvas size); None where the
+        image has no strip (the strip columns) or the processor cannot be measured."""
         key = (req.width, req.height, req.strip_box, req.font_size)
         if key not in self._views:
             view = None
-            if req.strip_box is not None and req.width and req.height:
+            if req.width and req.height:
                 import families
-                from strip_view import strip_view
 
                 try:
-                    view = strip_view(families.get(self.lm.family).image_processor(self.lm.processor), req.width,
-                                      req.height, req.strip_box, req.font_size)
+                    view = families.get(self.lm.family).strip_geometry(self.lm.processor, req.width, req.height,
+                                                                        req.strip_box, req.font_size)
                 except PipelineError as err:
                     if not self._views_unknown:  # once per job: the reason is the processor's, not the image's
                         log.warning("strip visibility not recorded (null) for this model: %s", err)
                     self._views_unknown = True
-            self._views[key] = {
-                "strip_visible_fraction": _finite(view.strip_visible_fraction) if view else None,
-                "text_px_in_model": _finite(view.text_px_in_model) if view else None,
-            }
+            self._views[key] = {name: _finite(getattr(view, name)) if view else None for name in SEEN_COLUMNS}
         return self._views[key]
 
     def metadata(self) -> dict:
@@ -590,6 +597,14 @@ class VLLMBackend(TransformersBackend):
                                       "engine": {k: v for k, v in (info.get("engine") or {}).items()
                                                  if k not in ("model", "tokenizer")}},
                 "versions": {"transformers (prompts)": transformers.__version__, "vllm": info.get("vllm")}}
+
+
+def is_legible(text_px: float | None, legible_text_px: float | None) -> bool | None:
+    """Whether text of ``text_px`` model pixels (font size) counts as legible: at least ``legible_text_px``
+    (inference.legible_text_px); None when either is unknown."""
+    if text_px is None or legible_text_px is None or not math.isfinite(text_px):
+        return None
+    return float(text_px) >= float(legible_text_px)
 
 
 def _finite(value) -> float | None:
@@ -767,9 +782,17 @@ def rows_frame(job: Job, chunk: list[Request], results: list[dict], prompts: lis
             "n_prompt_tokens": int(res["n_prompt_tokens"]), "n_response_tokens": int(res["n_response_tokens"]),
             "finish_reason": res["finish_reason"], "seed": int(res["seed"]),
             "p_yes": None if res.get("p_yes") is None else float(res["p_yes"]),
-            "strip_visible_fraction": res.get("strip_visible_fraction"), "text_px_in_model": res.get("text_px_in_model"),
+            **{name: res.get(name) for name in SEEN_COLUMNS},
+            "text_legible": is_legible(res.get("text_px_in_model"), job.legible_text_px),
         })
     return records_frame(records, COLUMNS, COLUMN_TYPES)
+
+
+def with_legibility(rows: pl.DataFrame, legible_text_px: float | None) -> pl.DataFrame:
+    """text_legible from text_px_in_model and the configured threshold. Applied to every unit as it is written,
+    kept copies included: the threshold is no part of the fingerprint, so editing it regenerates nothing."""
+    legible = [is_legible(px, legible_text_px) for px in rows["text_px_in_model"].to_list()]
+    return rows.with_columns(pl.Series("text_legible", legible, dtype=pl.Boolean))
 
 
 def run_requests(job: Job, requests: list[Request], backend, partial: Path,
@@ -851,9 +874,14 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
     kept, why_not = cached_unit(cache, fp, requests, prompts)
     unit = f"{job.task} / {job.model} / {job.setting}, repeat {job.repeat}"
     if kept is not None:
-        copy_file(cache, out)
+        relabelled = with_legibility(kept, job.legible_text_px)
+        if relabelled.equals(kept):
+            copy_file(cache, out)
+        else:  # only the legibility threshold changed
+            write_table(relabelled, out, "inference", metadata=read_metadata(cache), types=ARROW_TYPES)
+            copy_file(Path(out), cache)
         log.info("%s: unchanged, copied from %s", unit, cache)
-        return kept
+        return relabelled
     if why_not:
         log.info("%s: kept copy %s not used (%s); generating again", unit, cache, why_not)
     log.info("%s / %s / %s, repeat %d (seed %d): %d requests, backend %s, batch size %d", job.task, job.model,
@@ -861,6 +889,7 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
     backend = backend or (models.backend(job) if models else make_backend(job, device=device))
     t0 = time.monotonic()
     df, facts = run_requests(job, requests, backend, Path(partial), fp)
+    df = with_legibility(df, job.legible_text_px)  # checkpoints written under another threshold included
     backend_meta = backend.metadata()
     metadata = {
         "task": job.task, "model": job.model, "setting": job.setting, "backend": backend.name,

@@ -72,6 +72,8 @@ def row_settings(inference: dict, entry: dict | None = None) -> dict:
     params and the checkpoint fingerprint use only this, so editing how requests are sent (``api_key_env``,
     ``concurrency``, ``max_retries``, ``timeout_s``) reruns and discards nothing."""
     kept = {"backend": inference["backend"], "batch_size": inference["batch_size"]}
+    if inference.get("legible_text_px") is not None:  # sets the rows' text_legible (never regenerates a row)
+        kept["legible_text_px"] = inference["legible_text_px"]
     backend = (entry or {}).get("backend") or inference["backend"]
     if backend == "openai":
         kept["openai"] = {"base_url": redact_url((inference.get("openai") or {}).get("base_url"))}

@@ -266,16 +266,27 @@ def table2_chair(metrics: pl.DataFrame, paper: dict, models: dict[str, dict], se
     return truncation_columns(frame, metrics, models), markdown + truncation_markdown(metrics, models, settings)
 
 
+# CHAIR without the unfinished last sentence of cut captions (scoring.chair.drop_incomplete_sentence)
+COMPLETE_COLUMNS = ("chair_s_complete", "chair_i_complete")
+
+
 def truncation_columns(frame: pl.DataFrame, metrics: pl.DataFrame, models: dict[str, dict]) -> pl.DataFrame:
-    """Table 2's CSV with <model>:n_truncated, :truncated_share and :mean_response_tokens per setting."""
+    """Table 2's CSV with <model>:n_truncated, :truncated_share and :mean_response_tokens per setting, and
+    <model>:chair_s_complete / :chair_i_complete (fractions) when they were scored."""
     if "n_truncated" not in metrics.columns or frame.is_empty():
         return frame
     by_key = metric_rows(metrics)
+    names = ("n_truncated", "truncated_share", "mean_response_tokens") + tuple(
+        c for c in COMPLETE_COLUMNS if c in metrics.columns)
     extra = {f"{m}:{c}": [_finite_or_none(by_key.get((m, s), {}).get(c)) for s in frame["setting"]]
-             for m in models if m in set(metrics["model"])
-             for c in ("n_truncated", "truncated_share", "mean_response_tokens")}
-    return frame.with_columns(pl.Series(k, v, dtype=pl.Float64 if k.endswith(("share", "tokens")) else pl.Int64)
+             for m in models if m in set(metrics["model"]) for c in names}
+    return frame.with_columns(pl.Series(k, v, dtype=pl.Int64 if k.endswith("n_truncated") else pl.Float64)
                               for k, v in extra.items())
+
+
+def _scaled(value, scale: float = 100.0):
+    value = _finite_or_none(value)
+    return None if value is None else float(value) * scale
 
 
 def _finite_or_none(value):
@@ -289,20 +300,29 @@ def truncation_markdown(metrics: pl.DataFrame, models: dict[str, dict], settings
         return ""
     by_key = metric_rows(metrics)
     present = [m for m in models if m in set(metrics["model"])]
+    complete = all(c in metrics.columns for c in COMPLETE_COLUMNS)
+    per_model = 4 if complete else 2
+    heads = [f"{m} cut | {m} mean tokens" + (f" | {m} CHAIRs (%) complete | {m} CHAIRi (%) complete" if complete
+                                             else "") for m in present]
     lines = ["", "Captions cut at max_new_tokens (finish_reason length) / captions, and the mean caption length in "
-             "response tokens:", "", "| Setting | " + " | ".join(f"{m} cut | {m} mean tokens" for m in present) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (2 * len(present))) + "|"]
+             "response tokens" + (", then CHAIR with the unfinished last sentence of every cut caption dropped "
+                                  "(scoring.chair.drop_incomplete_sentence; a cut caption with no finished sentence "
+                                  "counts as empty)" if complete else "") + ":", "",
+             "| Setting | " + " | ".join(heads) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (per_model * len(present))) + "|"]
     for setting in [s for s in settings if s in set(metrics["setting"])]:
         cells = [setting]
         for model in present:
             r = by_key.get((model, setting)) or {}
             cut, share = _finite_or_none(r.get("n_truncated")), _finite_or_none(r.get("truncated_share"))
             if cut is None:
-                cells += ["—", "—"]
+                cells += ["—"] * per_model
                 continue
             cells += [f"{int(cut)} / {int(r['n'])}" + (f" ({format_number(share * 100, 1)}%)" if share is not None
                                                        else ""),
                       format_number(r["mean_response_tokens"], 1)]
+            if complete:
+                cells += [format_number(_scaled(r.get(c)), 1) for c in COMPLETE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

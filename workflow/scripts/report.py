@@ -252,6 +252,10 @@ def mean_tokens_cell(row: dict | None) -> Cell:
     return Cell(format_number(number((row or {}).get("mean_response_tokens")), 1), "text")
 
 
+def percent_cell(row: dict | None, column: str) -> Cell:
+    return Cell(format_number(number((row or {}).get(column)) * 100, 1), "text")
+
+
 def paper_cell(value: str | None, decimals: int) -> Cell:
     return Cell(format_number(number(value), decimals), "paper")
 
@@ -383,6 +387,14 @@ def result_blocks(spec: TableSpec, metrics: list[dict], paper_rows: dict[str, di
                                     [Column("cut / n", own=False), Column("mean tokens", own=False)],
                                     lambda row, _paper, _model: [count_cell(row, "n_truncated"),
                                                                  mean_tokens_cell(row)]))
+    if any(math.isfinite(number(r.get("chair_s_complete"))) for r in metrics):  # scored with the option on
+        blocks.append(Block(note="CHAIR again with the unfinished last sentence of every cut caption dropped "
+                                 "(scoring.chair.drop_incomplete_sentence; a cut caption with no finished sentence "
+                                 "counts as empty), to set beside the CHAIR of the captions as generated:"))
+        blocks.append(paired_tables(by_key, paper_rows, models, settings, labels, rows_of,
+                                    [Column("CHAIRs complete (%)", own=False), Column("CHAIRi complete (%)", own=False)],
+                                    lambda row, _paper, _model: [percent_cell(row, "chair_s_complete"),
+                                                                 percent_cell(row, "chair_i_complete")]))
     if spec.strict:
         blocks.append(Block(note="Strict parser (yes / no / unknown; unknown counts as wrong):"))
         blocks.append(paired_tables(by_key, paper_rows, models, settings, labels, rows_of,
@@ -423,8 +435,9 @@ def pyes_blocks(spec: TableSpec, by_key: dict, models: list[str], settings: list
 # Tables the page shows from their metrics table, each in its own section; their CSV copies (results/report/tables/)
 # are for `snakemake --report` and are not read here. Table name -> metrics table.
 METRICS_SECTIONS = {"strip_visibility": "visibility_metrics", "transcribe": "transcribe_metrics"}
-VISIBILITY = ("all", "whole", "part", "none", "unknown")  # the groups in reading order ("all": every request)
-SEEN = ("whole", "part", "none", "unknown")
+# the groups in reading order ("all": every request), as transcription.VISIBILITY_GROUPS
+VISIBILITY = ("all", "whole", "illegible", "part", "photo cut", "none", "unknown")
+SEEN = VISIBILITY[1:]
 VISIBILITY_TASKS = {"pope": "POPE questions", "caption": "Captions"}
 ACCURACY = Metric("accuracy", "Acc (%)", 100.0, 1)
 CHAIR_S = Metric("chair_s", "CHAIRs (%)", 100.0, 1)

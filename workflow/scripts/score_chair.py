@@ -11,9 +11,10 @@ def main(smk) -> None:
                                   sample_ids=read_table(smk.input.sample, "sample")["sample_id"].to_list())
     vocab, gt = load_ground_truth(data, smk.input.synonyms, smk.input.instances, smk.input.captions)
     log.info("CHAIR ground truth for %d images; scoring %d captions", len(gt), len(data))
-    captions = score_captions(data, vocab, gt)
+    captions = score_captions(data, vocab, gt, drop_incomplete=p.drop_incomplete_sentence)
     metrics = chair_metrics(captions, p.seed, p.resamples, p.confidence, groups, p.baseline)
-    meta = metadata(p.seed, p.resamples, p.confidence, p.baseline, CHAIR_INTERVAL, CHAIR_METADATA)
+    meta = metadata(p.seed, p.resamples, p.confidence, p.baseline, CHAIR_INTERVAL,
+                    {**CHAIR_METADATA, "drop_incomplete_sentence": bool(p.drop_incomplete_sentence)})
     write_table(captions, smk.output.captions, "chair_captions", meta)
     write_table(metrics, smk.output.metrics, "chair_metrics", meta)
 

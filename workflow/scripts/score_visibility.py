@@ -1,40 +1,43 @@
 """Stage scoring / rule score_visibility: POPE and CHAIR per strip-visibility group.
 
-Each inference row of a strip image records ``strip_visible_fraction``, the share of the strip's rows the model's
-image processor passed on (infer.py, strip_view.py). Rows are grouped into whole / part / none / unknown
-(transcription.visibility_group), and per task x model x setting x group this reports the share of requests in the
-group and the headline metrics, each with an interval from the bootstrap over images: POPE accuracy (POPE's
-official answer rule) and yes-ratio; CHAIR CHAIRs and CHAIRi. A group "all" repeats the overall numbers beside
-them. Baseline rows (the original image, no strip) fall in "unknown"."""
+Each inference row records what the model's image processor passed on (infer.py, Family.strip_geometry):
+``strip_visible_fraction`` (the share of the strip's rows), ``photo_visible_fraction`` (the share of the photo's
+rows) and ``text_legible`` (the text at least inference.legible_text_px high in model pixels). Rows are grouped into
+whole / illegible / part / photo cut / none / unknown (transcription.visibility_group), and per task x model x
+setting x group this reports the share of requests in the group and the headline metrics, each with an interval
+from the bootstrap over images: POPE accuracy (POPE's official answer rule) and yes-ratio; CHAIR CHAIRs and CHAIRi.
+A group "all" repeats the overall numbers beside them. Baseline rows (the original image, no strip) fall in
+"unknown"."""
 
 import numpy as np
 import polars as pl
 from pipeline_io import atomic_output, log, read_table, run_main, write_csv, write_table
-from transcription import ratio_with_interval, visibility_group
+from transcription import SEEN_COLUMNS, VISIBILITY_GROUPS, ratio_with_interval, seen_groups
 
 KEYS = ["task", "model", "setting", "repeat", "sample_id"]
-GROUP_ORDER = ("all", "whole", "part", "none", "unknown")
+GROUP_ORDER = ("all", *VISIBILITY_GROUPS)
+
+
+SEEN_TYPES = {"strip_visible_fraction": pl.Float64, "photo_visible_fraction": pl.Float64, "text_legible": pl.Boolean}
 
 
 def fractions(paths: list[str]) -> pl.DataFrame:
-    """strip_visible_fraction per inference row (null where the file has no such column)."""
+    """What each inference row's model saw (SEEN_COLUMNS; null where the file has no such column)."""
     frames = []
     for path in paths:
         df = read_table(path, "inference")
-        frac = (pl.col("strip_visible_fraction").cast(pl.Float64) if "strip_visible_fraction" in df.columns
-                else pl.lit(None, dtype=pl.Float64))
-        frames.append(df.select(*KEYS, frac.alias("strip_visible_fraction")))
+        seen = [(pl.col(c).cast(SEEN_TYPES[c]) if c in df.columns else pl.lit(None, dtype=SEEN_TYPES[c])).alias(c)
+                for c in SEEN_COLUMNS]
+        frames.append(df.select(*KEYS, *seen))
     return pl.concat(frames) if frames else pl.DataFrame(schema={**{k: pl.String for k in KEYS},
-                                                                  "repeat": pl.Int64,
-                                                                  "strip_visible_fraction": pl.Float64})
+                                                                  "repeat": pl.Int64, **SEEN_TYPES})
 
 
 def with_groups(rows: pl.DataFrame, seen: pl.DataFrame) -> pl.DataFrame:
     if "repeat" not in rows.columns:
         rows = rows.with_columns(repeat=pl.lit(0, dtype=pl.Int64))
     joined = rows.join(seen, on=KEYS, how="left")
-    groups = [visibility_group(f) for f in joined["strip_visible_fraction"].to_list()]
-    return joined.with_columns(visibility=pl.Series(groups, dtype=pl.String))
+    return joined.with_columns(visibility=pl.Series(seen_groups(joined), dtype=pl.String))
 
 
 def group_metrics(rows: pl.DataFrame, task: str, metrics: dict, seed: int, resamples: int,
@@ -76,9 +79,11 @@ def markdown(table: pl.DataFrame, confidence: float) -> str:
         return f"{100 * v:.1f} [{100 * r[m + '_ci_low']:.1f}, {100 * r[m + '_ci_high']:.1f}]"
 
     level = f"{round(100 * confidence)}%"
-    lines = [f"Values in %, [{level} interval, images resampled]. *Strip seen*: whole = every strip row reached the "
-             "vision encoder, part = some, none = the processor cut the strip off, unknown = no strip (baseline) or "
-             "not recorded.", "",
+    lines = [f"Values in %, [{level} interval, images resampled]. *Strip seen*: whole = every strip row and photo "
+             "row reached the vision encoder, the text legible; illegible = all of them, the text smaller than "
+             "inference.legible_text_px in model pixels; part = some strip rows cut; photo cut = some of the strip "
+             "reached it but not every photo row (a centre crop of a tall canvas cuts both); none = the processor cut the strip off; unknown = "
+             "no strip (baseline) or not recorded.", "",
              "| Task | Model | Setting | Strip seen | n | Share | Accuracy | Yes-ratio | CHAIRs | CHAIRi |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in table.iter_rows(named=True):

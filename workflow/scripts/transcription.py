@@ -20,7 +20,10 @@ import numpy as np
 import polars as pl
 import stats
 
-VISIBILITY_GROUPS = ("whole", "part", "none", "unknown")
+# What each request's model saw (visibility_group), in reading order: from all of it to nothing known.
+VISIBILITY_GROUPS = ("whole", "illegible", "part", "photo cut", "none", "unknown")
+# The inference columns the groups are read from (infer.py; null where not recorded).
+SEEN_COLUMNS = ("strip_visible_fraction", "photo_visible_fraction", "text_legible")
 _SPACE = re.compile(r"\s+")
 
 
@@ -52,26 +55,48 @@ def exact_match(reply: str | None, reference: str | None) -> bool:
     return normalise(reply) == normalise(reference)
 
 
-def visibility_group(fraction: float | None) -> str:
-    """whole: every strip row reached the encoder; part: some; none: the processor cut the strip off; unknown:
-    not recorded (e.g. the openai backend, whose server's processor is not known)."""
-    if fraction is None or not math.isfinite(fraction):
+def visibility_group(fraction: float | None, photo_fraction: float | None = None,
+                     legible: bool | None = None) -> str:
+    """What of the strip and the photo reached the encoder, first match wins:
+
+    - unknown: strip visibility not recorded (no strip, as in baseline, or the openai backend);
+    - none: the processor cut the whole strip off;
+    - photo cut: some of the strip reached the encoder but not all of the photo's rows (a centre crop of a canvas
+      taller than wide cuts top and bottom together; a very tall one keeps only strip);
+    - part: some strip rows were cut, the photo's rows all reached it;
+    - illegible: the whole strip and photo, but the text is below inference.legible_text_px in model pixels;
+    - whole: every strip row and photo row, text legible (or legibility not recorded).
+    photo_fraction and legible None (not recorded, e.g. older inference files) never move a row out of whole."""
+    if _missing(fraction):
         return "unknown"
-    if fraction >= 1.0 - 1e-9:
-        return "whole"
-    return "none" if fraction <= 1e-9 else "part"
+    if fraction <= 1e-9:
+        return "none"
+    if not _missing(photo_fraction) and photo_fraction < 1.0 - 1e-9:
+        return "photo cut"
+    if fraction < 1.0 - 1e-9:
+        return "part"
+    return "illegible" if legible is False else "whole"
+
+
+def _missing(value) -> bool:
+    return value is None or not math.isfinite(value)
+
+
+def seen_groups(rows: pl.DataFrame) -> list[str]:
+    """visibility_group of every row, from those of SEEN_COLUMNS the frame has."""
+    columns = [rows[c].to_list() if c in rows.columns else [None] * len(rows) for c in SEEN_COLUMNS]
+    return [visibility_group(f, p, legible) for f, p, legible in zip(*columns, strict=True)]
 
 
 def score_rows(rows: pl.DataFrame) -> pl.DataFrame:
     """Per request: exact_match, cer and the visibility group, from ``response`` and the rendered ``text``."""
-    fractions = rows["strip_visible_fraction"].to_list() if "strip_visible_fraction" in rows.columns else \
-        [None] * len(rows)
+    groups = seen_groups(rows)
     return rows.with_columns(
         pl.Series("exact_match", [exact_match(r, t) for r, t in zip(rows["response"], rows["text"], strict=True)],
                   dtype=pl.Boolean),
         pl.Series("cer", [cer(r, t) for r, t in zip(rows["response"], rows["text"], strict=True)],
                   dtype=pl.Float64),
-        pl.Series("visibility", [visibility_group(f) for f in fractions], dtype=pl.String),
+        pl.Series("visibility", groups, dtype=pl.String),
     )
 
 

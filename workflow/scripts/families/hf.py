@@ -37,12 +37,11 @@ class HuggingFaceImageTextToText(Family):
 
     def build_demo(self, out: Path) -> None:
         from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
         tok = llama_tokenizer(IDEFICS3_SPECIALS)
         tok.pad_token = "<pad>"
         check_answer_tokens(tok, self.name)
-        tile, patch, shuffle = 56, 14, 2
+        tile, patch, shuffle = DEMO_TILE, 14, 2
         tokens_per_tile = (tile // patch) ** 2 // shuffle**2
         config = Idefics3Config(
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -56,12 +55,22 @@ class HuggingFaceImageTextToText(Family):
         model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=[end_of_utterance, 2],
                                                    pad_token_id=tok.pad_token_id)
         model.save_pretrained(out)
-        # Up to 112 px on the long side, split into 56-px tiles (at most 2 x 2) plus the whole image as a global tile.
-        image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile},
-                                                    do_image_splitting=True)
-        processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=tokens_per_tile,
+        processor = Idefics3Processor(image_processor=demo_image_processor(tile), tokenizer=tok,
+                                      image_seq_len=tokens_per_tile,
                                       chat_template=IDEFICS3_CHAT_TEMPLATE)
         processor.save_pretrained(out)
+
+
+DEMO_TILE = 56  # px: the demo Idefics3's tile (its SigLIP-style tower's input size)
+
+
+def demo_image_processor(tile: int = DEMO_TILE):
+    """The demo Idefics3's image processor: up to 2 x tile px on the long side, split into tile-px tiles (at most
+    2 x 2) plus the whole image squeezed into one more tile as a global view."""
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    return Idefics3ImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile},
+                                     do_image_splitting=True)
 
 
 FAMILY = HuggingFaceImageTextToText()
