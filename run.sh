@@ -106,6 +106,8 @@ case "$cmd" in
     install
     install_vllm
     lint
+    # bench/bench_gpu.py at tiny size on the CPU, both engines (~2 min), so the GPU benchmark's code keeps working
+    PII_REQUIRE_VLLM=1 "$VENV/bin/python" bench/bench_gpu.py --smoke
     # the vLLM tests fail, rather than skip, when its environment is missing
     PII_REQUIRE_VLLM=1 exec "$VENV/bin/python" -m pytest "$@"
     ;;

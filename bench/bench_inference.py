@@ -1,7 +1,13 @@
-"""Inference throughput on the tiny demo checkpoints: samples/s at batch 1 vs 8, and the infer job's wall time
-against a bare ``model.generate`` loop over the same inputs (the pipeline's overhead).
+"""Inference throughput on the tiny demo checkpoints: samples/s at batch 1 vs 8, the infer job's wall time
+against a bare ``model.generate`` loop over the same inputs (the pipeline's overhead), and the same unit through
+the vllm backend's engine beside it (requests/s of both engines in one table).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_inference.py [--device cpu|cuda] [--n 16] [--new-tokens 16]
+
+vLLM runs in its own environment (.venv-vllm, bash run.sh vllm-install); without one, the vLLM columns say so and
+only transformers runs. Its engine is loaded (and warmed up) before the clock starts, with the demo's engine
+settings (config.demo-vllm.yaml) on the CPU; InstructBLIP has no vLLM implementation. The figures measure framework
+overhead only (tiny models): bench/bench_gpu.py measures the 7B models.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "workflow" / "scripts"), str(ROOT / "tests")]
 
 import demo_models  # noqa: E402
+import families  # noqa: E402
 import infer  # noqa: E402
 import vlm  # noqa: E402
+import yaml  # noqa: E402
 from inference_fixtures import DEMO_MODELS, job_config, make_inputs  # noqa: E402
-from pipeline_io import read_table  # noqa: E402
+from pipeline_io import PipelineError, read_table  # noqa: E402
+from vllm_backend import VLLMEngine, vllm_python  # noqa: E402
 
 
 def bare_loop(lm, prompts, images, batch_size, max_new_tokens, decoding):
@@ -38,6 +47,32 @@ def bare_loop(lm, prompts, images, batch_size, max_new_tokens, decoding):
     return time.perf_counter() - t0
 
 
+def vllm_settings(device: str) -> dict:
+    """The vllm backend's settings: the demo's on the CPU (config.demo-vllm.yaml), config.yaml's on a GPU."""
+    name = "config.demo-vllm.yaml" if device == "cpu" else "config.yaml"
+    return yaml.safe_load((ROOT / name).read_text(encoding="utf-8"))["inference"]["vllm"]
+
+
+def vllm_rate(name, family, path, args, sample, manifest, tmp: Path, settings: dict) -> float:
+    """Requests/s of one unit through infer.run_job on the vllm backend, its engine loaded and warmed up first."""
+    cfg = job_config(name, family, path, batch_size=8, max_new_tokens=args.new_tokens, do_sample=True,
+                     backend="vllm")
+    cfg["inference"]["vllm"] = settings
+    job = infer.Job("pope", name, "hybrid", cfg)
+    engine = VLLMEngine(vllm_python(None))
+    try:
+        backend = infer.VLLMBackend(job, engine)
+        backend.start()
+        reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
+        backend.run(reqs[:2], 0)  # warm-up
+        t0 = time.perf_counter()
+        infer.run_job(job, sample, manifest, tmp / f"{name}-vllm.parquet", tmp / f".partial_{name}_vllm",
+                      backend=backend)
+        return args.n / (time.perf_counter() - t0)
+    finally:
+        engine.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -52,9 +87,17 @@ def main() -> None:
         tmp = Path(tmp)
         models = Path(args.models) if args.models else tmp / "models"
         sample, manifest = make_inputs(tmp / "in", "pope", n=args.n)
-        print(f"device={args.device} n={args.n} max_new_tokens={args.new_tokens} torch={torch.__version__}")
+        settings = vllm_settings(args.device)
+        try:
+            vllm_python(None)
+            has_vllm = True
+        except PipelineError as err:
+            has_vllm = False
+            print(f"vLLM skipped: {err}")
+        print(f"device={args.device} n={args.n} max_new_tokens={args.new_tokens} torch={torch.__version__}"
+              + (f" vllm engine={settings['engine']} vllm batch={settings['batch_size']}" if has_vllm else ""))
         print(f"{'model':<14}{'b1 samp/s':>11}{'b8 samp/s':>11}{'b8/b1':>7}{'bare b8 s':>11}{'infer b8 s':>12}"
-              f"{'overhead':>10}")
+              f"{'overhead':>10}{'infer b8 req/s':>16}{'vllm req/s':>12}{'vllm/b8':>9}")
         for name, family in DEMO_MODELS.items():
             if not (models / family).is_dir():
                 demo_models.build(family, models / family, seed=0)
@@ -72,8 +115,16 @@ def main() -> None:
             t0 = time.perf_counter()
             infer.run_job(job, sample, manifest, tmp / f"{name}.parquet", tmp / f".partial_{name}", backend=backend)
             wall = time.perf_counter() - t0
+            del backend, lm  # free the transformers model before the engine loads its own copy
+            if not has_vllm:
+                vllm_cols = f"{'skipped':>12}{'-':>9}"
+            elif not families.get(family).vllm_supported:
+                vllm_cols = f"{'n/a':>12}{'-':>9}"
+            else:
+                vrate = vllm_rate(name, family, str(models / family), args, sample, manifest, tmp, settings)
+                vllm_cols = f"{vrate:>12.1f}{vrate / (args.n / wall):>9.2f}"
             print(f"{name:<14}{rate[1]:>11.1f}{rate[8]:>11.1f}{rate[8] / rate[1]:>7.2f}{bare:>11.2f}{wall:>12.2f}"
-                  f"{wall / bare:>10.2f}")
+                  f"{wall / bare:>10.2f}{args.n / wall:>16.1f}" + vllm_cols, flush=True)
 
 
 if __name__ == "__main__":

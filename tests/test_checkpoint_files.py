@@ -91,3 +91,24 @@ def test_image_token_counts(qwen_tokenizer, llava_processor, size):
                                                  add_generation_prompt=True)
     enc = llava_processor(text=[prompt], images=[image], return_tensors="pt")
     assert int((enc["input_ids"] == 32000).sum()) == 576
+
+
+@pytest.mark.parametrize("family, folder, sizes", [
+    ("qwen2_5_vl", QWEN, [(640, 514), (480, 674), (640, 674), (2000, 100)]),
+    ("llava", LLAVA, [(640, 514), (480, 674)]),
+])
+def test_the_batch_sort_counts_the_image_tokens_the_processor_writes(family, folder, sizes):
+    """The batches are sorted by text plus image tokens (vlm.image_tokens): equal to the <image> / <|image_pad|>
+    tokens the real processor expands each image into, so similar lengths share a batch and pad least."""
+    import families
+    import vlm
+    from PIL import Image
+
+    processor = families.get(family).load_processor(str(folder))
+    lm = vlm.LoadedModel(name=family, family=family, model=None, processor=processor, device=None, dtype=None,
+                         path=str(folder), revision=None)
+    prompt = families.get(family).build_prompt(processor, None)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>" if family == "qwen2_5_vl" else "<image>")
+    for width, height in sizes:
+        enc = processor(text=[prompt], images=[Image.new("RGB", (width, height), "white")], return_tensors="pt")
+        assert vlm.image_tokens(lm, width, height) == int((enc["input_ids"] == image_id).sum()), (width, height)

@@ -472,7 +472,10 @@ def test_finished_units_are_kept_and_reused_only_when_unchanged(tmp_path, caplog
     first = infer.run_job(job, sample, manifest, out, tmp_path / "p", backend=FakeBackend(), cache=cache)
     assert cache.read_bytes() == out.read_bytes()
     reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
-    assert read_metadata(out)["fingerprint"] == infer.fingerprint(job, reqs, [FakeBackend().prompt(r) for r in reqs])
+    planned = [r.sample_id for _, chunk in infer.plan_batches(reqs, FakeBackend().sort_key, job.batch_size)
+               for r in chunk]  # the order requests run in: each one's seed is its position
+    assert read_metadata(out)["fingerprint"] == infer.fingerprint(job, reqs, [FakeBackend().prompt(r) for r in reqs],
+                                                                  order=planned)
     before = out.read_bytes()
     out.unlink()  # Snakemake deletes a job's outputs before it reruns
     with caplog.at_level(logging.INFO, logger="pii"):

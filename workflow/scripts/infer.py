@@ -237,11 +237,12 @@ def row_config(cfg: dict) -> dict:
 
 
 def fingerprint(job: Job, requests: list[Request], prompts: list[str] | None = None,
-                weights: dict | None = None) -> str:
+                weights: dict | None = None, order: list[str] | None = None) -> str:
     """What a checkpoint or kept unit must match to be reused: what can change the unit's rows (the config less
     retries and the like, integral floats as ints so ``4`` and ``4.0`` are one key; the repeat), the weights
     (``weights``, see model_identity: a local folder's file contents or a hub checkpoint's commit), the exact prompt
-    strings the backend builds (``prompts``: a change to prompt-building code shows here) and the inputs."""
+    strings the backend builds (``prompts``: a change to prompt-building code shows here), the inputs, and the
+    order the requests run in (``order``, sample ids: each request's seed is its sorted position)."""
     weights = model_identity(job) if weights is None else weights
     cfg = plain_numbers(row_config(job.cfg))
     # the revision is in ``weights`` as the commit it names: 'main' and its pinned sha are one key; a local
@@ -253,7 +254,7 @@ def fingerprint(job: Job, requests: list[Request], prompts: list[str] | None = N
     inputs = [(r.sample_id, r.image_sha256 or r.image_path, r.text_prompt) for r in requests]
     return config_hash({"cfg": cfg, "task": job.task, "model": job.model, "setting": job.setting,
                         "repeat": job.repeat, "inputs": inputs, "prompts": prompts, "columns": COLUMNS,
-                        "weights": weights})
+                        "weights": weights, "order": order})
 
 
 def plain_numbers(value):
@@ -410,14 +411,6 @@ def model_identity(job: Job, memo: Path | None = None) -> dict:
     return {"commit": commit} if commit else {"revision": revision}
 
 
-def unit_prompts(job: Job, requests: list[Request], backend=None, weights: dict | None = None) -> list[str]:
-    """The exact prompt of each request as the unit's backend builds it (chat template applied; for openai the
-    messages sent, the image as a stand-in naming its sha256), without loading weights: ``backend`` when given,
-    else the backend's own prompt code over the checkpoint's processor (tokenizer and chat template), loaded once
-    per job."""
-    return [(backend or prompt_builder(job, weights)).prompt(r) for r in requests]
-
-
 def prompt_builder(job: Job, weights: dict | None = None):
     """A backend that can build prompts but holds no weights."""
     if job.backend_name == "openai":
@@ -473,12 +466,18 @@ class TransformersBackend:
         self.want_p_yes = job.wants_p_yes
         self._views: dict = {}
         self._views_unknown = False
+        self._image_tokens: dict[tuple, int] = {}
 
     def prompt(self, req: Request) -> str:
         return self.vlm.build_prompt(self.lm.family, self.lm.processor, req.text_prompt)
 
     def sort_key(self, req: Request) -> int:
-        return self.vlm.prompt_length(self.lm, self.prompt(req))
+        """The request's real length, text and image tokens: batches of similar lengths pad least, and with no
+        text prompt (the prompt-in-image settings) the image is all that differs."""
+        size = (req.width, req.height)
+        if size not in self._image_tokens:
+            self._image_tokens[size] = self.vlm.image_tokens(self.lm, *size)
+        return self.vlm.prompt_length(self.lm, self.prompt(req)) + self._image_tokens[size]
 
     def run(self, chunk: list[Request], seed: int) -> list[dict]:
         prompts = [self.prompt(r) for r in chunk]
@@ -537,6 +536,7 @@ class VLLMBackend(TransformersBackend):
         self.want_p_yes = job.wants_p_yes
         self._views: dict = {}
         self._views_unknown = False
+        self._image_tokens: dict[tuple, int] = {}
         self._padded: dict[str, str] = {}
 
     def start(self) -> None:
@@ -796,11 +796,11 @@ def with_legibility(rows: pl.DataFrame, legible_text_px: float | None) -> pl.Dat
 
 
 def run_requests(job: Job, requests: list[Request], backend, partial: Path,
-                 fp: str | None = None) -> tuple[pl.DataFrame, dict]:
+                 fp: str | None = None, batches: list | None = None) -> tuple[pl.DataFrame, dict]:
     """Run every request once (this job's repeat), batch by batch with checkpoints; returns the rows in sample
-    order and run facts. ``fp``: the unit's fingerprint when the caller has it already."""
+    order and run facts. ``fp`` and ``batches``: the unit's fingerprint and batch plan when the caller has them."""
     batch_size = job.batch_size
-    batches = plan_batches(requests, backend.sort_key, batch_size)
+    batches = batches or plan_batches(requests, backend.sort_key, batch_size)
     fp = fp or fingerprint(job, requests)
     done = load_checkpoints(partial, fp, batches)
     if done:
@@ -869,8 +869,10 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
     cache = Path(cache) if cache else None
     # the key needs no weights: file hashes (memoised), the commit, and prompts from the processor alone
     weights = model_identity(job, hash_memo(cache))
-    prompts = unit_prompts(job, requests, backend, weights)
-    fp = fingerprint(job, requests, prompts, weights)
+    builder = backend or prompt_builder(job, weights)
+    prompts = [builder.prompt(r) for r in requests]
+    batches = plan_batches(requests, builder.sort_key, job.batch_size)
+    fp = fingerprint(job, requests, prompts, weights, [r.sample_id for _, chunk in batches for r in chunk])
     kept, why_not = cached_unit(cache, fp, requests, prompts)
     unit = f"{job.task} / {job.model} / {job.setting}, repeat {job.repeat}"
     if kept is not None:
@@ -888,7 +890,7 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
              job.setting, job.repeat, job.run_seed, len(requests), job.backend_name, job.batch_size)
     backend = backend or (models.backend(job) if models else make_backend(job, device=device))
     t0 = time.monotonic()
-    df, facts = run_requests(job, requests, backend, Path(partial), fp)
+    df, facts = run_requests(job, requests, backend, Path(partial), fp, batches)
     df = with_legibility(df, job.legible_text_px)  # checkpoints written under another threshold included
     backend_meta = backend.metadata()
     metadata = {

@@ -114,6 +114,8 @@ def load_model(name: str, entry: dict, device=None, attn_implementation: str | N
         kwargs["revision"] = revision
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device.type == "cuda":  # straight onto the GPU: no 15 GB copy of a 7B model in host memory first
+        kwargs["device_map"] = str(device)
     log.info("loading %s (%s) from %s%s on %s as %s", name, family, path, f"@{revision}" if revision else "",
              device, dtype)
     try:
@@ -124,7 +126,7 @@ def load_model(name: str, entry: dict, device=None, attn_implementation: str | N
     except OSError as err:
         raise PipelineError(f"models.{name}.path: cannot load '{path}' ({str(err).splitlines()[0]}); check the id, "
                             "revision and network access, or point it at a local checkpoint folder") from err
-    model.to(device).eval()
+    model.to(device).eval()  # a no-op where device_map placed it
     commit = getattr(model.config, "_commit_hash", None) if not is_local_model_path(path) else None
     lm = LoadedModel(name=name, family=family, model=model, processor=processor, device=device,
                      dtype=next(model.parameters()).dtype, path=path, revision=revision, commit_hash=commit)
@@ -168,8 +170,21 @@ def build_prompt(family: str, processor, text: str | None) -> str:
 
 
 def prompt_length(lm: LoadedModel, prompt: str) -> int:
-    """Text tokens of the prompt (image placeholders count once): the key that sorts requests into batches."""
+    """Text tokens of the prompt (image placeholders count once)."""
     return len(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def image_tokens(lm: LoadedModel, width: int, height: int) -> int:
+    """The tokens the processor expands one width x height image into (Qwen2.5-VL's grow with the image, LLaVA's
+    are 576 whatever its size), as the processor itself counts them (``_get_num_multimodal_tokens``, what vLLM asks
+    too); 0 for a processor that cannot say (InstructBLIP's), which only leaves the batches sorted by text."""
+    counter = getattr(lm.processor, "_get_num_multimodal_tokens", None)
+    if counter is None or not width or not height:
+        return 0
+    try:
+        return int(counter(image_sizes=[[int(height), int(width)]]).num_image_tokens[0])
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return 0
 
 
 def answer_token_ids(tokenizer) -> dict[str, list[int]]:
