@@ -412,6 +412,15 @@ def test_ctrl_c_during_infer_then_rerun_completes(demo_run, tmp_path):
 # --- what a week-long run needs: retried logs, GPU waits, read-only folders, a user's model folder -----------------
 
 
+def demo_with(path: Path, over: dict) -> Path:
+    """config.demo.yaml with ``over`` merged in, as one file: a second --configfile would replace the first."""
+    from conftest import merge_configs
+
+    demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text(encoding="utf-8"))
+    path.write_text(yaml.safe_dump(merge_configs(demo, over)), encoding="utf-8")
+    return path
+
+
 def test_dag_retried_job_keeps_the_first_attempts_log(demo_run, tmp_path):
     """The workstation profile retries a failed job once, and Snakemake deletes the log before the retry: the
     first attempt's log is kept beside it, and the new log says where."""
@@ -466,6 +475,80 @@ def test_dag_gpu_job_waits_for_a_taken_device_and_says_so(demo_run, tmp_path):
     assert not list(log.parent.glob("r0.unfinished-*")), "a finished job keeps no second log"
 
 
+def test_dag_a_kept_unit_with_rows_cut_away_is_generated_again(demo_run, tmp_path):
+    """A kept unit in the cache whose rows were cut (metadata kept) is not copied: the rerun generates it again,
+    says why, copies the model's other units, and its output answers the whole sample."""
+    import pyarrow.parquet as pq
+
+    work = copy_run(demo_run, tmp_path / "w")
+    unit = "pope/llava_1_5/baseline/r0.parquet"
+    kept = work / "results/inference/.cache" / unit
+    table = pq.read_table(kept)
+    pq.write_table(table.slice(0, table.num_rows // 2), kept)  # the schema's metadata (the fingerprint) kept
+    target = f"results/inference/{unit}"
+    run_snakemake(work, target, ON_COPY, f"--forcerun={target}", timeout=600)
+    log = (work / "logs/inference/llava_1_5/r0.log").read_text(encoding="utf-8")
+    assert (f"pope / llava_1_5 / baseline, repeat 0: kept copy results/inference/.cache/{unit} not used "
+            f"({table.num_rows // 2} rows for {table.num_rows} requests); generating again") in log
+    assert log.count("unchanged, copied from") == len(list((work / "results/inference").glob("*/llava_1_5/*/r0.parquet"))) - 1
+    assert len(read_table(work / target, "inference")) == table.num_rows
+
+
+def test_dag_scoring_refuses_an_inference_file_that_lost_rows(demo_run, tmp_path):
+    work = copy_run(demo_run, tmp_path / "w")
+    path = work / "results/inference/pope/llava_1_5/baseline/r0.parquet"
+    rows = read_table(path, "inference")
+    from pipeline_io import read_metadata, write_table
+
+    write_table(rows.slice(1), path, "inference", metadata=read_metadata(path))
+    target = "results/scores/pope_metrics.parquet"
+    proc = run_snakemake(work, target, ON_COPY, check=False, timeout=600)
+    assert proc.returncode != 0
+    lines = error_lines(proc, "results/inference/pope/llava_1_5/baseline/r0.parquet: its rows do not match")
+    assert lines and f"({rows['sample_id'][0]})" in lines[0] and "rerun inference for it" in lines[0], proc.stderr[-3000:]
+    assert not (work / target).exists()
+
+
+class ErrorBody(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that answers every request HTTP 200 with an error object, as some do when
+    overloaded."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"error": {"message": "model overloaded", "code": 503}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_dag_openai_server_fault_is_never_an_answer(demo_run, tmp_path):
+    """Through Snakemake: a server answering 200 with an error object is retried, then the job stops with one
+    line naming the URL and what came back; no inference file, no empty answers."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ErrorBody)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        work = copy_run(demo_run, tmp_path / "w")
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        config = demo_with(tmp_path / "openai.yaml", {"inference": {"backend": "openai", "openai": {
+            "base_url": url, "api_key_env": "PII_TEST_NO_KEY", "concurrency": 1, "max_retries": 1, "timeout_s": 5}}})
+        target = "results/inference/pope/llava_1_5/baseline/r0.parquet"
+        proc = run_snakemake(work, target, ON_COPY, f"--configfile={config}", f"--forcerun={target}", check=False,
+                             configfile=None, timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode != 0
+    lines = error_lines(proc, f"{url}/chat/completions: request for")
+    assert lines and "failed after 1 retries (HTTP 200 but an error object" in lines[0], proc.stderr[-3000:]
+    assert "model overloaded" in lines[0]
+    assert not (work / target).exists()
+
+
 @pytest.fixture
 def read_only(tmp_path):
     """Remount folders read-only (a bind mount): file permissions do not stop root, who runs CI; a read-only
@@ -507,13 +590,12 @@ def test_dag_users_model_folder_is_an_input_and_a_touch_copies_every_unit(demo_r
     work = copy_run(demo_run, tmp_path / "w")
     # copied with new file times: a checkpoint the user has just put there
     shutil.copytree(work / "resources/demo/models/llava", work / "user/llava", copy_function=shutil.copyfile)
-    config = tmp_path / "user_model.yaml"
-    config.write_text(yaml.safe_dump({"models": {"llava_1_5": {"path": "user/llava"}}}))
+    config = demo_with(tmp_path / "user_model.yaml", {"models": {"llava_1_5": {"path": "user/llava"}}})
     target = "results/inference/pope/llava_1_5/baseline/r0.parquet"
     log = work / "logs/inference/llava_1_5/r0.log"
 
     def run_copies_all() -> int:
-        run_snakemake(work, target, ON_COPY, f"--configfile={config}", timeout=600)
+        run_snakemake(work, target, ON_COPY, f"--configfile={config}", configfile=None, timeout=600)
         text = log.read_text(encoding="utf-8")
         assert "loading llava_1_5" not in text, text  # no unit needed the model
         return text.count("unchanged, copied from")
@@ -522,8 +604,9 @@ def test_dag_users_model_folder_is_an_input_and_a_touch_copies_every_unit(demo_r
     assert run_copies_all() == units
     weights = next((work / "user/llava").glob("*.safetensors"))
     os.utime(weights)  # same bytes, a new time
-    dry = run_snakemake(work, target, ON_COPY, f"--configfile={config}", "-n", "--quiet=progress", timeout=300)
-    assert planned_rules(dry.stdout) == ["infer"] and "updated input files: user/llava/" in dry.stdout, dry.stdout
+    dry = run_snakemake(work, target, ON_COPY, f"--configfile={config}", "-n", "--quiet=progress", configfile=None,
+                        timeout=300)
+    assert planned_rules(dry.stdout) == ["infer"] and "Updated input files: user/llava/" in dry.stdout, dry.stdout
     assert run_copies_all() == units
     assert (work / "user/llava").is_dir() and weights.read_bytes() == (
         work / "resources/demo/models/llava" / weights.name).read_bytes()

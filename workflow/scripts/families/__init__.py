@@ -7,11 +7,11 @@ reads it)."""
 
 from __future__ import annotations
 
-from families import hf, instructblip, llava, qwen2_5_vl
+from families import hf, instructblip, llava, llava_next, qwen2_5_vl
 from families.base import Family
 
 # Order matters only to the demo: a family's demo weights are seeded with seed + its index.
-_MODULES = (qwen2_5_vl, llava, instructblip, hf)
+_MODULES = (qwen2_5_vl, llava, instructblip, hf, llava_next)
 REGISTRY: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in _MODULES}
 
 
