@@ -585,12 +585,14 @@ def test_dag_read_only_unit_cache_stops_before_any_work(demo_run, tmp_path, read
 
 def test_dag_users_model_folder_is_an_input_and_a_touch_copies_every_unit(demo_run, tmp_path):
     """models.<m>.path naming a user's folder: its files are the job's inputs (never outputs). Moving the
-    checkpoint there keeps every unit (the key is the files' content), and a touched weight file reruns the job,
-    which copies every unit again."""
+    checkpoint there (and writing batch_size 4 as 4.0) keeps every unit (the key is the files' content and the
+    normalised config), and a touched weight file reruns the job, which copies every unit again."""
     work = copy_run(demo_run, tmp_path / "w")
     # copied with new file times: a checkpoint the user has just put there
     shutil.copytree(work / "resources/demo/models/llava", work / "user/llava", copy_function=shutil.copyfile)
-    config = demo_with(tmp_path / "user_model.yaml", {"models": {"llava_1_5": {"path": "user/llava"}}})
+    # batch_size 4.0 for the demo's 4: YAML's float is the same key
+    config = demo_with(tmp_path / "user_model.yaml", {"models": {"llava_1_5": {"path": "user/llava"}},
+                                                       "inference": {"batch_size": 4.0}})
     target = "results/inference/pope/llava_1_5/baseline/r0.parquet"
     log = work / "logs/inference/llava_1_5/r0.log"
 

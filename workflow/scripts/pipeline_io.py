@@ -43,13 +43,15 @@ class PipelineError(Exception):
 _attempt_log: Path | None = None
 
 
-def setup_logging(log_path: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
+def setup_logging(log_path: str | os.PathLike | None = None, level: int = logging.INFO,
+                  keep_attempts: bool = False) -> logging.Logger:
     """Send the ``pii`` logger to the rule's log file (and stderr), one timestamped line per record.
 
-    Snakemake deletes a job's log before it runs the job again, so a retry (the workstation profile's
-    ``retries: 1``) would lose why the first attempt failed. The log therefore gets a second name,
-    ``<name>.unfinished-<start time>.log`` (a hard link: the same file, no copy); ``finish_logging`` removes it when
-    the stage succeeds, so it stays exactly for attempts that failed or were killed.
+    ``keep_attempts`` (a stage script under run_main): Snakemake deletes a job's log before it runs the job again,
+    so a retry (the workstation profile's ``retries: 1``) would lose why the first attempt failed. The log therefore
+    gets a second name, ``<name>.unfinished-<start time>-<pid>.log`` (a hard link: the same file, no copy);
+    ``finish_logging`` removes it when the stage succeeds, so it stays exactly for attempts that failed or were
+    killed.
     """
     global _attempt_log
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -59,6 +61,7 @@ def setup_logging(log_path: str | os.PathLike | None = None, level: int = loggin
         path = Path(log_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(path, mode="w", encoding="utf-8"))  # whatever the locale
+    if log_path and keep_attempts:
         earlier = sorted(path.parent.glob(f"{path.stem}.unfinished-*{path.suffix}"))
         link = path.with_name(f"{path.stem}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{path.suffix}")
         with contextlib.suppress(OSError):  # a file system without hard links only loses this safety net
@@ -107,7 +110,7 @@ def run_main(main, snakemake, gpu: bool = False, writes: tuple[str, ...] = ()) -
 
     Before ``main``: the folders of the outputs (and ``writes``, e.g. the unit cache) must be writable, and a GPU
     stage (``gpu``) claims its device (gpu_slot), which may wait and logs that it does."""
-    setup_logging(snakemake.log[0] if len(snakemake.log) else None)
+    setup_logging(snakemake.log[0] if len(snakemake.log) else None, keep_attempts=True)
     wildcards = getattr(snakemake, "wildcards", None)
     named = ", ".join(f"{k}={v}" for k, v in wildcards.items()) if wildcards else ""
     stage = f"rule {getattr(snakemake, 'rule', None) or 'stage'}" + (f" ({named})" if named else "")
