@@ -36,6 +36,8 @@ GOLDEN = {
     "llava": lambda t: f"USER: <image>\n{t} ASSISTANT:" if t is not None else "USER: <image>\nASSISTANT:",
     "instructblip": lambda t: t or "",
     "hf": lambda t: f"<|im_start|>User:<image>{t or ''}<end_of_utterance>\nAssistant:",
+    # the model card's prompt for llava-v1.6-vicuna, LLaVA-1.5's
+    "llava_next": lambda t: f"USER: <image>\n{t} ASSISTANT:" if t is not None else "USER: <image>\nASSISTANT:",
 }
 GREEDY = {"do_sample": False, "temperature": 0.7, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 
@@ -66,7 +68,8 @@ def test_demo_checkpoints_are_the_real_classes(models_dir, loaded):
     want = {"qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
             "llava": transformers.LlavaForConditionalGeneration,
             "instructblip": transformers.InstructBlipForConditionalGeneration,
-            "hf": transformers.Idefics3ForConditionalGeneration}
+            "hf": transformers.Idefics3ForConditionalGeneration,
+            "llava_next": transformers.LlavaNextForConditionalGeneration}
     for family, lm in loaded.items():
         assert type(lm.model) is want[family]
         assert lm.tokenizer.padding_side == "left"
