@@ -15,13 +15,17 @@ OBJECTS = ["dog", "car", "person", "chair", "cup", "bird", "tree", "bus", "cat",
 DEMO_MODELS = {"qwen2_5_vl": "qwen2_5_vl", "llava_1_5": "llava", "instructblip": "instructblip"}
 
 
-def make_inputs(folder: Path, task: str = "pope", n: int = 6, seed: int = 0) -> tuple[Path, Path]:
-    """``n`` drawn images of varied sizes, a sample table and a 'question' variant manifest in ``folder``."""
+def make_inputs(folder: Path, task: str = "pope", n: int = 6, seed: int = 0,
+                size: tuple[int, int] | None = None) -> tuple[Path, Path]:
+    """``n`` drawn images of varied sizes (or all ``size``, width x height), a sample table and a 'question' variant
+    manifest in ``folder``."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     samples, manifest = [], []
     for i in range(n):
         w, h = int(rng.integers(120, 260)), int(rng.integers(100, 220))
+        if size:
+            w, h = size
         im = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 255, 3)))
         draw = ImageDraw.Draw(im)
         for _ in range(3):

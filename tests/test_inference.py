@@ -128,6 +128,29 @@ def test_greedy_same_at_batch_1_and_4(loaded, images, family):
         assert 0 < b["p_yes"] < 1
 
 
+@pytest.mark.parametrize("family", families.names())
+def test_first_step_logits_are_what_generate_reports(loaded, images, family):
+    """P(yes) keeps only the first step's logits (a hook on the output embedding), and they are exactly the raw
+    first-step logits ``generate`` itself reports with ``output_logits``: before the repetition penalty and the
+    temperature, which are on here so that logits after any processor would differ."""
+    import torch
+
+    lm = loaded[family]
+    prompts = [vlm.build_prompt(family, lm.processor, t) for t in (Q, None)]
+    inputs = vlm.prepare_inputs(lm, prompts, images[:2])
+    sampled = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 5, "repetition_penalty": 1.3}
+    torch.manual_seed(0)
+    with torch.inference_mode(), vlm.first_step_logits(lm.model) as first:
+        out = lm.model.generate(**inputs, **vlm.generation_kwargs(sampled, 3), return_dict_in_generate=True,
+                                output_logits=True, output_scores=True, pad_token_id=vlm._pad_id(lm))
+    assert first is not None and len(first) == 1
+    assert first[0].dtype == torch.float32 and torch.equal(first[0], out.logits[0])
+    assert not torch.allclose(out.scores[0], out.logits[0])  # the processors did act on the scores
+    # and generate() reports P(yes) from them without keeping every step's logits
+    assert vlm.generate(lm, prompts, images[:2], 3, sampled, seed=0, want_p_yes=True)[0]["p_yes"] == pytest.approx(
+        vlm.p_yes_from_logits(out.logits[0], lm.answer_ids)[0], abs=1e-6)
+
+
 def test_p_yes_sums_spellings():
     import torch
 
@@ -197,6 +220,46 @@ def test_oom_halves_batch_and_keeps_every_row(tmp_path, caplog):
     assert "halving the batch to 2" in caplog.text and "halving the batch to 1" in caplog.text
     # seeds: each piece is seeded by its position in the sorted order, so they are distinct and reproducible
     assert df["seed"].n_unique() == len(df)
+
+
+def test_next_batch_is_prepared_while_the_model_generates(tmp_path, loaded):
+    """Images are read and processed one batch ahead in a worker thread (infer.Prefetch): each batch's prepare runs
+    in that thread and starts before the previous batch's generation has finished, and the rows are the very rows of
+    a run that prepares every batch in the main thread."""
+    import threading
+
+    sample, manifest = make_inputs(tmp_path / "in", "pope", n=10)
+    job = infer.Job("pope", "demo_llava", "hybrid", job_config("demo_llava", "llava", loaded["llava"].path, batch_size=3))
+    requests = infer.build_requests(read_table(sample), read_table(manifest), job)
+    events = []
+
+    def traced(backend):
+        prepare, run = backend.prepare, backend.run
+
+        def traced_prepare(chunk):
+            events.append(("prepare", chunk[0].sample_id, threading.current_thread().name))
+            return prepare(chunk)
+
+        def traced_run(chunk, seed, prepared=None):
+            out = run(chunk, seed, prepared)
+            events.append(("ran", chunk[0].sample_id, prepared is not None))
+            return out
+
+        backend.prepare, backend.run = traced_prepare, traced_run
+        return backend
+
+    ahead, _ = infer.run_requests(job, requests, traced(infer.TransformersBackend(job, lm=loaded["llava"])),
+                                  tmp_path / "ahead")
+    assert [e[2] for e in events if e[0] == "prepare"] == ["prepare_0"] * 4  # 10 requests, batches of 3
+    assert all(e[2] for e in events if e[0] == "ran")  # every batch ran on the inputs made ahead
+    order = [e[:2] for e in events]
+    firsts = [e[1] for e in events if e[0] == "ran"]
+    for before, after in zip(firsts[:-1], firsts[1:], strict=True):  # the next batch was being prepared before this one finished
+        assert order.index(("prepare", after)) < order.index(("ran", before))
+    inline = infer.TransformersBackend(job, lm=loaded["llava"])
+    inline.prepare = None  # no worker: each batch processed in the main thread when it runs
+    in_line, _ = infer.run_requests(job, requests, inline, tmp_path / "inline")
+    assert_frame_equal(ahead, in_line)
 
 
 def test_oom_at_batch_one_is_a_clear_error(tmp_path):

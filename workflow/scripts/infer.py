@@ -31,6 +31,7 @@ import platform
 import re
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -479,11 +480,21 @@ class TransformersBackend:
             self._image_tokens[size] = self.vlm.image_tokens(self.lm, *size)
         return self.vlm.prompt_length(self.lm, self.prompt(req)) + self._image_tokens[size]
 
-    def run(self, chunk: list[Request], seed: int) -> list[dict]:
+    def processor_inputs(self, chunk: list[Request]):
+        """The CPU half of a batch: its images read and through the processor."""
         prompts = [self.prompt(r) for r in chunk]
         images = [self.vlm.open_image(r.image_path) for r in chunk]
-        results = self.vlm.generate(self.lm, prompts, images, self.job.task_cfg["max_new_tokens"],
-                                    self.job.decoding, seed, want_p_yes=self.want_p_yes)
+        return self.vlm.processor_inputs(self.lm, prompts, images)
+
+    # what run_requests calls in a worker thread for the next batch while the model generates this one (None: the
+    # backend prepares nothing ahead)
+    prepare = processor_inputs
+
+    def run(self, chunk: list[Request], seed: int, prepared=None) -> list[dict]:
+        prompts = [self.prompt(r) for r in chunk]
+        results = self.vlm.generate(self.lm, prompts, [], self.job.task_cfg["max_new_tokens"], self.job.decoding,
+                                    seed, want_p_yes=self.want_p_yes,
+                                    inputs=prepared if prepared is not None else self.processor_inputs(chunk))
         for req, res in zip(chunk, results, strict=True):
             res.update(self.strip_seen(req))
         return results
@@ -525,6 +536,7 @@ class VLLMBackend(TransformersBackend):
     the engine."""
 
     name = "vllm"
+    prepare = None  # the engine reads and processes the images itself
 
     def __init__(self, job: Job, engine):
         import vlm
@@ -699,16 +711,18 @@ def oom_errors() -> tuple[type[BaseException], ...]:
     return (torch.cuda.OutOfMemoryError,)
 
 
-def run_with_oom_backoff(run, chunk: list[Request], start: int, seed: int, batch_size: int):
+def run_with_oom_backoff(run, chunk: list[Request], start: int, seed: int, batch_size: int, prepared=None):
     """Run ``chunk`` (planned batch at sorted position ``start``) in pieces of ``batch_size``; on CUDA OOM halve
-    the piece size and retry. Returns (rows, batch size that worked). Piece seed = seed + its sorted position."""
+    the piece size and retry. Returns (rows, batch size that worked). Piece seed = seed + its sorted position.
+    ``prepared``: the whole chunk's inputs made ahead (backend.prepare), used while the chunk runs in one piece."""
     rows: list[dict] = []
     done = 0
     while done < len(chunk):
         piece = chunk[done:done + batch_size]
         piece_seed = seed + start + done
+        whole = prepared is not None and len(piece) == len(chunk)
         try:
-            out = run(piece, piece_seed)
+            out = run(piece, piece_seed, prepared) if whole else run(piece, piece_seed)
         except oom_errors() as err:
             if batch_size == 1:
                 raise PipelineError(f"CUDA out of memory at batch size 1 ({str(err).splitlines()[0]}); use a "
@@ -739,6 +753,37 @@ def plan_batches(requests: list[Request], sort_key, batch_size: int) -> list[tup
     """Requests sorted by prompt length (ties: sample_id), cut into batches; (sorted start position, batch)."""
     ordered = sorted(requests, key=lambda r: (sort_key(r), r.sample_id))
     return [(i, ordered[i:i + batch_size]) for i in range(0, len(ordered), batch_size)]
+
+
+class Prefetch:
+    """Each batch's inputs made one batch ahead in a worker thread (``prepare``: backend.prepare, or None for a
+    backend that prepares nothing), so reading and processing images overlaps the model's generation. A batch that
+    an out-of-memory halving has split is prepared again piece by piece; an error in preparing is raised when its
+    batch's turn comes, as it would be without the worker."""
+
+    def __init__(self, prepare, chunks: list[list[Request]]):
+        self.prepare, self.chunks = prepare, chunks
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") if prepare else None
+        self.pending: dict[int, Future] = {}
+        self._submit(0)
+
+    def _submit(self, index: int) -> None:
+        if self.pool and index < len(self.chunks):
+            self.pending[index] = self.pool.submit(self.prepare, self.chunks[index])
+
+    def take(self, index: int, batch_size: int):
+        """Batch ``index``'s inputs (None without a worker, or when the batch will run in smaller pieces), and the
+        next batch started."""
+        future = self.pending.pop(index, None)
+        if future is None:
+            return None
+        prepared = future.result()
+        self._submit(index + 1)
+        return prepared if len(self.chunks[index]) <= batch_size else None
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def batch_file(partial: Path, index: int) -> Path:
@@ -811,19 +856,24 @@ def run_requests(job: Job, requests: list[Request], backend, partial: Path,
     todo = [i for i in range(len(batches)) if i not in done]
     n_todo = sum(len(batches[i][1]) for i in todo)
     t0, n_new, effective = time.monotonic(), 0, batch_size
-    for k, index in enumerate(todo, 1):
-        start, chunk = batches[index]
-        prompts = [backend.prompt(r) for r in chunk]
-        results, effective = run_with_oom_backoff(backend.run, chunk, start, job.run_seed, effective)
-        df = rows_frame(job, chunk, results, prompts)
-        write_table(df, batch_file(partial, index), "inference", types=ARROW_TYPES,
-                    metadata={"fingerprint": fp, "batch": index, "sample_ids": [r.sample_id for r in chunk]})
-        done[index] = df
-        n_new += len(chunk)
-        rate = n_new / max(time.monotonic() - t0, 1e-9)
-        eta = (n_todo - n_new) / rate if rate > 0 else float("nan")
-        log.info("batch %d/%d done (%d/%d samples this run, %d/%d total): %.2f samples/s, ETA %s", k, len(todo),
-                 n_new, n_todo, sum(len(d) for d in done.values()), len(requests), rate, _fmt_eta(eta))
+    ahead = Prefetch(getattr(backend, "prepare", None), [batches[i][1] for i in todo])
+    try:
+        for k, index in enumerate(todo, 1):
+            start, chunk = batches[index]
+            prompts = [backend.prompt(r) for r in chunk]
+            prepared = ahead.take(k - 1, effective)
+            results, effective = run_with_oom_backoff(backend.run, chunk, start, job.run_seed, effective, prepared)
+            df = rows_frame(job, chunk, results, prompts)
+            write_table(df, batch_file(partial, index), "inference", types=ARROW_TYPES,
+                        metadata={"fingerprint": fp, "batch": index, "sample_ids": [r.sample_id for r in chunk]})
+            done[index] = df
+            n_new += len(chunk)
+            rate = n_new / max(time.monotonic() - t0, 1e-9)
+            eta = (n_todo - n_new) / rate if rate > 0 else float("nan")
+            log.info("batch %d/%d done (%d/%d samples this run, %d/%d total): %.2f samples/s, ETA %s", k, len(todo),
+                     n_new, n_todo, sum(len(d) for d in done.values()), len(requests), rate, _fmt_eta(eta))
+    finally:
+        ahead.close()
     frames = [done[i] for i in range(len(batches))]
     # relaxed: a checkpoint whose label or text prompt column holds only nulls has the null type
     result = pl.concat(frames, how="vertical_relaxed") if frames else rows_frame(job, [], [], [])

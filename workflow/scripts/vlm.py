@@ -7,7 +7,9 @@ batched inputs, demo checkpoint, vision tower) lives in ``families/<family>.py``
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ class LoadedModel:
     answer_ids: dict = field(default_factory=dict)
     # set when there are no weights here (load_for_prompts); else the model's own
     generation_config: Any = None
+    # one thread at a time in the tokenizer (processor_inputs runs a batch ahead in a worker thread)
+    tokenizer_lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def tokenizer(self):
@@ -217,9 +221,16 @@ def open_image(path: str):
         raise PipelineError(f"{path}: cannot read image ({err}); rerun the render stage") from err
 
 
-def prepare_inputs(lm: LoadedModel, prompts: list[str], images: list) -> Any:
-    """Batch the processor inputs with left padding, on the model's device and dtype."""
-    inputs = families.get(lm.family).batch_inputs(lm.processor, prompts, images)
+def processor_inputs(lm: LoadedModel, prompts: list[str], images: list) -> Any:
+    """The processor's inputs for one left-padded batch, on the CPU: the part of a batch that can be made in a worker
+    thread while the model runs the batch before it. The lock keeps the tokenizer to one thread at a time (the
+    processor reconfigures a fast tokenizer's padding, which a decode in another thread must not meet)."""
+    with lm.tokenizer_lock:
+        return families.get(lm.family).batch_inputs(lm.processor, prompts, images)
+
+
+def on_device(lm: LoadedModel, inputs) -> Any:
+    """Processor inputs moved to the model's device, floating tensors in its dtype."""
     out = {}
     for key, value in inputs.items():
         if hasattr(value, "to"):
@@ -228,6 +239,11 @@ def prepare_inputs(lm: LoadedModel, prompts: list[str], images: list) -> Any:
                 value = value.to(lm.dtype)
         out[key] = value
     return out
+
+
+def prepare_inputs(lm: LoadedModel, prompts: list[str], images: list) -> Any:
+    """Batch the processor inputs with left padding, on the model's device and dtype."""
+    return on_device(lm, processor_inputs(lm, prompts, images))
 
 
 def generation_kwargs(decoding: dict, max_new_tokens: int) -> dict:
@@ -276,23 +292,53 @@ def p_yes_from_logits(logits, answer_ids: dict) -> list[float | None]:
     return [float(v) for v in torch.sigmoid(yes - no)]
 
 
-def generate(lm: LoadedModel, prompts: list[str], images: list, max_new_tokens: int, decoding: dict, seed: int,
-             want_p_yes: bool = False) -> list[dict]:
-    """Generate for one batch (left padded). Returns per request: response, n_prompt_tokens, n_response_tokens,
-    finish_reason, p_yes (from the first generated step's logits, no extra forward; None unless asked)."""
+@contextlib.contextmanager
+def first_step_logits(model, wanted: bool = True):
+    """Yields a list that receives the raw logits of generate's first step (the prefill's last position, float32,
+    as ``output_logits`` gives them): a forward hook on the output embedding, so no later step's logits are kept
+    (``output_logits`` keeps a batch x vocabulary tensor per step). Yields None when not wanted or the model has no
+    output embedding to hook; the caller then falls back to ``output_logits``."""
     import torch
 
-    inputs = prepare_inputs(lm, prompts, images)
+    head = model.get_output_embeddings() if wanted else None
+    if head is None:
+        yield None
+        return
+    kept: list = []
+
+    def keep_first(_module, _args, output):
+        if not kept:
+            kept.append(output[:, -1, :].to(copy=True, dtype=torch.float32))
+
+    handle = head.register_forward_hook(keep_first)
+    try:
+        yield kept
+    finally:
+        handle.remove()
+
+
+def generate(lm: LoadedModel, prompts: list[str], images: list, max_new_tokens: int, decoding: dict, seed: int,
+             want_p_yes: bool = False, inputs=None) -> list[dict]:
+    """Generate for one batch (left padded). Returns per request: response, n_prompt_tokens, n_response_tokens,
+    finish_reason, p_yes (from the first generated step's logits, no extra forward; None unless asked).
+    ``inputs``: this batch's processor_inputs when they were made ahead (then ``images`` is not read)."""
+    import torch
+
+    inputs = on_device(lm, inputs if inputs is not None else processor_inputs(lm, prompts, images))
     # Explicit stop and pad ids: a checkpoint whose generation config lacks the tokenizer's eos (seen with
     # InstructBLIP) would otherwise run every caption to max_new_tokens.
     stops = stop_ids(lm)
     torch.manual_seed(seed)
-    with torch.inference_mode():
+    with torch.inference_mode(), first_step_logits(lm.model, want_p_yes) as first:
         out = lm.model.generate(**inputs, **generation_kwargs(decoding, max_new_tokens), return_dict_in_generate=True,
-                                output_logits=want_p_yes, eos_token_id=sorted(stops), pad_token_id=_pad_id(lm))
+                                output_logits=want_p_yes and first is None, eos_token_id=sorted(stops),
+                                pad_token_id=_pad_id(lm))
     n_in = inputs["input_ids"].shape[1]
     new = out.sequences[:, n_in:].tolist()
-    p_yes = p_yes_from_logits(out.logits[0], lm.answer_ids) if want_p_yes else [None] * len(prompts)
+    if want_p_yes:
+        p_yes = p_yes_from_logits(out.logits[0] if first is None else first[0], lm.answer_ids)
+    else:
+        p_yes = [None] * len(prompts)
     results = []
     for row, tokens in enumerate(new):
         p = p_yes[row] if p_yes[row] is None or math.isfinite(p_yes[row]) else None
@@ -305,8 +351,10 @@ def response_row(lm: LoadedModel, tokens: list[int], stops: set[int], n_prompt_t
     (every backend that returns tokens uses this). ``ended``: the engine stopped it before max tokens."""
     cut = next((i for i, t in enumerate(tokens) if t in stops), None)
     kept = tokens if cut is None else tokens[:cut]
+    with lm.tokenizer_lock:
+        response = lm.tokenizer.decode(kept, skip_special_tokens=True).strip()
     return {
-        "response": lm.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+        "response": response,
         "n_prompt_tokens": int(n_prompt_tokens),
         "n_response_tokens": len(kept),
         "finish_reason": "stop" if cut is not None or ended else "length",
