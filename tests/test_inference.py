@@ -151,6 +151,21 @@ def test_first_step_logits_are_what_generate_reports(loaded, images, family):
         vlm.p_yes_from_logits(out.logits[0], lm.answer_ids)[0], abs=1e-6)
 
 
+@pytest.mark.parametrize("family", families.names())
+def test_static_kv_cache_gives_the_dynamic_caches_rows(loaded, images, family):
+    """inference.kv_cache: static (one cache allocated for prompt + max_new_tokens) generates what the dynamic
+    cache generates, for every family, in a left-padded batch long enough to pass the shortest prompt's padding."""
+    lm = loaded[family]
+    prompts = [vlm.build_prompt(family, lm.processor, t) for t in ("Describe this image in detail.", None, Q, "x")]
+    rows = {kv: vlm.generate(lm, prompts, images, 24, GREEDY, seed=0, want_p_yes=True, kv_cache=kv)
+            for kv in ("dynamic", "static")}
+    for dynamic, static in zip(rows["dynamic"], rows["static"], strict=True):
+        assert static["response"] == dynamic["response"] and static["n_response_tokens"] == dynamic["n_response_tokens"]
+        assert static["p_yes"] == pytest.approx(dynamic["p_yes"], abs=1e-5)
+    assert vlm.generation_kwargs(GREEDY, 24, "static")["cache_implementation"] == "static"
+    assert "cache_implementation" not in vlm.generation_kwargs(GREEDY, 24)
+
+
 def test_p_yes_sums_spellings():
     import torch
 

@@ -132,6 +132,16 @@ def test_adding_a_model_runs_only_new_jobs_and_aggregations(completed):
     assert "build_demo_model" not in jobs and "render_variants" not in jobs
 
 
+def test_the_kv_cache_reruns_only_for_a_static_cache(completed):
+    """inference.kv_cache: dynamic is the default, so writing it out reruns nothing; a static cache can change a
+    row's float sums, so it reruns every transformers model's jobs (the whole demo) and nothing upstream."""
+    assert planned_jobs(completed, "--configfile", write_config(completed, {"inference": {"kv_cache": "dynamic"}})) == Counter()
+    edited = write_config(completed, {"inference": {"kv_cache": "static"}})
+    infer = planned_infer(completed, "--configfile", edited)
+    assert len(infer) == N_MODELS * JOBS_PER_MODEL * REPEATS
+    assert not {"sample_pope", "render_variants", "build_demo_model"} & set(planned_jobs(completed, "--configfile", edited))
+
+
 # Settings that decide how requests are sent, never what a row says (inference.openai minus base_url).
 OPERATIONAL = {"max_retries": 9, "timeout_s": 3.5, "concurrency": 64, "api_key_env": "SOME_OTHER_KEY"}
 

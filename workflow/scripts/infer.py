@@ -493,7 +493,7 @@ class TransformersBackend:
     def run(self, chunk: list[Request], seed: int, prepared=None) -> list[dict]:
         prompts = [self.prompt(r) for r in chunk]
         results = self.vlm.generate(self.lm, prompts, [], self.job.task_cfg["max_new_tokens"], self.job.decoding,
-                                    seed, want_p_yes=self.want_p_yes,
+                                    seed, want_p_yes=self.want_p_yes, kv_cache=self.job.inference.get("kv_cache", "dynamic"),
                                     inputs=prepared if prepared is not None else self.processor_inputs(chunk))
         for req, res in zip(chunk, results, strict=True):
             res.update(self.strip_seen(req))
@@ -526,6 +526,7 @@ class TransformersBackend:
         lm = self.lm
         return {"model_path": lm.path, "revision": lm.revision, "commit_hash": lm.commit_hash, "family": lm.family,
                 "device": str(lm.device), "dtype": str(lm.dtype).replace("torch.", ""),
+                "kv_cache": self.job.inference.get("kv_cache", "dynamic"),
                 "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 

@@ -75,6 +75,8 @@ def row_settings(inference: dict, entry: dict | None = None) -> dict:
     if inference.get("legible_text_px") is not None:  # sets the rows' text_legible (never regenerates a row)
         kept["legible_text_px"] = inference["legible_text_px"]
     backend = (entry or {}).get("backend") or inference["backend"]
+    if backend == "transformers" and inference.get("kv_cache", "dynamic") != "dynamic":
+        kept["kv_cache"] = inference["kv_cache"]  # a static cache attends over padded slots: other float sums
     if backend == "openai":
         kept["openai"] = {"base_url": redact_url((inference.get("openai") or {}).get("base_url"))}
     if backend == "vllm":

@@ -246,9 +246,13 @@ def prepare_inputs(lm: LoadedModel, prompts: list[str], images: list) -> Any:
     return on_device(lm, processor_inputs(lm, prompts, images))
 
 
-def generation_kwargs(decoding: dict, max_new_tokens: int) -> dict:
-    """Decoding overrides: every knob explicit, so the checkpoints' own generation defaults never apply."""
+def generation_kwargs(decoding: dict, max_new_tokens: int, kv_cache: str = "dynamic") -> dict:
+    """Decoding overrides: every knob explicit, so the checkpoints' own generation defaults never apply.
+    ``kv_cache``: inference.kv_cache (static: one cache of prompt + max_new_tokens slots, allocated before the first
+    step, where the dynamic one concatenates every layer's whole cache again at each step)."""
     kwargs = {"max_new_tokens": int(max_new_tokens), "repetition_penalty": float(decoding["repetition_penalty"])}
+    if kv_cache == "static":
+        kwargs["cache_implementation"] = "static"
     if decoding["do_sample"]:
         kwargs.update(do_sample=True, temperature=float(decoding["temperature"]), top_p=float(decoding["top_p"]),
                       top_k=int(decoding["top_k"]))
@@ -318,7 +322,7 @@ def first_step_logits(model, wanted: bool = True):
 
 
 def generate(lm: LoadedModel, prompts: list[str], images: list, max_new_tokens: int, decoding: dict, seed: int,
-             want_p_yes: bool = False, inputs=None) -> list[dict]:
+             want_p_yes: bool = False, inputs=None, kv_cache: str = "dynamic") -> list[dict]:
     """Generate for one batch (left padded). Returns per request: response, n_prompt_tokens, n_response_tokens,
     finish_reason, p_yes (from the first generated step's logits, no extra forward; None unless asked).
     ``inputs``: this batch's processor_inputs when they were made ahead (then ``images`` is not read)."""
@@ -330,7 +334,8 @@ def generate(lm: LoadedModel, prompts: list[str], images: list, max_new_tokens: 
     stops = stop_ids(lm)
     torch.manual_seed(seed)
     with torch.inference_mode(), first_step_logits(lm.model, want_p_yes) as first:
-        out = lm.model.generate(**inputs, **generation_kwargs(decoding, max_new_tokens), return_dict_in_generate=True,
+        out = lm.model.generate(**inputs, **generation_kwargs(decoding, max_new_tokens, kv_cache),
+                                return_dict_in_generate=True,
                                 output_logits=want_p_yes and first is None, eos_token_id=sorted(stops),
                                 pad_token_id=_pad_id(lm))
     n_in = inputs["input_ids"].shape[1]
