@@ -23,8 +23,8 @@ time of config.yaml's matrix (tasks, sample sizes, settings, models and repeats 
 "everything on transformers" and "vLLM where it serves the model".
 
 Request counts are kept modest so that the whole run should fit in 8 minutes on one H100 (estimated from
-the expected load, compile and generation times; no GPU run is recorded yet): per model 32 POPE + 32
-caption requests on transformers (``--n-hf``, 4 + 4 batches of 8) and 64 + 64 on vLLM (``--n-vllm``). The vLLM
+the expected load, compile and generation times; no GPU run is recorded yet): per model 64 POPE + 64
+caption requests on transformers (``--n-hf``, 2 + 2 batches of config.yaml's 32) and 64 + 64 on vLLM (``--n-vllm``). The vLLM
 engine starts once per model with config.yaml's settings (torch.compile and CUDA graphs included); its start-up
 and the transformers load time are counted once per infer job in the extrapolation.
 
@@ -507,7 +507,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU, a handful of requests")
     ap.add_argument("--config", default=str(ROOT / "config.yaml"), help="the config whose matrix is extrapolated")
-    ap.add_argument("--n-hf", type=int, default=None, help="requests per phase and model on transformers (32)")
+    ap.add_argument("--n-hf", type=int, default=None, help="requests per phase and model on transformers (64)")
     ap.add_argument("--n-vllm", type=int, default=None, help="requests per phase and model on vLLM (64)")
     ap.add_argument("--pope-tokens", type=int, default=8)
     ap.add_argument("--caption-tokens", type=int, default=None, help="fixed caption length (200; --smoke 32)")
@@ -520,7 +520,7 @@ def main() -> None:
                          "PII_REQUIRE_VLLM set, as in CI)")
     ap.add_argument("--verbose", action="store_true", help="the pipeline's and vLLM's log on stderr")
     args = ap.parse_args()
-    n_hf = args.n_hf or (4 if args.smoke else 32)
+    n_hf = args.n_hf or (4 if args.smoke else 64)
     n_vllm = args.n_vllm or (4 if args.smoke else 64)
     tokens = {"pope": args.pope_tokens, "caption": args.caption_tokens or (32 if args.smoke else 200)}
 

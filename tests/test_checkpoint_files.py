@@ -112,3 +112,24 @@ def test_the_batch_sort_counts_the_image_tokens_the_processor_writes(family, fol
     for width, height in sizes:
         enc = processor(text=[prompt], images=[Image.new("RGB", (width, height), "white")], return_tensors="pt")
         assert vlm.image_tokens(lm, width, height) == int((enc["input_ids"] == image_id).sum()), (width, height)
+
+
+@pytest.mark.parametrize("folder,per_token", [
+    # 28 layers x 4 kv heads (grouped-query attention) x 128 x key and value x 2 bytes: 56 KiB a token
+    ("Qwen--Qwen2.5-VL-7B-Instruct", 2 * 28 * 4 * 128 * 2),
+    # Vicuna-7B (LLaMA-7B): 32 layers x 32 heads x 128, the 0.5 MiB a token of every LLaMA-7B
+    ("llava-hf--llava-1.5-7b-hf", 2 * 32 * 32 * 128 * 2),
+])
+def test_kv_cache_per_token_from_the_real_configs(folder, per_token):
+    """The GPU memory check reads the published config.json as transformers does (LLaVA's text config states only
+    what differs from LLaMA's defaults), and a batch of the paper's longest requests fits an 80 GB GPU."""
+    import infer
+    import vlm
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(CHECKPOINT_FILES / folder)
+    assert vlm.kv_bytes_per_token(config, 2) == per_token
+    # config.yaml's batch of 32 captions (LLaVA: 576 image tokens + prompt + 512 answer tokens) in 65 GB left
+    # free after the 14 GB of bf16 weights
+    need, fits = infer.kv_cache_need(per_token, 576 + 40 + 512, 32, 65 * 10**9)
+    assert need == 32 * 1128 * per_token and fits >= 32

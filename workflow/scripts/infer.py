@@ -499,6 +499,27 @@ class TransformersBackend:
             res.update(self.strip_seen(req))
         return results
 
+    def check_memory(self, batches, max_new_tokens: int) -> None:
+        """On a GPU, log the KV cache the planned batches need at most (each batch's longest request plus the answer
+        tokens) against the free memory, and warn with a batch size that fits where it does not: the out-of-memory
+        halving would find it too, by failing first."""
+        if self.lm.device.type != "cuda" or not batches:
+            return
+        import torch
+
+        per_token = self.vlm.kv_bytes_per_token(self.lm.model.config, self.lm.dtype.itemsize)
+        longest = max(self.sort_key(r) for _, chunk in batches for r in chunk) + int(max_new_tokens)
+        largest = max(len(chunk) for _, chunk in batches)
+        free, _ = torch.cuda.mem_get_info(self.lm.device)
+        need, fits = kv_cache_need(per_token, longest, largest, free)
+        message = (f"KV cache for a batch of {largest} requests of up to {longest} tokens: {need / 2**30:.1f} GiB, "
+                   f"{free / 2**30:.1f} GiB free on {self.lm.device}")
+        if fits < largest:
+            log.warning("%s; expect the out-of-memory halving, or set models.%s.batch_size: %d", message,
+                        self.job.model, max(fits, 1))
+        else:
+            log.info("%s (room for a batch of %d)", message, fits)
+
     def strip_seen(self, req: Request) -> dict:
         """How much of the strip and of the photo this model's processor passes on, and the text size in its input
         pixels, measured through the processor (Family.strip_geometry, memoised per canvas size); None where the
@@ -538,6 +559,9 @@ class VLLMBackend(TransformersBackend):
 
     name = "vllm"
     prepare = None  # the engine reads and processes the images itself
+
+    def check_memory(self, batches, max_new_tokens: int) -> None:
+        """Nothing to check: the engine sizes its own cache (inference.vllm.engine.gpu_memory_utilization)."""
 
     def __init__(self, job: Job, engine):
         import vlm
@@ -750,6 +774,13 @@ def _free_cuda() -> None:
         pass
 
 
+def kv_cache_need(per_token: int, tokens: int, batch: int, free: int, share: float = 0.8) -> tuple[int, int]:
+    """Bytes of KV cache a batch of ``batch`` requests of ``tokens`` tokens needs, and the largest batch whose cache
+    fits in ``share`` of ``free`` bytes (the rest: activations, the vision encoder's, the allocator's slack)."""
+    per_request = per_token * tokens
+    return batch * per_request, int(free * share // per_request)
+
+
 def plan_batches(requests: list[Request], sort_key, batch_size: int) -> list[tuple[int, list[Request]]]:
     """Requests sorted by prompt length (ties: sample_id), cut into batches; (sorted start position, batch)."""
     ordered = sorted(requests, key=lambda r: (sort_key(r), r.sample_id))
@@ -940,6 +971,8 @@ def run_job(job: Job, sample_path, manifest_path, out, partial, threads: int | N
     log.info("%s / %s / %s, repeat %d (seed %d): %d requests, backend %s, batch size %d", job.task, job.model,
              job.setting, job.repeat, job.run_seed, len(requests), job.backend_name, job.batch_size)
     backend = backend or (models.backend(job) if models else make_backend(job, device=device))
+    if hasattr(backend, "check_memory"):
+        backend.check_memory(batches, job.task_cfg["max_new_tokens"])
     t0 = time.monotonic()
     df, facts = run_requests(job, requests, backend, Path(partial), fp, batches)
     df = with_legibility(df, job.legible_text_px)  # checkpoints written under another threshold included

@@ -191,6 +191,15 @@ def image_tokens(lm: LoadedModel, width: int, height: int) -> int:
         return 0
 
 
+def kv_bytes_per_token(config, dtype_bytes: int) -> int:
+    """KV-cache bytes of one token across the language model's layers: a key and a value per kv head (grouped-query
+    attention has fewer kv heads than attention heads). ``config``: the model's (its text config is read)."""
+    text = config.get_text_config()
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return 2 * text.num_hidden_layers * heads * head_dim * dtype_bytes
+
+
 def answer_token_ids(tokenizer) -> dict[str, list[int]]:
     """Single-token spellings of Yes / No (case and leading-space variants) in this vocabulary."""
     vocab = tokenizer.get_vocab()
