@@ -32,10 +32,11 @@ OLD = 978307200  # 2001-01-01: older than every file of the workflow
 # model entry -> the demo folder of its family (both llava entries read the same user folder)
 MODELS = {"qwen2_5_vl": "qwen2_5_vl", "llava_1_5": "llava", "llava_1_5_pad": "llava", "instructblip": "instructblip",
           "idefics3": "hf"}
-# The data stage, rendering and one inference job per task: every stage that reads the user's files.
-TARGETS = ["results/data/pope_sample.parquet", "results/data/caption_sample.parquet",
-           "results/images/pope/contact_sheet.png", "results/images/caption/contact_sheet.png",
-           "results/inference/pope/llava_1_5/hybrid/r0.parquet",
+# The data stage and rendering (what reads the COCO root and the POPE file, whose rules the download setting
+# changes) and one inference job per task (what reads the model folders, the same rules with downloads on or off).
+DATA_TARGETS = ["results/data/pope_sample.parquet", "results/data/caption_sample.parquet",
+                "results/images/pope/contact_sheet.png", "results/images/caption/contact_sheet.png"]
+TARGETS = [*DATA_TARGETS, "results/inference/pope/llava_1_5/hybrid/r0.parquet",
            "results/inference/caption/qwen2_5_vl/baseline/r0.parquet"]
 # Where rules may write (logs/ and .snakemake/ are Snakemake's, not rule outputs).
 PIPELINE_FOLDERS = ("results/", "resources/downloads/", "resources/demo/")
@@ -96,22 +97,23 @@ def request_log(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("download", [False, True], ids=["downloads-off", "downloads-on"])
-def test_user_files_are_only_read(demo_run, tmp_path, request_log, download):
+@pytest.mark.parametrize("download,targets", [(False, TARGETS), (True, DATA_TARGETS)],
+                         ids=["downloads-off", "downloads-on"])
+def test_user_files_are_only_read(demo_run, tmp_path, request_log, download, targets):
     url, server_log = request_log
     user = make_user_data(demo_run, tmp_path / "user")
     before = snapshot(user)
     config = user_config(tmp_path / "config.yaml", user, download, url)
     work = tmp_path / "work"
-    run_snakemake(work, *TARGETS, configfile=str(config), timeout=900)
+    run_snakemake(work, *targets, configfile=str(config), timeout=900)
     # A new release: every file of the workflow newer than the user's data and than the outputs. The stages
     # rerun (their code changed); the user's files must not be touched.
     release = copy_project(tmp_path / "release")
     for path in release.rglob("*"):
         os.utime(path)
-    dry = run_snakemake(work, "-n", "--quiet=progress", *TARGETS, configfile=str(config), project=release)
+    dry = run_snakemake(work, "-n", "--quiet=progress", *targets, configfile=str(config), project=release)
     assert "sample_pope" in dry.stdout and not any(str(user) in p for p in planned_outputs(dry.stdout))
-    run_snakemake(work, *TARGETS, configfile=str(config), timeout=900, project=release)
+    run_snakemake(work, *targets, configfile=str(config), timeout=900, project=release)
     assert snapshot(user) == before
     assert not (work / "resources").exists()  # nothing was fetched or built
     requests = [line for line in server_log.read_text().splitlines() if "GET" in line]
