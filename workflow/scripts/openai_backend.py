@@ -175,20 +175,21 @@ def logsumexp(values: list[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
-def decoding_values(decoding: dict) -> dict:
+def decoding_values(decoding: dict, top_k_off: int = -1) -> dict:
     """The decoding values every request carries, greedy included, so none is left to the server's defaults
-    (vLLM >= 0.7 fills each field a request leaves out from the checkpoint's generation_config).
+    (vLLM >= 0.7 fills each field a request leaves out from the checkpoint's generation_config). The vllm backend's
+    engine requests carry the same (vllm_backend.sampling_values).
 
-    top_k off is sent as -1: vLLM's OpenAI server passes top_k to SamplingParams, where -1 means "all tokens" in
-    every version (0.7 rejects 0: "top_k must be -1 (disable), or at least 1"; later ones take 0 or -1), while the
-    config's 0 is transformers' "off". Greedy is temperature 0 (vLLM's greedy) with top_p 1 and top_k off, as the
-    vllm backend sends; repetition_penalty applies to greedy decoding too, so it is the config's either way."""
+    top_k off is ``top_k_off``: -1 for an OpenAI-compatible server, because vLLM's passes top_k to SamplingParams,
+    where -1 means "all tokens" in every version (0.7 rejects 0: "top_k must be -1 (disable), or at least 1"; later
+    ones take 0 or -1), while the config's 0 is transformers' "off". Greedy is temperature 0 (vLLM's greedy) with
+    top_p 1 and top_k off; repetition_penalty applies to greedy decoding too, so it is the config's either way."""
     if decoding["do_sample"]:
         top_k = int(decoding["top_k"])
         values = {"temperature": float(decoding["temperature"]), "top_p": float(decoding["top_p"]),
-                  "top_k": top_k if top_k > 0 else -1}
+                  "top_k": top_k if top_k > 0 else top_k_off}
     else:
-        values = {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
+        values = {"temperature": 0.0, "top_p": 1.0, "top_k": top_k_off}
     return {**values, "repetition_penalty": float(decoding["repetition_penalty"])}
 
 

@@ -30,7 +30,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from openai_backend import logsumexp
+from openai_backend import decoding_values, logsumexp
 from pipeline_io import PipelineError, log
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -121,14 +121,9 @@ class VLLMEngine:
 
 def sampling_values(decoding: dict, max_new_tokens: int) -> dict:
     """The decoding values every request carries: all of them, greedy included, so nothing is left to vLLM's or the
-    checkpoint's defaults. Greedy is temperature 0 (vLLM's greedy) with the other knobs neutral; top_k 0 is
-    'off' both in transformers and in vLLM."""
-    if decoding["do_sample"]:
-        values = {"temperature": float(decoding["temperature"]), "top_p": float(decoding["top_p"]),
-                  "top_k": int(decoding["top_k"])}
-    else:
-        values = {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
-    return {**values, "repetition_penalty": float(decoding["repetition_penalty"]), "max_tokens": int(max_new_tokens)}
+    checkpoint's defaults; those the openai backend sends, with top_k off as 0 (the engine's SamplingParams in 0.32,
+    and transformers' spelling) and the task's token limit."""
+    return {**decoding_values(decoding, top_k_off=0), "max_tokens": int(max_new_tokens)}
 
 
 def pad_to_square(image, image_mean):
