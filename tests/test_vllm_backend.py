@@ -95,6 +95,9 @@ def test_vllm_rows_match_the_transformers_backend(tmp_path, family, setting, tex
     # Tiny random models have near-ties that float rounding may flip; measured: every row agrees.
     assert agree >= 0.75
     assert (vl["p_yes"] - hf["p_yes"]).abs().max() < 1e-3
+    # what the model saw of the strip: the same processor, so the same measures
+    seen = ["strip_visible_fraction", "photo_visible_fraction", "text_px_in_model", "text_legible"]
+    assert hf["strip_visible_fraction"].is_not_null().all() and vl.select(seen).equals(hf.select(seen))
     meta = read_metadata(out)
     assert meta["backend"] == "vllm" and meta["vllm"]["version"].startswith("0.")
     assert meta["vllm"]["engine"]["enforce_eager"] is True
@@ -114,6 +117,39 @@ def test_vllm_sampling_repeats_for_the_same_seed(tmp_path, family, checkpoints, 
     assert first["seed"].to_list() == again["seed"].to_list()
     assert sorted(first["seed"].to_list()) == list(range(len(first)))  # seed + sorted position, one per request
     assert first["response"].to_list() != other["response"].to_list()
+
+
+@pytest.mark.slow
+def test_an_interrupted_vllm_unit_resumes_from_its_finished_batches(tmp_path, checkpoints, inputs, engines,
+                                                                    monkeypatch):
+    """A write that fails after the first of two batches (the disk fills up): that batch is kept, no output is
+    written; the rerun sends only the second batch's requests to the engine and gives the uninterrupted rows."""
+    import errno
+
+    whole, _ = run_unit(tmp_path / "whole", "llava", checkpoints["llava"], "vllm", inputs, models=engines["llava"])
+    real_write, calls = infer.write_table, []
+
+    def write_then_fill_disk(df, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(df, path, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "write_table", write_then_fill_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_unit(tmp_path / "cut", "llava", checkpoints["llava"], "vllm", inputs, models=engines["llava"])
+    monkeypatch.setattr(infer, "write_table", real_write)
+    engine = engines["llava"].engine
+    sent, real_generate = [], engine.generate
+
+    def counting_generate(requests, *args, **kwargs):
+        sent.append(len(requests))
+        return real_generate(requests, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "generate", counting_generate)
+    resumed, out = run_unit(tmp_path / "cut", "llava", checkpoints["llava"], "vllm", inputs, models=engines["llava"])
+    assert read_metadata(out)["resumed_batches"] == 1 and sent == [4]
+    assert resumed.equals(whole)
 
 
 @pytest.mark.slow
