@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -76,3 +77,17 @@ def job_config(model: str, family: str, path: str, task: str = "pope", setting: 
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(json.dumps(cfg, sort_keys=True))
     return path
+
+
+def disk_full_at(write, call: int):
+    """``write`` (infer.write_table) failing as a full disk (ENOSPC) at its ``call``-th call, and only then: the one
+    stand-in of the resume tests, as a real full file system cannot be made here."""
+    calls = []
+
+    def write_or_fill_disk(df, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == call:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write(df, path, *args, **kwargs)
+
+    return write_or_fill_disk

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 import vlm
 from conftest import SCRIPTS
-from inference_fixtures import job_config, make_inputs, write_config
+from inference_fixtures import disk_full_at, job_config, make_inputs, write_config
 from pipeline_io import PipelineError, read_metadata, read_table
 from polars.testing import assert_frame_equal
 
@@ -404,21 +404,12 @@ def test_image_deleted_or_replaced_after_rendering(tmp_path, models_dir, fault):
 def test_disk_full_keeps_checkpoints_and_resumes(tmp_path, models_dir, monkeypatch):
     """An OSError (disk full) while writing the second checkpoint: the first stays, no output; the rerun resumes
     from it and gives every row. (The disk is the one stand-in: a real full file system cannot be made here.)"""
-    import errno
-
     sample, manifest = make_inputs(tmp_path / "in", "pope", n=4)
     job = infer.Job("pope", "llava_1_5", "hybrid",
                     job_config("llava_1_5", "llava", str(models_dir / "llava"), batch_size=2, max_new_tokens=2))
     out, partial = tmp_path / "out.parquet", tmp_path / ".partial"
-    real_write, calls = infer.write_table, []
-
-    def write_then_fill_disk(df, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(df, path, *args, **kwargs)
-
-    monkeypatch.setattr(infer, "write_table", write_then_fill_disk)
+    real_write = infer.write_table
+    monkeypatch.setattr(infer, "write_table", disk_full_at(real_write, 2))
     with pytest.raises(OSError, match="No space left"):
         infer.run_job(job, sample, manifest, out, partial)
     assert [p.name for p in partial.glob("batch-*.parquet")] == ["batch-00000.parquet"] and not out.exists()

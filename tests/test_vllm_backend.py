@@ -17,7 +17,7 @@ import vlm
 import yaml
 from config_check import ConfigError, validate_config
 from conftest import ROOT, merge_configs
-from inference_fixtures import job_config, make_inputs
+from inference_fixtures import disk_full_at, job_config, make_inputs
 from pipeline_io import PipelineError, read_metadata, read_table
 from test_config import merged_demo
 from vllm_backend import p_yes_from_logprobs, pad_to_square, sampling_values, vllm_python
@@ -124,18 +124,9 @@ def test_an_interrupted_vllm_unit_resumes_from_its_finished_batches(tmp_path, ch
                                                                     monkeypatch):
     """A write that fails after the first of two batches (the disk fills up): that batch is kept, no output is
     written; the rerun sends only the second batch's requests to the engine and gives the uninterrupted rows."""
-    import errno
-
     whole, _ = run_unit(tmp_path / "whole", "llava", checkpoints["llava"], "vllm", inputs, models=engines["llava"])
-    real_write, calls = infer.write_table, []
-
-    def write_then_fill_disk(df, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(df, path, *args, **kwargs)
-
-    monkeypatch.setattr(infer, "write_table", write_then_fill_disk)
+    real_write = infer.write_table
+    monkeypatch.setattr(infer, "write_table", disk_full_at(real_write, 2))
     with pytest.raises(OSError, match="No space left"):
         run_unit(tmp_path / "cut", "llava", checkpoints["llava"], "vllm", inputs, models=engines["llava"])
     monkeypatch.setattr(infer, "write_table", real_write)
