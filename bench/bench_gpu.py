@@ -434,13 +434,16 @@ def bench_vllm(cfg, model, entry, inputs, n, tokens, work: Path, engine_args: di
     import infer
     import vllm_backend
 
-    # The pipeline's worker, with every request's length fixed (bench/vllm_fixed_length_worker.py)
-    vllm_backend.WORKER = Path(__file__).resolve().with_name("vllm_fixed_length_worker.py")
     free_gpu()
     entry = {**entry}
     inference = {**cfg["inference"], "vllm": {**(cfg["inference"].get("vllm") or {}), "engine": engine_args}}
     cfg = {**cfg, "inference": inference}
     engine = vllm_backend.VLLMEngine(vllm_backend.vllm_python(inference["vllm"]))
+    # Every answer of exactly max_tokens: the requests also carry min_tokens = max_tokens and ignore_eos, so random
+    # weights cannot stop early (vLLM's min_tokens holds back the stop ids as well)
+    pipeline_values = vllm_backend.sampling_values
+    vllm_backend.sampling_values = lambda decoding, max_new_tokens: {
+        **pipeline_values(decoding, max_new_tokens), "min_tokens": int(max_new_tokens), "ignore_eos": True}
     try:
         with MemoryPoll() as mem:
             t0 = time.perf_counter()
@@ -450,6 +453,7 @@ def bench_vllm(cfg, model, entry, inputs, n, tokens, work: Path, engine_args: di
             out = run_phases("vllm", lambda job: infer.VLLMBackend(job, engine), cfg, model, entry, inputs, n, tokens,
                              work)
     finally:
+        vllm_backend.sampling_values = pipeline_values
         engine.close()
     return {"startup_s": startup, "peak_gib": mem.gib, "version": engine.info.get("vllm"), **out}
 

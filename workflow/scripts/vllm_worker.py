@@ -13,7 +13,8 @@ Messages (job -> worker, then one reply each):
   -> ``{"ok": true, "vllm": version, "engine": the arguments used}``
 - ``{"op": "generate", "requests": [{"prompt", "image", "seed"}], "sampling": {...}, "stop_token_ids": [...],
   "logprob_token_ids": [...] or null}`` -> ``{"ok": true, "results": [{"token_ids", "finish_reason",
-  "n_prompt_tokens", "first_logprobs": {id: logprob}}]}``
+  "n_prompt_tokens", "first_logprobs": {id: logprob}}]}``. ``sampling`` may also hold ``min_tokens`` and
+  ``ignore_eos`` (bench/bench_gpu.py's fixed-length answers; the pipeline never sends them).
 - ``{"op": "close"}`` -> ``{"ok": true}``, then the worker exits.
 An error is ``{"ok": false, "error": "..."}``; the job raises it with the model's name.
 """
@@ -80,6 +81,7 @@ def generate(llm, msg: dict) -> dict:
             n=1, seed=int(req["seed"]), temperature=float(sampling["temperature"]), top_p=float(sampling["top_p"]),
             top_k=int(sampling["top_k"]), repetition_penalty=float(sampling["repetition_penalty"]),
             max_tokens=int(sampling["max_tokens"]), stop_token_ids=list(msg["stop_token_ids"]),
+            min_tokens=int(sampling.get("min_tokens", 0)), ignore_eos=bool(sampling.get("ignore_eos", False)),
             # the job decodes the tokens itself, with the tokenizer the transformers backend uses
             detokenize=False, skip_special_tokens=True,
             logprobs=len(ids) if ids else None, logprob_token_ids=list(ids) if ids else None,
