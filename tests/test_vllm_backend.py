@@ -220,7 +220,7 @@ def test_a_family_vllm_cannot_serve_is_a_config_error():
 def test_the_demo_runs_qwen_and_llava_through_vllm(demo_run, tmp_path):
     """The README's vllm-demo on a copy of the finished demo: the infer jobs of the three models the overlay moves
     to vLLM run again (their entries changed), in the job's vLLM engine, and give the transformers rows' prompts,
-    prompt-token counts and P(yes)."""
+    prompt-token counts and P(yes); the batch-invariance check of the plain LLaVA entry runs on the engine too."""
     require_vllm()
     from conftest import run_snakemake
 
@@ -229,7 +229,8 @@ def test_the_demo_runs_qwen_and_llava_through_vllm(demo_run, tmp_path):
     models = ["qwen2_5_vl", "llava_1_5", "llava_1_5_pad"]
     units = sorted(p.relative_to(work).as_posix() for m in models for p in work.glob(f"results/inference/*/{m}/*/r0.parquet"))
     assert len(units) >= 3 * 5
-    run_snakemake(work, *units, "--configfile", str(ROOT / "config.demo.yaml"), str(ROOT / "config.demo-vllm.yaml"),
+    invariance = "results/inference/invariance/llava_1_5.parquet"
+    run_snakemake(work, *units, invariance, "--configfile", str(ROOT / "config.demo.yaml"), str(ROOT / "config.demo-vllm.yaml"),
                   configfile=None, timeout=1800)
     for unit in units:
         vl, hf = read_table(work / unit, "inference"), read_table(demo_run / unit, "inference")
@@ -242,6 +243,13 @@ def test_the_demo_runs_qwen_and_llava_through_vllm(demo_run, tmp_path):
     for model in models:
         log = (work / f"logs/inference/{model}/r0.log").read_text()
         assert "vLLM 0.32.0 engine loaded" in log, model
+    vl, hf = read_table(work / invariance, "invariance"), read_table(demo_run / invariance, "invariance")
+    assert (vl["backend"] == "vllm").all() and (vl["batch_size"] == 64).all()  # config.demo-vllm.yaml's batch
+    assert vl["sample_id"].to_list() == hf["sample_id"].to_list()
+    assert vl["identical"].to_list() == (vl["response_batched"] == vl["response_single"]).to_list()
+    print(f"vLLM batch invariance, LLaVA: {int(vl['identical'].sum())}/{len(vl)} identical, largest |dP(yes)| "
+          f"{vl['abs_diff_p_yes'].max():.1e}")
+    assert (vl["p_yes_single"] - hf["p_yes_single"]).abs().max() < 1e-3
     # what the overlay does not move stays as the transformers run wrote it
     kept = next(work.glob("results/inference/pope/instructblip/*/r0.parquet"))
     assert kept.read_bytes() == (demo_run / kept.relative_to(work)).read_bytes()
