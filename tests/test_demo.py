@@ -9,6 +9,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_snakemake
 from pipeline_io import read_metadata, read_table
+from test_report import page_section
 
 SETTINGS = ["baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"]
 MODELS = ["qwen2_5_vl", "llava_1_5", "llava_1_5_pad", "instructblip", "idefics3"]
@@ -102,17 +103,15 @@ def test_the_batch_invariance_check_of_every_model(demo_run):
     model's counts."""
     cfg = demo_config()
     n = cfg["inference"]["invariance_check"]
-    report = (demo_run / "results/report/index.html").read_text()
-    section = report[report.index("<section id='invariance'>"):]
-    section = section[:section.index("</section>")]
+    section = page_section((demo_run / "results/report/index.html").read_text(), "Do answers depend on the batch?")
     table_rows = section.split("<tr><td class='label'>")[1:]  # one per model: N of N identical
     assert len(table_rows) == len(MODELS)
     assert all(f"<span class='v'>{n}</span> <span class='ci'>(100%)</span>" in r for r in table_rows)
+    first_n = read_table(demo_run / "results/data/pope_sample.parquet", "sample")["sample_id"].head(n).to_list()
     for model in MODELS:
         rows = read_table(demo_run / f"results/inference/invariance/{model}.parquet", "invariance")
         infer_rows = read_table(demo_run / f"results/inference/pope/{model}/baseline/r0.parquet", "inference")
-        sample = read_table(demo_run / "results/data/pope_sample.parquet", "sample")
-        assert rows["sample_id"].to_list() == sample["sample_id"].head(n).to_list(), model
+        assert rows["sample_id"].to_list() == first_n, model
         assert (rows["backend"] == "transformers").all() and (rows["batch_size"] == cfg["inference"]["batch_size"]).all()
         assert rows["identical"].to_list() == (rows["response_batched"] == rows["response_single"]).to_list()
         assert rows["identical"].all(), model
