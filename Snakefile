@@ -23,9 +23,9 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        data_targets(),
-        render_targets(),
-        inference_targets(),
-        scoring_targets(),
+        data_targets(STUDY),
+        render_targets(STUDY),
+        inference_targets(STUDY),
+        scoring_targets(STUDY),
         analysis_targets(),
         report_targets(),

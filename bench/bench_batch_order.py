@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "workflow" / "scripts")]
+sys.path[:0] = [str(ROOT / "workflow" / "lib")]
 
-import families  # noqa: E402
-import polars as pl  # noqa: E402
-import vlm  # noqa: E402
+import polars as pl
+
+from pii.inference import (
+    families,
+    vlm,
+)
 
 QWEN = ROOT / "workflow/data/checkpoint_files/Qwen--Qwen2.5-VL-7B-Instruct"
 COCO_LIKE = [(640, 480), (480, 640), (640, 427), (640, 426), (500, 375), (427, 640), (640, 512), (612, 612)]

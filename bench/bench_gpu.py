@@ -16,8 +16,8 @@ What it does, per model:
   POPE (hybrid and prompt_in_image settings, P(yes) recorded, exactly ``--pope-tokens`` answer tokens) and captions
   (control and prompt_in_image settings, exactly ``--caption-tokens`` tokens: min_new_tokens = max_new_tokens in
   transformers, min_tokens = max_tokens and ignore_eos in vLLM, so random weights cannot stop early);
-- transformers through the pipeline's own code (vlm.load_model, infer.TransformersBackend, infer.run_requests),
-  vLLM through the vllm backend's engine (vllm_backend.VLLMEngine in .venv-vllm, infer.VLLMBackend).
+- transformers through the pipeline's own code (vlm.load_model, TransformersBackend, run_requests),
+  vLLM through the vllm backend's engine (vllm_engine.VLLMEngine in .venv-vllm, VLLMBackend).
 It prints requests/s, output tokens/s and peak GPU memory per engine, model and phase, and the extrapolated wall
 time of config.yaml's matrix (tasks, sample sizes, settings, models and repeats read from config.yaml) for
 "everything on transformers" and "vLLM where it serves the model".
@@ -54,12 +54,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+sys.path.insert(0, str(ROOT / "workflow" / "lib"))
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import yaml  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+import polars as pl
+import yaml
+from PIL import Image, ImageDraw
 
 CHECKPOINT_FILES = ROOT / "workflow" / "data" / "checkpoint_files"
 REFERENCE = {"qwen2_5_vl": "Qwen--Qwen2.5-VL-7B-Instruct", "llava": "llava-hf--llava-1.5-7b-hf"}
@@ -104,7 +104,7 @@ def matrix_units(cfg: dict) -> list[dict]:
     """Every (model, repeat, task, setting) unit the workflow runs for ``cfg``, with its request count, as
     workflow/rules/common.smk forms them: a task runs the settings it claims, else every setting no task claims;
     a task with ``source`` asks the questions of that task's sample."""
-    import tasks
+    from pii import tasks
 
     claimed = {s for t in cfg["tasks"].values() for s in t.get("settings") or []}
     study = [s for s in cfg["settings"] if s not in claimed]
@@ -223,17 +223,17 @@ def save_weights(state: dict, family: str, out: Path) -> int:
 
 def build_random(family: str, out: Path, device, dtype, tiny: bool) -> dict:
     """A random checkpoint folder of ``family`` built from its real config; returns timings and size."""
-    import demo_models
-    import families
     import torch
     from transformers import AutoConfig
+
+    from pii.inference import demo_checkpoints, families
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     # The tokenizer, chat template, processor and generation config exactly as the demo checkpoint has them (made
     # from the same checkpoint files and known to load in both engines); its tiny weights are not kept.
     with tempfile.TemporaryDirectory() as tmp:
-        demo = demo_models.build(family, Path(tmp) / family, seed=0)
+        demo = demo_checkpoints.build(family, Path(tmp) / family, seed=0)
         for f in demo.iterdir():
             if f.is_file() and f.name != "config.json" and f.name != "demo_model.json" and f.suffix != ".safetensors":
                 shutil.copy2(f, out / f.name)
@@ -266,7 +266,7 @@ def free_gpu() -> None:
 def make_inputs(folder: Path, n: int, render_cfg: dict) -> dict:
     """``n`` COCO-sized source images and, rendered by the project's render code, the POPE sample's question
     images and the caption sample's control and question images: {(task, variant): (sample, manifest)}."""
-    import render
+    from pii.render.variants import render_variant
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -294,7 +294,7 @@ def make_inputs(folder: Path, n: int, render_cfg: dict) -> dict:
         sample = pl.DataFrame(rows[task], schema_overrides={"question_id": pl.Int64, "label": pl.Utf8,
                                                             "object": pl.Utf8})
         for variant in variants:
-            manifest = render.render_variant(sample, variant, folder / task / f"{variant}.parquet", render_cfg, task)
+            manifest = render_variant(sample, variant, folder / task / f"{variant}.parquet", render_cfg, task)
             out[(task, variant)] = (sample, manifest)
     return out
 
@@ -337,30 +337,31 @@ class MemoryPoll:
 
 
 def phase_jobs(cfg: dict, model: str, entry: dict, backend: str, task: str, settings: list[str], tokens: int):
-    """One infer.Job per setting of a phase: config.yaml's decoding, seed, inference settings and task config, the
+    """One Job per setting of a phase: config.yaml's decoding, seed, inference settings and task config, the
     answer length fixed by the benchmark."""
-    import infer
+    from pii.inference.job import Job
 
     jobs = []
     for setting in settings:
         job_cfg = {f"models.{model}": entry, f"tasks.{task}": {**cfg["tasks"][task], "max_new_tokens": tokens},
                    f"settings.{setting}": cfg["settings"][setting], "decoding": cfg["decoding"],
                    "seed": cfg["seed"], "inference": {**cfg["inference"], "backend": backend}}
-        jobs.append(infer.Job(task=task, model=model, setting=setting, cfg=job_cfg))
+        jobs.append(Job(task=task, model=model, setting=setting, cfg=job_cfg))
     return jobs
 
 
 def phase_requests(inputs: dict, jobs: list, n: int) -> list:
     """``n`` requests, split evenly between the jobs' settings, each on its own image (so no engine can reuse
     another request's image tokens)."""
-    import infer
+    from pii.inference.job import build_requests
+
 
     per = n // len(jobs)
     requests = []
     for k, job in enumerate(jobs):
         sample, manifest = inputs[(job.task, job.setting_cfg["image"])]
         part = sample.slice(k * per, per)
-        requests += infer.build_requests(part, manifest, job)
+        requests += build_requests(part, manifest, job)
     return requests
 
 
@@ -369,8 +370,9 @@ PHASES = {"pope": ("pope", ["hybrid", "prompt_in_image"]), "caption": ("caption"
 
 def run_phases(engine: str, make_backend, cfg, model, entry, inputs, n, tokens, work: Path, set_min_tokens=None):
     """Both phases through one engine: {phase: measurement}. The pipeline's own batching, sorting, checkpoints and
-    row building (infer.run_requests); the unit fingerprint is not computed (it would hash the weights)."""
-    import infer
+    row building (run_requests); the unit fingerprint is not computed (it would hash the weights)."""
+    from pii.inference.runner import run_requests
+
 
     out = {}
     for phase, (task, settings) in PHASES.items():
@@ -383,7 +385,7 @@ def run_phases(engine: str, make_backend, cfg, model, entry, inputs, n, tokens, 
             backend.run(requests[:2], 0)
             sync()
         t0 = time.perf_counter()
-        rows, facts = infer.run_requests(jobs[0], requests, backend, work / f"{engine}-{model}-{phase}",
+        rows, facts = run_requests(jobs[0], requests, backend, work / f"{engine}-{model}-{phase}",
                                          fp=f"bench-{engine}-{phase}")
         sync()
         wall = time.perf_counter() - t0
@@ -409,9 +411,10 @@ def fix_length(lm, tokens: int) -> None:
 
 
 def bench_transformers(cfg, model, entry, inputs, n, tokens, work: Path, device) -> dict:
-    import infer
     import torch
-    import vlm
+
+    from pii.inference import vlm
+    from pii.inference.backends import TransformersBackend
 
     free_gpu()
     if device.type == "cuda":
@@ -420,7 +423,7 @@ def bench_transformers(cfg, model, entry, inputs, n, tokens, work: Path, device)
         t0 = time.perf_counter()
         lm = vlm.load_model(model, entry, device=device)
         startup = time.perf_counter() - t0
-        out = run_phases("transformers", lambda job, lm=lm: infer.TransformersBackend(job, lm=lm), cfg, model, entry,
+        out = run_phases("transformers", lambda job, lm=lm: TransformersBackend(job, lm=lm), cfg, model, entry,
                          inputs, n, tokens, work, set_min_tokens=lambda k, lm=lm: fix_length(lm, k))
     peak = None
     if device.type == "cuda":
@@ -431,29 +434,29 @@ def bench_transformers(cfg, model, entry, inputs, n, tokens, work: Path, device)
 
 
 def bench_vllm(cfg, model, entry, inputs, n, tokens, work: Path, engine_args: dict) -> dict:
-    import infer
-    import vllm_backend
+    from pii.inference import vllm_engine
+    from pii.inference.backends import VLLMBackend
 
     free_gpu()
     entry = {**entry}
     inference = {**cfg["inference"], "vllm": {**(cfg["inference"].get("vllm") or {}), "engine": engine_args}}
     cfg = {**cfg, "inference": inference}
-    engine = vllm_backend.VLLMEngine(vllm_backend.vllm_python(inference["vllm"]))
+    engine = vllm_engine.VLLMEngine(vllm_engine.vllm_python(inference["vllm"]))
     # Every answer of exactly max_tokens: the requests also carry min_tokens = max_tokens and ignore_eos, so random
     # weights cannot stop early (vLLM's min_tokens holds back the stop ids as well)
-    pipeline_values = vllm_backend.sampling_values
-    vllm_backend.sampling_values = lambda decoding, max_new_tokens: {
+    pipeline_values = vllm_engine.sampling_values
+    vllm_engine.sampling_values = lambda decoding, max_new_tokens: {
         **pipeline_values(decoding, max_new_tokens), "min_tokens": int(max_new_tokens), "ignore_eos": True}
     try:
         with MemoryPoll() as mem:
             t0 = time.perf_counter()
-            backend = infer.VLLMBackend(phase_jobs(cfg, model, entry, "vllm", "pope", ["hybrid"], 1)[0], engine)
+            backend = VLLMBackend(phase_jobs(cfg, model, entry, "vllm", "pope", ["hybrid"], 1)[0], engine)
             backend.start()
             startup = time.perf_counter() - t0
-            out = run_phases("vllm", lambda job: infer.VLLMBackend(job, engine), cfg, model, entry, inputs, n, tokens,
+            out = run_phases("vllm", lambda job: VLLMBackend(job, engine), cfg, model, entry, inputs, n, tokens,
                              work)
     finally:
-        vllm_backend.sampling_values = pipeline_values
+        vllm_engine.sampling_values = pipeline_values
         engine.close()
     return {"startup_s": startup, "peak_gib": mem.gib, "version": engine.info.get("vllm"), **out}
 
@@ -529,7 +532,8 @@ def main() -> None:
     tokens = {"pope": args.pope_tokens, "caption": args.caption_tokens or (32 if args.smoke else 200)}
 
     import torch
-    from pipeline_io import PipelineError, log, setup_logging
+
+    from pii.core.stage import PipelineError, log, setup_logging
 
     if args.verbose:
         setup_logging()
@@ -565,7 +569,7 @@ def main() -> None:
           f"{tokens}; decoding {cfg['decoding']}; batch size {cfg['inference']['batch_size']}; vLLM engine "
           f"{engine_args}")
     if "vllm" in engines:
-        from vllm_backend import vllm_python
+        from pii.inference.vllm_engine import vllm_python
 
         try:
             print(f"vLLM environment: {vllm_python(cfg['inference'].get('vllm'))}")

@@ -19,16 +19,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "workflow" / "scripts"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "workflow" / "lib"), str(ROOT / "tests")]
 
-import demo_models  # noqa: E402
-import families  # noqa: E402
-import infer  # noqa: E402
-import vlm  # noqa: E402
-import yaml  # noqa: E402
-from inference_fixtures import DEMO_MODELS, job_config, make_inputs  # noqa: E402
-from pipeline_io import PipelineError, read_table  # noqa: E402
-from vllm_backend import VLLMEngine, vllm_python  # noqa: E402
+import yaml
+from inference_fixtures import DEMO_MODELS, job_config, make_inputs
+
+from pii.core.stage import PipelineError
+from pii.core.tables import read_table
+from pii.inference import (
+    demo_checkpoints,
+    families,
+    vlm,
+)
+from pii.inference.backends import TransformersBackend, VLLMBackend
+from pii.inference.job import Job, build_requests
+from pii.inference.runner import run_job
+from pii.inference.vllm_engine import VLLMEngine, vllm_python
 
 
 def bare_loop(lm, prompts, images, batch_size, max_new_tokens, decoding):
@@ -54,19 +60,19 @@ def vllm_settings(device: str) -> dict:
 
 
 def vllm_rate(name, family, path, args, sample, manifest, tmp: Path, settings: dict) -> float:
-    """Requests/s of one unit through infer.run_job on the vllm backend, its engine loaded and warmed up first."""
+    """Requests/s of one unit through run_job on the vllm backend, its engine loaded and warmed up first."""
     cfg = job_config(name, family, path, batch_size=8, max_new_tokens=args.new_tokens, do_sample=True,
                      backend="vllm")
     cfg["inference"]["vllm"] = settings
-    job = infer.Job("pope", name, "hybrid", cfg)
+    job = Job("pope", name, "hybrid", cfg)
     engine = VLLMEngine(vllm_python(None))
     try:
-        backend = infer.VLLMBackend(job, engine)
+        backend = VLLMBackend(job, engine)
         backend.start()
-        reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
+        reqs = build_requests(read_table(sample), read_table(manifest), job)
         backend.run(reqs[:2], 0)  # warm-up
         t0 = time.perf_counter()
-        infer.run_job(job, sample, manifest, tmp / f"{name}-vllm.parquet", tmp / f".partial_{name}_vllm",
+        run_job(job, sample, manifest, tmp / f"{name}-vllm.parquet", tmp / f".partial_{name}_vllm",
                       backend=backend)
         return args.n / (time.perf_counter() - t0)
     finally:
@@ -100,20 +106,20 @@ def main() -> None:
               f"{'overhead':>10}{'infer b8 req/s':>16}{'vllm req/s':>12}{'vllm/b8':>9}")
         for name, family in DEMO_MODELS.items():
             if not (models / family).is_dir():
-                demo_models.build(family, models / family, seed=0)
+                demo_checkpoints.build(family, models / family, seed=0)
             cfg = job_config(name, family, str(models / family), batch_size=8, max_new_tokens=args.new_tokens,
                              do_sample=True)
-            job = infer.Job("pope", name, "hybrid", cfg)
+            job = Job("pope", name, "hybrid", cfg)
             lm = vlm.load_model(name, cfg[f"models.{name}"], device=args.device)
-            reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
+            reqs = build_requests(read_table(sample), read_table(manifest), job)
             prompts = [vlm.build_prompt(family, lm.processor, r.text_prompt) for r in reqs]
             images = [vlm.open_image(r.image_path) for r in reqs]
             bare_loop(lm, prompts[:2], images[:2], 2, 2, job.decoding)  # warm-up
             rate = {b: args.n / bare_loop(lm, prompts, images, b, args.new_tokens, job.decoding) for b in (1, 8)}
             bare = bare_loop(lm, prompts, images, 8, args.new_tokens, job.decoding)
-            backend = infer.TransformersBackend(job, lm=lm)
+            backend = TransformersBackend(job, lm=lm)
             t0 = time.perf_counter()
-            infer.run_job(job, sample, manifest, tmp / f"{name}.parquet", tmp / f".partial_{name}", backend=backend)
+            run_job(job, sample, manifest, tmp / f"{name}.parquet", tmp / f".partial_{name}", backend=backend)
             wall = time.perf_counter() - t0
             del backend, lm  # free the transformers model before the engine loads its own copy
             if not has_vllm:

@@ -1,6 +1,6 @@
 """Benchmark of the rendering stage: images per second on one core (synthetic 640x480 images, POPE questions).
 
-Times render.render_variant end to end (decode source, lay out, compose, PNG encode, sha256, atomic write,
+Times render_variant end to end (decode source, lay out, compose, PNG encode, sha256, atomic write,
 manifest) for the control and question variants.
 
     .venv/bin/python bench/bench_render.py [--n 60] [--repeats 3]
@@ -19,8 +19,10 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow" / "scripts"))
-import render  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow" / "lib"))
+from pii.core.stage import log
+from pii.render.strip import font_info
+from pii.render.variants import render_variant
 
 CFG = {"font": "arimo", "font_size": 26, "strip_fraction": 0.05, "padding": 2, "line_spacing": 1.15}
 OBJECTS = ["dog", "person", "dining table", "traffic light", "cup", "bicycle", "car", "chair"]
@@ -60,17 +62,17 @@ def main() -> None:
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):  # one core, as a Snakemake job with threads=1 would get
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    render.log.disabled = True
+    log.disabled = True
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         samples = make_samples(tmp, args.n)
-        render.font_info(CFG["font"], CFG["font_size"])  # warm the font cache outside the timing
+        font_info(CFG["font"], CFG["font_size"])  # warm the font cache outside the timing
         print(f"rendering {args.n} synthetic 640x480 images per variant, best of {args.repeats}, one core, PNG zlib level 1")
         for variant in ("control", "question"):
             best = float("inf")
             for r in range(args.repeats):
                 t0 = time.perf_counter()
-                render.render_variant(samples, variant, tmp / f"out{r}" / f"{variant}.parquet", CFG, task="pope")
+                render_variant(samples, variant, tmp / f"out{r}" / f"{variant}.parquet", CFG, task="pope")
                 best = min(best, time.perf_counter() - t0)
             print(f"{variant:9s}: {args.n / best:7.1f} images/s  ({1000 * best / args.n:.1f} ms/image)")
 

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow" / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow" / "lib"))
 
-import chair  # noqa: E402
-import chair_scoring  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import pope_scoring  # noqa: E402
+import numpy as np
+import polars as pl
+
+from pii.scoring import chair, chair_mentions
+from pii.scoring import pope as scoring_pope
 
 MODELS = ["qwen2_5_vl", "llava_1_5", "instructblip"]
 SETTINGS = ["baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"]
@@ -73,9 +73,9 @@ def main():
     rng = np.random.default_rng(0)
     pope = pope_rows(rng, args.repeats)
     t0 = time.perf_counter()
-    answers = pope_scoring.parse_answers(pope)
+    answers = scoring_pope.parse_answers(pope)
     t1 = time.perf_counter()
-    metrics, _ = pope_scoring.score_pope(pope, 0, RESAMPLES, 0.95)
+    metrics, _ = scoring_pope.score_pope(pope, 0, RESAMPLES, 0.95)
     t2 = time.perf_counter()
     print(f"POPE: {len(pope):,} rows, {len(metrics)} groups, {metrics['n_images'][0]} images per group, "
           f"{RESAMPLES} resamples (clustered by image), P(yes) metrics included, "
@@ -85,7 +85,7 @@ def main():
     print(f"  strict unknown share    : {(answers['answer_strict'] == 'unknown').mean():.3f}")
 
     caps = caption_rows(rng, args.repeats)
-    vocab = chair.Vocabulary.load()
+    vocab = chair_mentions.Vocabulary.load()
     gt = {i: {"person", "dog", "bench", "dining table"} for i in range(500)}
     # reference captions: 5 per image, parsed like the real ground truth
     refs = [" ".join(rng.choice(WORDS, 12)) for _ in range(2500)]
@@ -93,9 +93,9 @@ def main():
     for text in refs:
         vocab.caption_objects(text)
     t4 = time.perf_counter()
-    detail = chair_scoring.score_captions(caps, vocab, gt)
+    detail = chair.score_captions(caps, vocab, gt)
     t5 = time.perf_counter()
-    cm = chair_scoring.chair_metrics(detail, 0, RESAMPLES, 0.95)
+    cm = chair.chair_metrics(detail, 0, RESAMPLES, 0.95)
     t6 = time.perf_counter()
     print(f"CHAIR: {len(caps):,} captions ({detail['n_words'].mean():.0f} words on average), {len(cm)} groups")
     print(f"  2,500 reference captions: {t4 - t3:6.2f} s")

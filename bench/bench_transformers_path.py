@@ -1,6 +1,6 @@
 """Three savings of the transformers backend, on the demo checkpoints with COCO-size images:
 
-- images read and processed one batch ahead in a worker thread (infer.Prefetch) against the same unit processed
+- images read and processed one batch ahead in a worker thread (Prefetch) against the same unit processed
   in the main thread, wall time of the infer job's batches (the rows are checked equal);
 - P(yes) from the first step's logits only (vlm.first_step_logits) against ``output_logits``, which keeps a
   batch x vocabulary float32 tensor per generated step: the bytes kept, for the demo and for the real vocabularies;
@@ -21,14 +21,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "workflow" / "scripts"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "workflow" / "lib"), str(ROOT / "tests")]
 
-import demo_models  # noqa: E402
-import infer  # noqa: E402
-import vlm  # noqa: E402
-from inference_fixtures import DEMO_MODELS, job_config, make_inputs  # noqa: E402
-from pipeline_io import read_table  # noqa: E402
-from polars.testing import assert_frame_equal  # noqa: E402
+from inference_fixtures import DEMO_MODELS, job_config, make_inputs
+from polars.testing import assert_frame_equal
+
+from pii.core.tables import read_table
+from pii.inference import (
+    demo_checkpoints,
+    vlm,
+)
+from pii.inference.backends import TransformersBackend
+from pii.inference.job import Job, build_requests
+from pii.inference.runner import run_requests
 
 COCO_SIZE = (640, 480)
 REAL_VOCAB = {"qwen2_5_vl": 152064, "llava": 32064, "instructblip": 32001}  # the 7B checkpoints' config.json
@@ -36,7 +41,7 @@ REAL_VOCAB = {"qwen2_5_vl": 152064, "llava": 32064, "instructblip": 32001}  # th
 
 def unit_seconds(job, requests, backend, partial: Path):
     t0 = time.perf_counter()
-    rows, _ = infer.run_requests(job, requests, backend, partial)
+    rows, _ = run_requests(job, requests, backend, partial)
     return time.perf_counter() - t0, rows
 
 
@@ -75,19 +80,19 @@ def main() -> None:
               f"{'logits kept, all steps':>24}{'first step':>12}{'7B vocab, all steps':>21}"
               f"{'caption dynamic s':>19}{'static s':>10}{'speed-up':>10}")
         for name, family in DEMO_MODELS.items():
-            demo_models.build(family, tmp / "models" / family, seed=0)
+            demo_checkpoints.build(family, tmp / "models" / family, seed=0)
             cfg = job_config(name, family, str(tmp / "models" / family), batch_size=args.batch,
                              max_new_tokens=args.new_tokens)
-            job = infer.Job("pope", name, "hybrid", cfg)
+            job = Job("pope", name, "hybrid", cfg)
             lm = vlm.load_model(name, cfg[f"models.{name}"], device=args.device)
-            requests = infer.build_requests(read_table(sample), read_table(manifest), job)
-            backend = infer.TransformersBackend(job, lm=lm)
+            requests = build_requests(read_table(sample), read_table(manifest), job)
+            backend = TransformersBackend(job, lm=lm)
             batch = requests[:args.batch]
             backend.run(batch, 0)  # warm-up
             t0 = time.perf_counter()
             backend.processor_inputs(batch)
             prepare_s = time.perf_counter() - t0
-            inline = infer.TransformersBackend(job, lm=lm)
+            inline = TransformersBackend(job, lm=lm)
             inline.prepare = None
             t_inline, rows_inline = unit_seconds(job, requests, inline, tmp / f".p_{name}_inline")
             t_ahead, rows_ahead = unit_seconds(job, requests, backend, tmp / f".p_{name}_ahead")

@@ -1,4 +1,5 @@
-"""Shared test fixtures: the stage scripts on sys.path and a helper to run Snakemake in a scratch folder."""
+"""Shared test fixtures: the library (workflow/lib) and the rule scripts on sys.path, and a helper to run Snakemake in
+a scratch folder."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import polars as pl
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ROOT / "workflow" / "scripts"
-sys.path.insert(0, str(SCRIPTS))
+LIB = ROOT / "workflow" / "lib"  # the pii package
+SCRIPTS = ROOT / "workflow" / "scripts"  # the rule scripts, imported by the tests that call a rule's main
+sys.path[:0] = [str(LIB), str(SCRIPTS)]
 
 # Keep the small CPU machine responsive when several torch jobs run side by side.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

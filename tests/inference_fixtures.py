@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from PIL import Image, ImageDraw
-from pipeline_io import write_table
+
+from pii.core.tables import write_table
 
 OBJECTS = ["dog", "car", "person", "chair", "cup", "bird", "tree", "bus", "cat", "boat", "clock", "kite"]
 DEMO_MODELS = {"qwen2_5_vl": "qwen2_5_vl", "llava_1_5": "llava", "instructblip": "instructblip"}

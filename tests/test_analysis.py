@@ -7,12 +7,14 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import encoders
 import numpy as np
 import polars as pl
 import pytest
 import torch
-from encoders import (
+from PIL import Image, ImageDraw, ImageFont
+
+from pii.analysis import encoders
+from pii.analysis.encoders import (
     clip_affine,
     cosine_distance,
     cosine_rows,
@@ -24,8 +26,7 @@ from encoders import (
     window_to_processor_order,
     window_to_raster,
 )
-from PIL import Image, ImageDraw, ImageFont
-from pipeline_io import read_metadata, read_table, write_table
+from pii.core.tables import read_metadata, read_table, write_table
 
 # --- processors ----------------------------------------------------------------------------------------------
 
@@ -103,7 +104,7 @@ def test_qwen_smart_resize_grid():
 def rendered_pair(width, height, text="Is there a dog in the image?"):
     """A grey picture with a white strip below holding black text (the render stage's layout when importable)."""
     try:
-        from render import compose, load_font, plan_strip, resolve_font
+        from pii.render.strip import compose, load_font, plan_strip, resolve_font
 
         font = load_font(resolve_font("arimo"), 26)
         cfg = {"font_size": 26, "strip_fraction": 0.05, "padding": 8, "line_spacing": 1.15}
@@ -224,7 +225,7 @@ def test_cosine_and_gap_numbers():
     assert mean_pairwise_cosine_distance(e[:1].repeat(3, 0), e[:1].repeat(2, 0)) == pytest.approx(0.0)
     np.testing.assert_allclose(cosine_rows(e, e), 1.0)
     np.testing.assert_allclose(cosine_rows(e, np.roll(e, 1, axis=1)), 0.0)
-    from modality_gap import gap_numbers, paired_test
+    from pii.analysis.modality_gap import gap_numbers, paired_test
 
     g = gap_numbers(e[:2], e[2:])
     assert g == pytest.approx({"centroid_distance": 1.0, "pairwise_distance": 1.0})
@@ -236,7 +237,7 @@ def test_cosine_and_gap_numbers():
 
 
 def test_similarity_rows_regions():
-    from layer_similarity import similarity_rows
+    from pii.analysis.layer_similarity import similarity_rows
 
     q = [torch.eye(4), torch.eye(4)]
     c = [torch.eye(4), torch.roll(torch.eye(4), 1, dims=1)]
@@ -248,8 +249,8 @@ def test_similarity_rows_regions():
 
 
 def test_feature_layers_from_the_model_config():
-    from attention import feature_layers, layer_label
-    from pipeline_io import PipelineError
+    from pii.analysis.attention import feature_layers, layer_label
+    from pii.core.stage import PipelineError
 
     cfg = SimpleNamespace
     assert feature_layers(cfg(vision_feature_layer=-2), 24) == [23]  # LLaVA-1.5: the second-to-last layer
@@ -262,7 +263,7 @@ def test_feature_layers_from_the_model_config():
 
 
 def test_attention_stats_regions():
-    from attention import attention_stats
+    from pii.analysis.attention import attention_stats
 
     attn = torch.zeros(2, 5, 5)
     attn[:, 0, 1:3] = 0.5  # CLS attends to patches 0 and 1 (the text region)
@@ -278,7 +279,7 @@ def test_attention_stats_regions():
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from demo_models import build
+    from pii.inference.demo_checkpoints import build
 
     root = tmp_path_factory.mktemp("models")
     return {fam: str(build(fam, root / fam)) for fam in ("qwen2_5_vl", "llava")}
@@ -316,7 +317,7 @@ def entry(family, path):
 
 
 def test_attention_and_similarity_mains(tiny_models, tmp_path):
-    import attention
+    import attention  # the rule scripts
     import layer_similarity
 
     # wide images: LLaVA's centre crop keeps their whole strip (the analyses draw pairs among those only)
@@ -352,9 +353,9 @@ def test_attention_and_similarity_mains(tiny_models, tmp_path):
 def test_pairs_are_drawn_among_samples_whose_strip_the_encoder_sees(tiny_models, tmp_path):
     """A portrait image loses its strip to LLaVA's centre crop: it is left out of the pairs, unless the model pads
     to a square first (image_preprocess: pad); Qwen2.5-VL resizes without cropping and sees every strip."""
-    from encoders import load_pairs
-    from pipeline_io import PipelineError
-    from vlm import load_image_processor
+    from pii.analysis.encoders import load_pairs
+    from pii.core.stage import PipelineError
+    from pii.inference.vlm import load_image_processor
 
     q, c = write_manifests(tmp_path, [(420, 200), (200, 300), (440, 180)])
     crop = {"llava": load_image_processor("llava", entry("llava", tiny_models["llava"]))}
@@ -371,8 +372,9 @@ def test_pairs_are_drawn_among_samples_whose_strip_the_encoder_sees(tiny_models,
 
 
 def test_modality_gap_main(tiny_models, tmp_path):
-    import modality_gap
-    from vlm import build_prompt, load_model
+    import modality_gap  # the rule script
+
+    from pii.inference.vlm import build_prompt, load_model
 
     qwen = entry("qwen2_5_vl", tiny_models["qwen2_5_vl"])
     # wide images: LLaVA's centre crop keeps their whole strip (the analyses draw pairs among those only)
@@ -409,7 +411,7 @@ GREEDY = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "rep
 
 
 def vision_tower_of(lm):
-    import families
+    from pii.inference import families
 
     return families.get(lm.family).vision_tower(lm.model)
 
@@ -428,8 +430,8 @@ def captured_outputs(module, run) -> list:
 def test_modality_gap_embeddings_are_the_models_forward(tiny_models):
     """embed() gives the final-layer states of Qwen2.5-VL's own forward over the same ids, with the token types the
     processor returns for prompt + caption (its 3-D RoPE positions of the image tokens)."""
-    import modality_gap
-    from vlm import build_prompt, load_model
+    from pii.analysis import modality_gap
+    from pii.inference.vlm import build_prompt, load_model
 
     lm = load_model("qwen", entry("qwen2_5_vl", tiny_models["qwen2_5_vl"]))
     image, _ = rendered_pair(400, 220)
@@ -452,10 +454,9 @@ def test_clip_states_are_those_llava_feeds_itself(tiny_models, tmp_path, preproc
     """The attention and layer-similarity analyses read the hidden states that LLaVA's vision tower produces inside
     the model's generate (the inference path: same processor, same image loader), to 1e-5: every layer's output,
     hooked there (the tower's own output keeps only the layer the model uses)."""
-    import attention
-    import layer_similarity
-    from encoders import image_processor_of, load_vlm
-    from vlm import build_prompt, generate, load_model, open_image
+    from pii.analysis import attention, layer_similarity
+    from pii.analysis.encoders import image_processor_of, load_vlm
+    from pii.inference.vlm import build_prompt, generate, load_model, open_image
 
     llava = {**entry("llava", tiny_models["llava"]), "image_preprocess": preprocess}
     q, _ = write_manifests(tmp_path, [(420, 200)])
@@ -489,9 +490,9 @@ def test_clip_states_are_those_llava_feeds_itself(tiny_models, tmp_path, preproc
 def test_qwen_vit_states_are_those_inside_the_model(tiny_models, tmp_path):
     """The layer-similarity analysis's Qwen ViT block outputs are the blocks' outputs inside the model's generate
     (hooked there, window order undone), to 1e-5."""
-    import layer_similarity
-    from encoders import image_processor_of, qwen_window_index, window_to_raster
-    from vlm import build_prompt, generate, load_model, open_image
+    from pii.analysis import layer_similarity
+    from pii.analysis.encoders import image_processor_of, qwen_window_index, window_to_raster
+    from pii.inference.vlm import build_prompt, generate, load_model, open_image
 
     q, _ = write_manifests(tmp_path, [(420, 200)])
     meta = read_table(q).row(0, named=True)

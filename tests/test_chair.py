@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import chair
-import chair_scoring
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 from conftest import row
+
+from pii.scoring import chair, chair_mentions
 
 COCO_80 = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -23,8 +24,8 @@ COCO_80 = [
 
 
 @pytest.fixture(scope="module")
-def vocab() -> chair.Vocabulary:
-    return chair.Vocabulary.load()
+def vocab() -> chair_mentions.Vocabulary:
+    return chair_mentions.Vocabulary.load()
 
 
 def objects(vocab, caption):
@@ -33,7 +34,7 @@ def objects(vocab, caption):
 
 def test_table_covers_the_80_categories_and_each_word_has_one_category(vocab):
     assert vocab.categories == sorted(COCO_80)
-    raw = chair.yaml.safe_load(open(chair.SYNONYMS_FILE))["categories"]
+    raw = yaml.safe_load(open(chair_mentions.SYNONYMS_FILE))["categories"]
     seen: dict[str, str] = {}
     for category, synonyms in raw.items():
         for word in [category, *synonyms]:
@@ -48,8 +49,8 @@ def test_table_covers_the_80_categories_and_each_word_has_one_category(vocab):
 def test_duplicate_synonym_is_rejected(tmp_path):
     bad = tmp_path / "syn.yaml"
     bad.write_text("categories:\n  dog: [pup]\n  cat: [pup]\n")
-    with pytest.raises(chair.ChairError, match="pup"):
-        chair.Vocabulary.load(bad)
+    with pytest.raises(chair_mentions.ChairError, match="pup"):
+        chair_mentions.Vocabulary.load(bad)
 
 
 @pytest.mark.parametrize("caption, expected", [
@@ -78,7 +79,7 @@ def test_caption_objects(vocab, caption, expected):
 
 
 def test_repeated_mentions_all_count(vocab):
-    cs = chair.score_caption(vocab, "A dog. Another dog and a cat.", {"cat"})
+    cs = chair_mentions.score_caption(vocab, "A dog. Another dog and a cat.", {"cat"})
     assert cs.mentioned_objects == ["dog", "dog", "cat"]
     assert cs.hallucinated_objects == ["dog", "dog"]
     assert (cs.n_mentions, cs.n_hallucinated, cs.n_gt_mentioned, cs.n_words) == (3, 2, 1, 7)
@@ -100,19 +101,19 @@ def _coco():
 
 def test_ground_truth_joins_instances_and_reference_captions(vocab):
     instances, captions = _coco()
-    gt = chair.ground_truth(vocab, instances, captions, [1, 2])
+    gt = chair_mentions.ground_truth(vocab, instances, captions, [1, 2])
     # bench appears only in a reference caption and still counts as present
     assert gt == {1: {"dog", "bench"}, 2: {"person", "chair"}}
-    with pytest.raises(chair.ChairError, match=r"\[3\]"):
-        chair.ground_truth(vocab, instances, captions, [3])
+    with pytest.raises(chair_mentions.ChairError, match=r"\[3\]"):
+        chair_mentions.ground_truth(vocab, instances, captions, [3])
     instances["categories"].append({"id": 99, "name": "spaceship"})
-    with pytest.raises(chair.ChairError, match="spaceship"):
-        chair.ground_truth(vocab, instances, captions, [1])
+    with pytest.raises(chair_mentions.ChairError, match="spaceship"):
+        chair_mentions.ground_truth(vocab, instances, captions, [1])
 
 
 def test_chair_metrics_hand_computed(vocab):
     instances, captions = _coco()
-    gt = chair.ground_truth(vocab, instances, captions, [1, 2])
+    gt = chair_mentions.ground_truth(vocab, instances, captions, [1, 2])
     df = pl.DataFrame({
         "sample_id": ["c1", "c2", "c1", "c2"], "task": "caption", "model": "m",
         "setting": ["baseline", "baseline", "pii", "pii"], "image_id": [1, 2, 1, 2],
@@ -120,8 +121,8 @@ def test_chair_metrics_hand_computed(vocab):
                      "A person on a chair.",                     # 2 mentions, 0 hallucinated
                      "A dog.", "A man, a chair and a toaster."],  # 1 + 3 mentions, 1 hallucinated
     })
-    captions_df = chair_scoring.score_captions(df, vocab, gt)
-    m = chair_scoring.chair_metrics(captions_df, seed=0, resamples=200, confidence=0.95)
+    captions_df = chair.score_captions(df, vocab, gt)
+    m = chair.chair_metrics(captions_df, seed=0, resamples=200, confidence=0.95)
     base, pii = row(m, setting="baseline"), row(m, setting="pii")
     assert base["chair_s"] == pytest.approx(1 / 2)
     assert base["chair_i"] == pytest.approx(2 / 6)
@@ -138,8 +139,8 @@ def test_chair_metrics_hand_computed(vocab):
 def test_caption_without_objects_and_empty_group(vocab):
     df = pl.DataFrame({"sample_id": ["c1"], "task": "caption", "model": "m", "setting": ["baseline"],
                        "image_id": [1], "response": [""]})
-    caps = chair_scoring.score_captions(df, vocab, {1: {"dog"}})
-    m = chair_scoring.chair_metrics(caps, 0, 100, 0.95, groups=[("caption", "m", "baseline"), ("caption", "m", "x")])
+    caps = chair.score_captions(df, vocab, {1: {"dog"}})
+    m = chair.chair_metrics(caps, 0, 100, 0.95, groups=[("caption", "m", "baseline"), ("caption", "m", "x")])
     assert m["chair_s"][0] == 0 and np.isnan(m["chair_i"][0])   # no mention: CHAIRi undefined
     assert m["n"][1] == 0 and np.isnan(m["chair_s"][1])          # no caption at all: NaN, no crash
 
@@ -152,7 +153,7 @@ def test_caption_without_objects_and_empty_group(vocab):
     ("A dog.", "A dog."),
 ])
 def test_drop_incomplete_sentence(caption, kept):
-    assert chair_scoring.drop_incomplete_sentence(caption) == kept
+    assert chair.drop_incomplete_sentence(caption) == kept
 
 
 def test_only_cut_captions_lose_their_last_sentence(vocab):
@@ -160,13 +161,13 @@ def test_only_cut_captions_lose_their_last_sentence(vocab):
     unfinished sentence, and its counts with it."""
     df = pl.DataFrame({"sample_id": ["a", "b"], "task": "caption", "model": "m", "setting": "s", "image_id": [1, 1],
                        "response": ["A cat. A dog on a", "A cat. A dog on a"], "finish_reason": ["length", "stop"]})
-    caps = chair_scoring.score_captions(df, vocab, {1: {"cat"}}, drop_incomplete=True)
+    caps = chair.score_captions(df, vocab, {1: {"cat"}}, drop_incomplete=True)
     assert caps["response_complete"].to_list() == ["A cat.", "A cat. A dog on a"]
     assert caps["n_hallucinated"].to_list() == [1, 1] and caps["n_hallucinated_complete"].to_list() == [0, 1]
     assert caps["n_mentions_complete"].to_list() == [1, 2]
-    metrics = chair_scoring.chair_metrics(caps, seed=0, resamples=200, confidence=0.95)
+    metrics = chair.chair_metrics(caps, seed=0, resamples=200, confidence=0.95)
     assert metrics["chair_s"][0] == 1.0 and metrics["chair_s_complete"][0] == 0.5
     assert metrics["chair_i_complete"][0] == pytest.approx(1 / 3)
-    plain = chair_scoring.score_captions(df, vocab, {1: {"cat"}})
+    plain = chair.score_captions(df, vocab, {1: {"cat"}})
     assert "response_complete" not in plain.columns
-    assert "chair_s_complete" not in chair_scoring.chair_metrics(plain, 0, 200, 0.95).columns
+    assert "chair_s_complete" not in chair.chair_metrics(plain, 0, 200, 0.95).columns

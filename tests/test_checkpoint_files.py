@@ -8,7 +8,8 @@ import json
 import re
 
 import pytest
-from families.base import CHECKPOINT_FILES
+
+from pii.inference.families.base import CHECKPOINT_FILES
 
 QWEN = CHECKPOINT_FILES / "Qwen--Qwen2.5-VL-7B-Instruct"
 LLAVA = CHECKPOINT_FILES / "llava-hf--llava-1.5-7b-hf"
@@ -43,7 +44,7 @@ def llava_processor():
 
 
 def _qwen_prompt(tokenizer, text):
-    import families
+    from pii.inference import families
 
     template = json.loads((QWEN / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
     tokenizer.chat_template = template
@@ -67,7 +68,7 @@ def test_qwen_prompt_and_ids(qwen_tokenizer, text):
 
 @pytest.mark.parametrize("text, want", [(Q, f"USER: <image>\n{Q} ASSISTANT:"), (None, "USER: <image>\nASSISTANT:")])
 def test_llava_prompt_and_ids(llava_processor, text, want):
-    import families
+    from pii.inference import families
 
     prompt = families.get("llava").build_prompt(llava_processor, text)
     assert prompt == want
@@ -100,9 +101,9 @@ def test_image_token_counts(qwen_tokenizer, llava_processor, size):
 def test_the_batch_sort_counts_the_image_tokens_the_processor_writes(family, folder, sizes):
     """The batches are sorted by text plus image tokens (vlm.image_tokens): equal to the <image> / <|image_pad|>
     tokens the real processor expands each image into, so similar lengths share a batch and pad least."""
-    import families
-    import vlm
     from PIL import Image
+
+    from pii.inference import families, vlm
 
     processor = families.get(family).load_processor(str(folder))
     lm = vlm.LoadedModel(name=family, family=family, model=None, processor=processor, device=None, dtype=None,
@@ -123,13 +124,13 @@ def test_the_batch_sort_counts_the_image_tokens_the_processor_writes(family, fol
 def test_kv_cache_per_token_from_the_real_configs(folder, per_token):
     """The GPU memory check reads the published config.json as transformers does (LLaVA's text config states only
     what differs from LLaMA's defaults), and a batch of the paper's longest requests fits an 80 GB GPU."""
-    import infer
-    import vlm
     from transformers import AutoConfig
+
+    from pii.inference import backends, vlm
 
     config = AutoConfig.from_pretrained(CHECKPOINT_FILES / folder)
     assert vlm.kv_bytes_per_token(config, 2) == per_token
     # config.yaml's batch of 32 captions (LLaVA: 576 image tokens + prompt + 512 answer tokens) in 65 GB left
     # free after the 14 GB of bf16 weights
-    need, fits = infer.kv_cache_need(per_token, 576 + 40 + 512, 32, 65 * 10**9)
+    need, fits = backends.kv_cache_need(per_token, 576 + 40 + 512, 32, 65 * 10**9)
     assert need == 32 * 1128 * per_token and fits >= 32

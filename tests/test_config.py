@@ -6,13 +6,14 @@ import copy
 import subprocess
 import sys
 
-import families
 import pytest
 import yaml
-from config_check import ConfigError, validate_config
 from conftest import ROOT, config_paths, merge_configs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from pii.core.config import ConfigError, validate_config
+from pii.inference import families
 
 
 def load(name="config.yaml"):
@@ -45,7 +46,7 @@ def test_paper_defaults():
 
 def test_greedy_decoding_needs_no_temperature():
     """do_sample: false alone is greedy; the backends send their greedy values, never the missing temperature."""
-    from vllm_backend import sampling_values
+    from pii.inference.vllm_engine import sampling_values
 
     cfg = load()
     cfg["decoding"].pop("temperature")

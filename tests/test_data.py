@@ -8,14 +8,14 @@ import os
 import re
 from pathlib import Path
 
-import demo_coco
 import polars as pl
-import pope_build
 import pytest
-import sample
 import yaml
 from conftest import ROOT, run_snakemake
-from pipeline_io import PipelineError, read_table
+
+from pii.core.stage import PipelineError
+from pii.core.tables import read_table
+from pii.data import pope_questions, sampling, synthetic_coco
 
 # A copy of POPE's official adversarial file, if one lies in shared/data/pope/ beside the checkout (or where
 # PII_POPE_FILE points); the tests that read it skip otherwise.
@@ -54,7 +54,7 @@ def pope_file(tmp_path) -> Path:
 
 
 def test_read_pope_keeps_rows(pope_file):
-    pope = sample.read_pope(pope_file)
+    pope = sampling.read_pope(pope_file)
     assert list(pope.columns) == ["question_id", "image", "text", "label"]
     assert len(pope) == 240 and pope["question_id"].to_list() == list(range(1, 241))
 
@@ -73,28 +73,28 @@ def test_read_pope_errors_name_file_and_line(tmp_path, line, needle):
     good = '{"question_id": 1, "image": "x.jpg", "text": "t", "label": "yes"}'
     path.write_text(f"{good}\n\n{line}\n")
     with pytest.raises(PipelineError) as excinfo:
-        sample.read_pope(path)
+        sampling.read_pope(path)
     one_line_error(excinfo, f"{path}:3", needle)
 
 
 @pytest.mark.skipif(not REAL_POPE.exists(), reason="the official POPE file is not in the shared data folder")
 def test_read_official_pope_adversarial():
-    pope = sample.read_pope(REAL_POPE)
+    pope = sampling.read_pope(REAL_POPE)
     assert len(pope) == 3000 and pope["image"].n_unique() == 500
     assert pope["label"].to_list() == ["yes", "no"] * 1500
-    ids = [sample.image_id_of(name) for name in pope["image"]]
+    ids = [sampling.image_id_of(name) for name in pope["image"]]
     assert all(i > 0 for i in ids) and len(set(ids)) == 500
-    assert sample.image_id_of("COCO_val2014_000000310196.jpg") == 310196
+    assert sampling.image_id_of("COCO_val2014_000000310196.jpg") == 310196
 
 
 @pytest.mark.skipif(not REAL_POPE.exists(), reason="the official POPE file is not in the shared data folder")
 def test_builder_writes_the_official_format_byte_for_byte(tmp_path):
     """Our question wording and JSON Lines writer reproduce the official adversarial file exactly, except that the
     official copy has Windows line ends (CRLF), where POPE's code writes '\n' on Linux as ours does."""
-    rows = sample.read_pope(REAL_POPE).to_dicts()
+    rows = sampling.read_pope(REAL_POPE).to_dicts()
     for row in rows:
-        assert pope_build.question_text(asked_object(row["text"])) == row["text"]
-    pope_build.write_jsonl(rows, tmp_path / "copy.json")
+        assert pope_questions.question_text(asked_object(row["text"])) == row["text"]
+    pope_questions.write_jsonl(rows, tmp_path / "copy.json")
     assert (tmp_path / "copy.json").read_bytes() == REAL_POPE.read_bytes().replace(b"\r\n", b"\n")
 
 
@@ -102,10 +102,10 @@ def test_builder_writes_the_official_format_byte_for_byte(tmp_path):
 
 @pytest.mark.parametrize("n", [20, 21])
 def test_sample_pope_balanced_and_deterministic(pope_file, n):
-    pope = sample.read_pope(pope_file)
-    a = sample.sample_pope(pope, n, True, seed=7)
-    b = sample.sample_pope(pope, n, True, seed=7)
-    c = sample.sample_pope(pope, n, True, seed=8)
+    pope = sampling.read_pope(pope_file)
+    a = sampling.sample_pope(pope, n, True, seed=7)
+    b = sampling.sample_pope(pope, n, True, seed=7)
+    c = sampling.sample_pope(pope, n, True, seed=8)
     assert a["question_id"].to_list() == b["question_id"].to_list()
     assert a["question_id"].to_list() != c["question_id"].to_list()
     assert len(a) == n and a["question_id"].is_unique().all()
@@ -119,21 +119,21 @@ def test_sample_pope_balanced_and_deterministic(pope_file, n):
 
 
 def test_sample_pope_unbalanced_follows_the_source(tmp_path):
-    pope = sample.read_pope(write_pope(tmp_path / "skewed.json", yes_per_image=5, no_per_image=1))
-    picked = sample.sample_pope(pope, 60, False, seed=3)
+    pope = sampling.read_pope(write_pope(tmp_path / "skewed.json", yes_per_image=5, no_per_image=1))
+    picked = sampling.sample_pope(pope, 60, False, seed=3)
     assert len(picked) == 60 and picked["question_id"].is_unique().all()
     assert (picked["label"] == "yes").sum() > 40  # about 50 of 60 expected; a forced 30/30 would be a bug
-    assert picked["question_id"].to_list() == sample.sample_pope(pope, 60, False, seed=3)["question_id"].to_list()
+    assert picked["question_id"].to_list() == sampling.sample_pope(pope, 60, False, seed=3)["question_id"].to_list()
 
 
 def test_sample_pope_too_many(tmp_path, pope_file):
-    pope = sample.read_pope(pope_file)
+    pope = sampling.read_pope(pope_file)
     with pytest.raises(PipelineError) as excinfo:
-        sample.sample_pope(pope, len(pope) + 1, True, seed=0)
+        sampling.sample_pope(pope, len(pope) + 1, True, seed=0)
     one_line_error(excinfo, "sampling.pope.n")
-    skewed = sample.read_pope(write_pope(tmp_path / "skewed.json", n_images=10, yes_per_image=5, no_per_image=1))
+    skewed = sampling.read_pope(write_pope(tmp_path / "skewed.json", n_images=10, yes_per_image=5, no_per_image=1))
     with pytest.raises(PipelineError) as excinfo:
-        sample.sample_pope(skewed, 40, True, seed=0)
+        sampling.sample_pope(skewed, 40, True, seed=0)
     one_line_error(excinfo, "'no'", "balanced: false")
 
 
@@ -145,13 +145,13 @@ def fake_coco_root(root: Path, image_ids, split: str = "val2017") -> Path:
 
 
 def test_pope_sample_parquet_and_id_list(tmp_path, pope_file):
-    pope = sample.read_pope(pope_file)
-    sampled = sample.sample_pope(pope, 30, True, seed=1)
-    table = sample.pope_sample_table(sampled)
+    pope = sampling.read_pope(pope_file)
+    sampled = sampling.sample_pope(pope, 30, True, seed=1)
+    table = sampling.pope_sample_table(sampled)
     coco = {"root": str(fake_coco_root(tmp_path / "coco", table["image_id"].unique().to_list())), "download": False}
-    table = sample.attach_images(table, coco)
+    table = sampling.attach_images(table, coco)
     parquet, ids = tmp_path / "out" / "pope_sample.parquet", tmp_path / "out" / "pope_sample_ids.txt"
-    sample.write_sample(table, parquet, ids, "question_id", metadata={"seed": 1})
+    sampling.write_sample(table, parquet, ids, "question_id", metadata={"seed": 1})
     back = read_table(parquet, "sample")  # checks the `sample` table schema
     assert back["sample_id"].to_list() == [f"pope-{q}" for q in sampled["question_id"]]
     assert back["sample_id"].is_unique().all() and set(back["task"]) == {"pope"}
@@ -164,10 +164,10 @@ def test_pope_sample_parquet_and_id_list(tmp_path, pope_file):
 
 def test_sample_tables_hold_questions_in_nfc(pope_file):
     """A decomposed question (e + U+0301) enters the sample table, hence prompts, rendering and scoring, as NFC."""
-    sampled = sample.sample_pope(sample.read_pope(pope_file), 2, True, seed=1)
+    sampled = sampling.sample_pope(sampling.read_pope(pope_file), 2, True, seed=1)
     sampled = sampled.with_columns(pl.Series("text", ["Is there a cafe\u0301 in the image?"] * 2))
-    assert sample.pope_sample_table(sampled)["question"].to_list() == ["Is there a caf\u00e9 in the image?"] * 2
-    table = sample.caption_sample_table(pl.DataFrame({"image_id": [1], "image_file": ["x.jpg"]}), "De\u0301cris")
+    assert sampling.pope_sample_table(sampled)["question"].to_list() == ["Is there a caf\u00e9 in the image?"] * 2
+    table = sampling.caption_sample_table(pl.DataFrame({"image_id": [1], "image_file": ["x.jpg"]}), "De\u0301cris")
     assert table["question"].to_list() == ["D\u00e9cris"]
 
 
@@ -182,22 +182,22 @@ def write_instances(path: Path, image_ids) -> Path:
 def test_caption_sampling(tmp_path):
     ids = [1000 + 13 * k for k in range(50)]
     instances = write_instances(tmp_path / "instances_val2017.json", ids)
-    a = sample.sample_caption_images(instances, 12, seed=5)
-    assert a["image_id"].to_list() == sample.sample_caption_images(instances, 12, seed=5)["image_id"].to_list()
-    assert a["image_id"].to_list() != sample.sample_caption_images(instances, 12, seed=6)["image_id"].to_list()
+    a = sampling.sample_caption_images(instances, 12, seed=5)
+    assert a["image_id"].to_list() == sampling.sample_caption_images(instances, 12, seed=5)["image_id"].to_list()
+    assert a["image_id"].to_list() != sampling.sample_caption_images(instances, 12, seed=6)["image_id"].to_list()
     assert len(a) == 12 and a["image_id"].is_sorted() and set(a["image_id"]) <= set(ids)
     assert a["image_file"].to_list() == [f"{i:012d}.jpg" for i in a["image_id"]]
-    table = sample.caption_sample_table(a, "Describe this image.")
+    table = sampling.caption_sample_table(a, "Describe this image.")
     coco = {"root": str(fake_coco_root(tmp_path / "coco", a["image_id"])), "download": False}
-    table = sample.attach_images(table, coco)
+    table = sampling.attach_images(table, coco)
     parquet, id_list = tmp_path / "caption_sample.parquet", tmp_path / "caption_sample_ids.txt"
-    sample.write_sample(table, parquet, id_list, "image_id", metadata={})
+    sampling.write_sample(table, parquet, id_list, "image_id", metadata={})
     back = read_table(parquet, "sample")
     assert back["sample_id"].to_list() == [f"caption-{i}" for i in a["image_id"]]
     assert back["label"].is_null().all() and back["question_id"].is_null().all()
     assert [int(v) for v in id_list.read_text().split()] == back["image_id"].to_list()
     with pytest.raises(PipelineError) as excinfo:
-        sample.sample_caption_images(instances, 51, seed=5)
+        sampling.sample_caption_images(instances, 51, seed=5)
     one_line_error(excinfo, "sampling.caption.n")
 
 
@@ -209,14 +209,14 @@ def test_resolve_val2014_name(tmp_path, where):
     target = tmp_path / where / (name if where == "val2014" else "000000310196.jpg")
     target.parent.mkdir(parents=True)
     target.write_bytes(b"jpeg")
-    got = sample.resolve_image({"root": str(tmp_path), "download": False}, name, image_id)
+    got = sampling.resolve_image({"root": str(tmp_path), "download": False}, name, image_id)
     assert Path(got) == target
 
 
 def test_resolve_missing_image_without_download(tmp_path):
     coco = {"root": str(tmp_path), "download": False, "image_url": "http://127.0.0.1:9/{split}/{file_name}"}
     with pytest.raises(PipelineError) as excinfo:
-        sample.resolve_image(coco, "COCO_val2014_000000310196.jpg", 310196)
+        sampling.resolve_image(coco, "COCO_val2014_000000310196.jpg", 310196)
     one_line_error(excinfo, str(tmp_path / "val2014" / "COCO_val2014_000000310196.jpg"), "download")
 
 
@@ -317,16 +317,16 @@ def check_pope_invariants(rows: dict, instances: Path, n_per_label: int) -> None
 
 def test_build_pope_on_hand_made_coco(tmp_path):
     instances = hand_coco(tmp_path / "instances.json")
-    rows = pope_build.build_pope(instances, n_images=6, n_per_label=2, min_objects=3, seed=0)
+    rows = pope_questions.build_pope(instances, n_images=6, n_per_label=2, min_objects=3, seed=0)
     assert len(rows["random"]) == 6 * 4
     assert "000000000007.jpg" not in {q["image"] for q in rows["random"]}
     check_pope_invariants(rows, instances, 2)
     # spot check: the popular negatives of image 4 (person, apple, orange, cat) are dog (4 images) and car (3)
     pop4 = [asked_object(q["text"]) for q in rows["popular"] if q["image"] == "000000000004.jpg" and q["label"] == "no"]
     assert pop4 == ["dog", "car"]
-    assert rows == pope_build.build_pope(instances, n_images=6, n_per_label=2, min_objects=3, seed=0)
+    assert rows == pope_questions.build_pope(instances, n_images=6, n_per_label=2, min_objects=3, seed=0)
     with pytest.raises(PipelineError) as excinfo:
-        pope_build.build_pope(instances, n_images=7, n_per_label=2, min_objects=3, seed=0)
+        pope_questions.build_pope(instances, n_images=7, n_per_label=2, min_objects=3, seed=0)
     one_line_error(excinfo, "n_images")
 
 
@@ -338,23 +338,23 @@ def test_build_pope_too_few_absent_categories(tmp_path):
     anns = [{"id": k, "image_id": 1, "category_id": k} for k in (1, 2, 3)]
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     with pytest.raises(PipelineError) as excinfo:
-        pope_build.build_pope(path, n_images=1, n_per_label=2, min_objects=3, seed=0)
+        pope_questions.build_pope(path, n_images=1, n_per_label=2, min_objects=3, seed=0)
     one_line_error(excinfo, "000000000001.jpg", "lower n_per_label")
 
 
 def test_question_text_articles():
-    assert pope_build.question_text("apple") == "Is there an apple in the image?"
-    assert pope_build.question_text("umbrella") == "Is there an umbrella in the image?"
-    assert pope_build.question_text("dog") == "Is there a dog in the image?"
+    assert pope_questions.question_text("apple") == "Is there an apple in the image?"
+    assert pope_questions.question_text("umbrella") == "Is there an umbrella in the image?"
+    assert pope_questions.question_text("dog") == "Is there a dog in the image?"
 
 
 def test_written_pope_reads_back(tmp_path):
     instances = hand_coco(tmp_path / "instances.json")
-    rows = pope_build.build_pope(instances, n_images=5, n_per_label=2, min_objects=3, seed=3)
-    pope_build.write_jsonl(rows["adversarial"], tmp_path / "adv.json")
+    rows = pope_questions.build_pope(instances, n_images=5, n_per_label=2, min_objects=3, seed=3)
+    pope_questions.write_jsonl(rows["adversarial"], tmp_path / "adv.json")
     first = (tmp_path / "adv.json").read_text().splitlines()[0]
     assert list(json.loads(first)) == ["question_id", "image", "text", "label"]
-    assert sample.read_pope(tmp_path / "adv.json").to_dicts() == rows["adversarial"]
+    assert sampling.read_pope(tmp_path / "adv.json").to_dicts() == rows["adversarial"]
 
 
 # --- the demo mini-COCO --------------------------------------------------------------------------------------
@@ -362,7 +362,7 @@ def test_written_pope_reads_back(tmp_path):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo_coco")
-    demo_coco.build_demo_coco(out, n_images=48, min_size=160, max_size=400, seed=11)
+    synthetic_coco.build_demo_coco(out, n_images=48, min_size=160, max_size=400, seed=11)
     return out
 
 
@@ -387,14 +387,14 @@ def test_demo_coco_loads_and_matches_images(demo):
 
 
 def test_demo_coco_is_byte_identical(demo, tmp_path):
-    demo_coco.build_demo_coco(tmp_path, n_images=48, min_size=160, max_size=400, seed=11)
+    synthetic_coco.build_demo_coco(tmp_path, n_images=48, min_size=160, max_size=400, seed=11)
     for name in ("instances_val2017.json", "captions_val2017.json"):
         assert (tmp_path / "annotations" / name).read_bytes() == (demo / "annotations" / name).read_bytes()
 
 
 def test_build_pope_on_demo_coco(demo):
     instances = demo / "annotations" / "instances_val2017.json"
-    rows = pope_build.build_pope(instances, n_images=40, n_per_label=3, min_objects=3, seed=0)
+    rows = pope_questions.build_pope(instances, n_images=40, n_per_label=3, min_objects=3, seed=0)
     assert len(rows["adversarial"]) == 240
     check_pope_invariants(rows, instances, 3)
     pope = pl.DataFrame(rows["adversarial"])
@@ -411,7 +411,7 @@ def test_demo_dag_through_data(tmp_path):
     """demo COCO -> POPE built by POPE's method -> both samples, through Snakemake with the demo config."""
     demo = yaml.safe_load((ROOT / "config.demo.yaml").read_text())
     run_snakemake(tmp_path, *DATA_TARGETS, timeout=300)
-    built = sample.read_pope(tmp_path / demo["data"]["pope"]["file"])
+    built = sampling.read_pope(tmp_path / demo["data"]["pope"]["file"])
     n_built = demo["data"]["pope_build"]["n_images"]
     assert len(built) == 6 * n_built and built["image"].n_unique() == n_built
     for task, id_column in (("pope", "question_id"), ("caption", "image_id")):

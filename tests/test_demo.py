@@ -8,8 +8,9 @@ import polars as pl
 import pytest
 import yaml
 from conftest import ROOT, run_snakemake
-from pipeline_io import read_metadata, read_table
 from test_report import page_section
+
+from pii.core.tables import read_metadata, read_table
 
 SETTINGS = ["baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"]
 MODELS = ["qwen2_5_vl", "llava_1_5", "llava_1_5_pad", "instructblip", "idefics3"]
@@ -133,8 +134,9 @@ def test_what_each_model_saw_of_the_strip(demo_run):
     and the tiling Idefics3 see every strip; the original image has none. The scores split by it, the analyses draw
     only pairs whose strip the CLIP tower sees, and the transcription task is scored."""
     from snakemake.utils import update_config
-    from strip_view import probed_view, strip_view_of_row
-    from vlm import load_image_processor
+
+    from pii.inference.processor_view import probed_view, strip_view_of_row
+    from pii.inference.vlm import load_image_processor
 
     with open(ROOT / "config.yaml") as f:
         cfg = yaml.safe_load(f)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import sample
 from conftest import run_snakemake
-from pipeline_io import read_metadata, read_table
 from polars.testing import assert_frame_equal
+
+from pii.core.tables import read_metadata, read_table
+from pii.data import sampling
 
 # Metadata keys that measure the run rather than describe the data.
 VOLATILE_METADATA = {"wall_s_this_run", "fingerprint"}  # the fingerprint covers the model folder's file times
@@ -121,12 +122,12 @@ def _digest(df: pl.DataFrame, column: str) -> str:
 
 
 def test_seed_changes_samples(demo_run):
-    pope = sample.read_pope(demo_run / "results/pope_built/coco_pope_adversarial.json")
+    pope = sampling.read_pope(demo_run / "results/pope_built/coco_pope_adversarial.json")
     instances = demo_run / "resources/demo/coco/annotations/instances_val2017.json"
-    pope_0, pope_0b, pope_1 = (sample.sample_pope(pope, 30, True, s) for s in (0, 0, 1))
+    pope_0, pope_0b, pope_1 = (sampling.sample_pope(pope, 30, True, s) for s in (0, 0, 1))
     assert _digest(pope_0, "question_id") == _digest(pope_0b, "question_id")
     assert _digest(pope_0, "question_id") != _digest(pope_1, "question_id")
-    cap_0, cap_0b, cap_1 = (sample.sample_caption_images(instances, 10, s) for s in (0, 0, 1))
+    cap_0, cap_0b, cap_1 = (sampling.sample_caption_images(instances, 10, s) for s in (0, 0, 1))
     assert _digest(cap_0, "image_id") == _digest(cap_0b, "image_id")
     assert _digest(cap_0, "image_id") != _digest(cap_1, "image_id")
 

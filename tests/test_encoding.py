@@ -8,7 +8,8 @@ import ast
 import pytest
 from conftest import ROOT
 
-SCRIPTS = sorted((ROOT / "workflow" / "scripts").rglob("*.py"))
+# the rule scripts and the library
+SCRIPTS = sorted((ROOT / "workflow" / "scripts").rglob("*.py")) + sorted((ROOT / "workflow" / "lib").rglob("*.py"))
 
 
 def text_opens_without_encoding(tree: ast.AST):
@@ -32,7 +33,7 @@ def text_opens_without_encoding(tree: ast.AST):
                 yield node.lineno, name
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.relative_to(ROOT / "workflow").as_posix() for p in SCRIPTS])
 def test_text_files_are_opened_with_an_encoding(script):
     found = list(text_opens_without_encoding(ast.parse(script.read_text(encoding="utf-8"))))
     assert found == [], f"{script.name}: text I/O without encoding= at lines {[line for line, _ in found]}"

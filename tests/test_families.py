@@ -1,4 +1,4 @@
-"""Model families: the registry (``workflow/scripts/families/__init__.py``) is the only list of them, a new family is
+"""Model families: the registry (``workflow/lib/pii/inference/families/__init__.py``) is the only list of them, a new family is
 one module, and InstructBLIP loads from checkpoints whose processor files the stock ``InstructBlipProcessor`` cannot
 read on transformers 5.23."""
 
@@ -12,22 +12,21 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-import demo_models
-import families
 import pytest
 import torch
 import transformers
-import vlm
 import yaml
 from conftest import ROOT, copy_project, merge_configs, run_snakemake
 from PIL import Image
+
+from pii.inference import demo_checkpoints, families, vlm
 
 # --- 1. the registry is the only list ----------------------------------------------------------------------------
 
 # Files under workflow/ that may name several families:
 EXCLUDED = (
     # the registry and the family modules themselves
-    "workflow/scripts/families/",
+    "workflow/lib/pii/inference/families/",
     # the paper's published numbers, keyed by the three models the paper evaluated (a fact about the paper that does
     # not change when a family is added), not a list of the families the workflow supports
     "workflow/data/paper_numbers.yaml",
@@ -148,15 +147,16 @@ def family_lists(project: Path, names) -> list[str]:
 
 def test_the_registry_is_the_only_list_of_families():
     found = family_lists(ROOT, families.names())
-    assert not found, ("family names listed outside workflow/scripts/families/ (read families.names(), "
+    assert not found, ("family names listed outside workflow/lib/pii/inference/families/ (read families.names(), "
                        "families.supporting() or a Family attribute instead):\n" + "\n".join(found))
 
 
 def test_the_scan_covers_rules_scripts_schemas_and_the_snakefile():
     scanned = {p.relative_to(ROOT).as_posix() for p in scanned_files(ROOT)}
-    assert {"Snakefile", "workflow/rules/inference.smk", "workflow/rules/common.smk", "workflow/scripts/vlm.py",
-            "workflow/scripts/config_check.py", "workflow/schemas/config.schema.yaml"} <= scanned
-    assert not any(p.startswith("workflow/scripts/families/") for p in scanned)
+    assert {"Snakefile", "workflow/rules/inference.smk", "workflow/rules/common.smk",
+            "workflow/lib/pii/inference/vlm.py", "workflow/lib/pii/core/config.py", "workflow/scripts/infer.py",
+            "workflow/schemas/config.schema.yaml"} <= scanned
+    assert not any(p.startswith("workflow/lib/pii/inference/families/") for p in scanned)
 
 
 @pytest.mark.parametrize("text, yaml_file, line", [
@@ -223,7 +223,7 @@ def test_the_scan_finds_the_lists_the_registry_replaced(tmp_path):
 
 TOY_MODULE = '''"""A family for the registry test: the generic hf family under another name."""
 
-from families.hf import HuggingFaceImageTextToText
+from pii.inference.families.hf import HuggingFaceImageTextToText
 
 
 class Toy(HuggingFaceImageTextToText):
@@ -238,11 +238,11 @@ def toy_project(dest: Path, register: bool, **analysis) -> Path:
     """A copy of the project with ``families/toy.py`` (registered in ``_MODULES`` or not) and ``config.toy.yaml``:
     the demo config plus a model of family toy, whose checkpoint the demo builds."""
     project = copy_project(dest)
-    package = project / "workflow" / "scripts" / "families"
+    package = project / "workflow" / "lib" / "pii" / "inference" / "families"
     (package / "toy.py").write_text(TOY_MODULE, encoding="utf-8")
     if register:
         init = package / "__init__.py"
-        text, n = re.subn(r"^_MODULES = \((.*)\)$", r"from families import toy  # noqa: E402\n_MODULES = (\1, toy)",
+        text, n = re.subn(r"^_MODULES = \((.*)\)$", r"from pii.inference.families import toy  # noqa: E402\n_MODULES = (\1, toy)",
                           init.read_text(encoding="utf-8"), flags=re.M)
         assert n == 1, "families/__init__.py no longer has a one-line _MODULES tuple; update this test"
         init.write_text(text, encoding="utf-8")
@@ -375,7 +375,7 @@ VARIANTS = {"no_num_query_tokens": _without_query_tokens, "image_token_string": 
 def instructblip_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """The demo InstructBLIP checkpoint (built once) and three copies, each with one defect seen on the hub."""
     root = tmp_path_factory.mktemp("instructblip")
-    base = demo_models.build("instructblip", root / "intact", seed=0)
+    base = demo_checkpoints.build("instructblip", root / "intact", seed=0)
     folders = {"intact": base}
     for name, edit in VARIANTS.items():
         folders[name] = Path(shutil.copytree(base, root / name))

@@ -21,20 +21,23 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import chair
-import infer
-import openai_backend
 import polars as pl
 import pytest
-import render
-import sample
 import yaml
 from conftest import ROOT, config_paths, planned_rules, run_snakemake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inference_fixtures import job_config, make_inputs
 from PIL import Image
-from pipeline_io import PipelineError, read_table
+
+from pii.core.stage import PipelineError
+from pii.core.tables import read_table
+from pii.data import sampling
+from pii.inference import openai_backend
+from pii.inference.job import Job, build_requests
+from pii.inference.runner import run_job
+from pii.render import variants
+from pii.scoring import chair_mentions
 
 RENDER_CFG = {"font": "arimo", "font_size": 26, "strip_fraction": 0.05, "padding": 8, "line_spacing": 1.2}
 
@@ -68,7 +71,7 @@ def test_bad_pope_line_names_file_and_line(tmp_path, bad_line, expected):
     path = tmp_path / "pope.jsonl"
     path.write_text(json.dumps(GOOD_POPE[0]) + "\n" + bad_line + "\n" + json.dumps(GOOD_POPE[1]) + "\n")
     with pytest.raises(PipelineError, match=expected) as err:
-        sample.read_pope(path)
+        sampling.read_pope(path)
     one_line(err.value)
 
 
@@ -76,13 +79,13 @@ def test_pope_file_with_byte_order_mark_reads(tmp_path):
     """Some editors save UTF-8 with a byte order mark; it is not part of the first line's JSON."""
     path = tmp_path / "pope.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in GOOD_POPE).encode())
-    assert list(sample.read_pope(path)["question_id"]) == [1, 2]
+    assert list(sampling.read_pope(path)["question_id"]) == [1, 2]
 
 
 def test_missing_image_names_it_and_says_what_to_do(tmp_path):
     coco = {"root": str(tmp_path / "coco"), "download": False, "image_url": None}
     with pytest.raises(PipelineError) as err:
-        sample.resolve_image(coco, "COCO_val2014_000000000042.jpg", 42)
+        sampling.resolve_image(coco, "COCO_val2014_000000000042.jpg", 42)
     text = one_line(err.value)
     assert "COCO_val2014_000000000042.jpg (id 42) not found under" in text and "data.coco.download: true" in text
 
@@ -105,7 +108,7 @@ def test_corrupt_jpeg_fails_render_with_no_output(tmp_path, variant):
                             "image_path": [str(p) for p in images], "question": ["Is there a dog in the image?"] * 3})
     manifest = tmp_path / "out" / f"{variant}.parquet"
     with pytest.raises(PipelineError) as err:
-        render.render_variant(samples, variant, manifest, RENDER_CFG, task="pope")
+        variants.render_variant(samples, variant, manifest, RENDER_CFG, task="pope")
     text = one_line(err.value)
     assert f"sample pope-1: source image '{images[1]}' is corrupt" in text and "rerun the data stage" in text
     assert not manifest.exists()
@@ -117,7 +120,7 @@ def test_missing_source_image_fails_render(tmp_path):
     samples = pl.DataFrame({"sample_id": ["caption-7"], "image_id": [7], "image_path": [str(tmp_path / "gone.jpg")],
                             "question": ["Describe this image in detail."]})
     with pytest.raises(PipelineError, match=r"sample caption-7: source image '.*gone\.jpg' is missing") as err:
-        render.render_variant(samples, "original", tmp_path / "original.parquet", RENDER_CFG)
+        variants.render_variant(samples, "original", tmp_path / "original.parquet", RENDER_CFG)
     one_line(err.value)
     assert not (tmp_path / "original.parquet").exists()
 
@@ -125,13 +128,13 @@ def test_missing_source_image_fails_render(tmp_path):
 def test_chair_annotations_missing_a_captioned_image():
     """The meaningful case: a caption was generated for an image the COCO annotations do not describe (wrong split
     or a cut-down annotation file); CHAIR would count every object as hallucinated, so it refuses instead."""
-    vocab = chair.Vocabulary.load()
+    vocab = chair_mentions.Vocabulary.load()
     instances = {"images": [{"id": 1}], "annotations": [{"image_id": 1, "category_id": 18}],
                  "categories": [{"id": 18, "name": "dog"}]}
     captions = {"images": [{"id": 1}], "annotations": [{"image_id": 1, "caption": "A dog on grass."}]}
-    assert chair.ground_truth(vocab, instances, captions, [1]) == {1: {"dog"}}
-    with pytest.raises(chair.ChairError) as err:
-        chair.ground_truth(vocab, instances, captions, [1, 99], "instances_val2017.json", "captions_val2017.json")
+    assert chair_mentions.ground_truth(vocab, instances, captions, [1]) == {1: {"dog"}}
+    with pytest.raises(chair_mentions.ChairError) as err:
+        chair_mentions.ground_truth(vocab, instances, captions, [1, 99], "instances_val2017.json", "captions_val2017.json")
     text = one_line(err.value)
     assert "instances_val2017.json / captions_val2017.json: image id(s) [99] not annotated" in text
 
@@ -140,7 +143,7 @@ def test_sampling_caption_from_annotations_without_images(tmp_path):
     bad = tmp_path / "instances_val2017.json"
     bad.write_text(json.dumps({"annotations": []}))
     with pytest.raises(PipelineError, match=r"instances_val2017\.json: not a COCO instances file") as err:
-        sample.sample_caption_images(bad, 2, 0)
+        sampling.sample_caption_images(bad, 2, 0)
     one_line(err.value)
 
 
@@ -180,8 +183,8 @@ def test_openai_timeout_and_500_retried_then_one_line(tmp_path, mode, expected):
                          openai={"base_url": f"http://127.0.0.1:{server.server_address[1]}/v1",
                                  "api_key_env": "PII_TEST_NO_KEY", "concurrency": 1, "max_retries": 1,
                                  "timeout_s": 0.3})
-        job = infer.Job("pope", "llava_1_5", "hybrid", cfg)
-        req = infer.build_requests(read_table(sample_path), read_table(manifest), job)[0]
+        job = Job("pope", "llava_1_5", "hybrid", cfg)
+        req = build_requests(read_table(sample_path), read_table(manifest), job)[0]
         backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
         with pytest.raises(PipelineError, match=expected) as err:
             backend.run([req], seed=0)
@@ -199,10 +202,10 @@ def test_openai_failure_leaves_no_inference_file(tmp_path):
     cfg = job_config("llava_1_5", "llava", "demo/llava", backend="openai",
                      openai={"base_url": "http://127.0.0.1:9/v1", "api_key_env": "PII_TEST_NO_KEY",
                              "concurrency": 1, "max_retries": 0, "timeout_s": 0.5})
-    job = infer.Job("pope", "llava_1_5", "hybrid", cfg)
+    job = Job("pope", "llava_1_5", "hybrid", cfg)
     out = tmp_path / "out.parquet"
     with pytest.raises(PipelineError, match=r"failed after 0 retries \(ConnectError") as err:
-        infer.run_job(job, sample_path, manifest, out, tmp_path / ".partial")
+        run_job(job, sample_path, manifest, out, tmp_path / ".partial")
     one_line(err.value)
     assert not out.exists() and not list(tmp_path.glob(".out.parquet.*"))
 
@@ -445,7 +448,7 @@ def test_dag_retried_job_keeps_the_first_attempts_log(demo_run, tmp_path):
 def test_dag_gpu_job_waits_for_a_taken_device_and_says_so(demo_run, tmp_path):
     """Another job (here: the test) holds the only visible GPU's lock: the infer job logs that it waits, then
     takes the device when it is freed and finishes."""
-    import gpu_slot
+    from pii.core import gpu_slot
 
     work = copy_run(demo_run, tmp_path / "w")
     locks = tmp_path / "locks"
@@ -498,7 +501,7 @@ def test_dag_scoring_refuses_an_inference_file_that_lost_rows(demo_run, tmp_path
     work = copy_run(demo_run, tmp_path / "w")
     path = work / "results/inference/pope/llava_1_5/baseline/r0.parquet"
     rows = read_table(path, "inference")
-    from pipeline_io import read_metadata, write_table
+    from pii.core.tables import read_metadata, write_table
 
     write_table(rows.slice(1), path, "inference", metadata=read_metadata(path))
     target = "results/scores/pope_metrics.parquet"

@@ -12,12 +12,13 @@ import time
 import zipfile
 from pathlib import Path
 
-import fetch_data
 import pytest
-import sample
 import yaml
 from conftest import ROOT, copy_project, free_port, planned_rules, run_snakemake, stop_process, wait_for_port
-from pipeline_io import PipelineError, read_table
+
+from pii.core.stage import PipelineError
+from pii.core.tables import read_table
+from pii.data import fetch, sampling
 
 POPE_IMAGE_IDS = [310196, 42, 1001]
 CAPTION_IMAGE_IDS = [139, 285, 632, 724]
@@ -73,17 +74,17 @@ def leftovers(folder: Path) -> list[str]:
 def test_fetch_pope_verified(server, tmp_path):
     url, root = server
     dest = tmp_path / "pope" / "coco_pope_adversarial.json"
-    fetch_data.fetch_pope(f"{url}/pope.json", sha256(root / "pope.json"), dest)
+    fetch.fetch_pope(f"{url}/pope.json", sha256(root / "pope.json"), dest)
     assert dest.read_bytes() == (root / "pope.json").read_bytes()
     assert leftovers(dest.parent) == [dest.name]
-    assert len(sample.read_pope(dest)) == 4 * len(POPE_IMAGE_IDS)
+    assert len(sampling.read_pope(dest)) == 4 * len(POPE_IMAGE_IDS)
 
 
 def test_fetch_pope_wrong_checksum_keeps_nothing(server, tmp_path):
     url, _ = server
     dest = tmp_path / "pope" / "coco_pope_adversarial.json"
     with pytest.raises(PipelineError) as excinfo:
-        fetch_data.fetch_pope(f"{url}/pope.json", "0" * 64, dest)
+        fetch.fetch_pope(f"{url}/pope.json", "0" * 64, dest)
     assert "\n" not in str(excinfo.value) and "sha256" in str(excinfo.value)
     assert leftovers(dest.parent) == []
 
@@ -93,7 +94,7 @@ def test_fetch_404_is_clear(server, tmp_path):
     dest = tmp_path / "x" / "missing.json"
     started = time.monotonic()
     with pytest.raises(PipelineError) as excinfo:
-        fetch_data.http_get(f"{url}/no-such-file.json", dest)
+        fetch.http_get(f"{url}/no-such-file.json", dest)
     assert time.monotonic() - started < 10  # a 404 is not retried
     msg = str(excinfo.value)
     assert "\n" not in msg and "404" in msg and "no-such-file.json" in msg
@@ -102,7 +103,7 @@ def test_fetch_404_is_clear(server, tmp_path):
 
 def test_fetch_pope_without_url(tmp_path):
     with pytest.raises(PipelineError) as excinfo:
-        fetch_data.fetch_pope(None, None, tmp_path / "p.json")
+        fetch.fetch_pope(None, None, tmp_path / "p.json")
     assert "\n" not in str(excinfo.value) and "AoiDragon/POPE" in str(excinfo.value)
 
 
@@ -110,7 +111,7 @@ def test_fetch_pope_download_off_touches_no_network(server, tmp_path):
     url, _ = server
     dest = tmp_path / "pope" / "coco_pope_adversarial.json"
     with pytest.raises(PipelineError) as excinfo:
-        fetch_data.fetch_pope(f"{url}/pope.json", "a" * 64, dest, download=False)
+        fetch.fetch_pope(f"{url}/pope.json", "a" * 64, dest, download=False)
     msg = str(excinfo.value)
     assert "\n" not in msg and f"{url}/pope.json" in msg and str(dest) in msg and "data.coco.download: true" in msg
     assert not dest.parent.exists()
@@ -119,7 +120,7 @@ def test_fetch_pope_download_off_touches_no_network(server, tmp_path):
 def test_fetch_annotations_unpacks_zip(server, tmp_path):
     url, _ = server
     out = tmp_path / "coco" / "annotations"
-    fetch_data.fetch_annotations(f"{url}/annotations_trainval2017.zip", True, out)
+    fetch.fetch_annotations(f"{url}/annotations_trainval2017.zip", True, out)
     assert leftovers(out) == ["captions_val2017.json", "instances_val2017.json"]
     assert [im["id"] for im in json.loads((out / "instances_val2017.json").read_text())["images"]] == \
         CAPTION_IMAGE_IDS
@@ -127,7 +128,7 @@ def test_fetch_annotations_unpacks_zip(server, tmp_path):
 
 def test_fetch_annotations_offline_says_what_to_do(tmp_path):
     with pytest.raises(PipelineError) as excinfo:
-        fetch_data.fetch_annotations("http://example.invalid/a.zip", False, tmp_path / "annotations")
+        fetch.fetch_annotations("http://example.invalid/a.zip", False, tmp_path / "annotations")
     msg = str(excinfo.value)
     assert "\n" not in msg and "instances_val2017.json" in msg and str(tmp_path / "annotations") in msg
 
@@ -139,13 +140,13 @@ def test_resolve_image_fetches_one_file(server, tmp_path):
     (user / "val2017" / "000000000285.jpg").write_bytes(b"the user's own copy")
     coco = {"root": str(user), "download_root": str(tmp_path / "downloads"), "download": True,
             "image_url": url + "/{split}/{file_name}"}
-    got = Path(sample.resolve_image(coco, "COCO_val2014_000000000042.jpg", 42))
+    got = Path(sampling.resolve_image(coco, "COCO_val2014_000000000042.jpg", 42))
     assert got == tmp_path / "downloads" / "val2014" / "COCO_val2014_000000000042.jpg"
     assert got.read_bytes() == b"val2014 42"
-    got = Path(sample.resolve_image(coco, "000000000139.jpg", 139))
+    got = Path(sampling.resolve_image(coco, "000000000139.jpg", 139))
     assert got == tmp_path / "downloads" / "val2017" / "000000000139.jpg" and got.read_bytes() == b"val2017 139"
     # The user's copy is used as it is (the server's differs), and nothing is written into the user's root.
-    assert Path(sample.resolve_image(coco, "000000000285.jpg", 285)) == user / "val2017" / "000000000285.jpg"
+    assert Path(sampling.resolve_image(coco, "000000000285.jpg", 285)) == user / "val2017" / "000000000285.jpg"
     assert sorted(p.name for p in user.rglob("*")) == ["000000000285.jpg", "val2017"]
     assert leftovers(tmp_path / "downloads") == ["val2014", "val2017"]
 

@@ -9,10 +9,11 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import gpu_slot
 import pytest
-from conftest import SCRIPTS
-from pipeline_io import PipelineError
+from conftest import LIB
+
+from pii.core import gpu_slot
+from pii.core.stage import PipelineError
 
 
 def test_jobs_get_distinct_devices_then_reuse_freed_one(tmp_path):
@@ -48,8 +49,8 @@ def test_user_restriction_and_skips(tmp_path):
 def test_lock_released_when_holder_process_dies(tmp_path):
     holder = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(gpu_slot.__file__.rsplit('/', 1)[0])!r})
-        import gpu_slot
+        sys.path.insert(0, {str(LIB)!r})
+        from pii.core import gpu_slot
         from pathlib import Path
         env = {{}}
         gpu_slot.claim_gpu(env=env, n_gpus=2, lock_dir=Path({str(tmp_path)!r}), wait_s=0)
@@ -74,7 +75,7 @@ def test_lock_released_when_holder_process_dies(tmp_path):
 HOLDER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, sys.argv[1])
-    import gpu_slot
+    from pii.core import gpu_slot
     env = {"CUDA_VISIBLE_DEVICES": sys.argv[2]}  # no PII_GPU_LOCK_DIR: the default, machine-wide folder
     slot = gpu_slot.claim_gpu(env=env, wait_s=0)
     print(env["CUDA_VISIBLE_DEVICES"], slot.lock_path, flush=True)
@@ -93,7 +94,7 @@ def test_two_checkouts_get_different_gpus(tmp_path):
         for checkout in ("checkout1", "checkout2"):
             cwd = tmp_path / checkout
             cwd.mkdir()
-            procs.append(subprocess.Popen([sys.executable, "-c", HOLDER, str(SCRIPTS), devices], cwd=cwd,
+            procs.append(subprocess.Popen([sys.executable, "-c", HOLDER, str(LIB), devices], cwd=cwd,
                                           stdout=subprocess.PIPE, text=True))
             device, lock = procs[-1].stdout.readline().split()
             claimed.append(device)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-import render
-import vlm
-from images import load_rgb
 from PIL import Image
+
+from pii.core.images import load_rgb
+from pii.inference import vlm
+from pii.render import variants
 
 CFG = {"font": "arimo", "font_size": 26, "strip_fraction": 0.05, "padding": 8, "line_spacing": 1.15}
 ORIENTATION = 0x0112
@@ -149,8 +150,8 @@ def test_every_variant_shows_the_same_upright_pixels(tmp_path, kind):
     path, upright = _source(tmp_path, kind)
     samples = pl.DataFrame([{"sample_id": "pope-0", "task": "pope", "image_id": 1, "image_path": path,
                              "question": "Is there a dog in the image?"}])
-    manifests = {v: render.render_variant(samples, v, tmp_path / "out" / f"{v}.parquet", CFG, task="pope")
-                 for v in render.VARIANTS}
+    manifests = {v: variants.render_variant(samples, v, tmp_path / "out" / f"{v}.parquet", CFG, task="pope")
+                 for v in variants.VARIANTS}
     h, w = upright.shape[:2]
     assert manifests["original"]["image_path"][0] == path  # the source itself, no copy
     for variant, manifest in manifests.items():
@@ -168,7 +169,7 @@ def test_openai_backend_sends_what_the_transformers_backend_sees(tmp_path):
     import base64
     import io
 
-    import openai_backend
+    from pii.inference import openai_backend
 
     plain = tmp_path / "plain.jpg"
     Image.new("RGB", (40, 30), (10, 120, 200)).save(plain, quality=90)

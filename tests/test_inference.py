@@ -12,16 +12,19 @@ import sys
 import time
 from pathlib import Path
 
-import demo_models
-import families
-import infer
 import polars as pl
 import pytest
-import vlm
-from conftest import SCRIPTS
+from conftest import LIB
 from inference_fixtures import disk_full_at, job_config, make_inputs, write_config
-from pipeline_io import PipelineError, read_metadata, read_table
 from polars.testing import assert_frame_equal
+
+from pii.core.stage import PipelineError
+from pii.core.tables import read_metadata, read_table, sha256_file
+from pii.inference import demo_checkpoints, families, runner, vlm
+from pii.inference.backends import TransformersBackend
+from pii.inference.job import ARROW_TYPES, Job, build_requests, format_text_prompt, is_legible, repeat_seed
+from pii.inference.runner import plan_batches, run_job, run_requests
+from pii.inference.unit_cache import fingerprint, model_files
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -46,7 +49,7 @@ GREEDY = {"do_sample": False, "temperature": 0.7, "top_p": 1.0, "top_k": 0, "rep
 def models_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo_models")
     for family in families.names():
-        demo_models.build(family, out / family, seed=0)
+        demo_checkpoints.build(family, out / family, seed=0)
     return out
 
 
@@ -92,7 +95,7 @@ def test_demo_checkpoints_are_the_real_classes(models_dir, loaded):
 def test_demo_build_is_seeded(tmp_path, models_dir):
     from safetensors.torch import load_file
 
-    demo_models.build("llava", tmp_path / "llava", seed=0)
+    demo_checkpoints.build("llava", tmp_path / "llava", seed=0)
     a, b = load_file(tmp_path / "llava" / "model.safetensors"), load_file(models_dir / "llava" / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
@@ -100,7 +103,7 @@ def test_demo_build_is_seeded(tmp_path, models_dir):
 @pytest.mark.parametrize("family", families.names())
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_prompt_golden(loaded, family, setting):
-    text = infer.format_text_prompt({"prompt_in_image": None, "prompt_in_image_instructed":
+    text = format_text_prompt({"prompt_in_image": None, "prompt_in_image_instructed":
                                      "Answer the question in the image."}.get(setting, "{question}"), Q)
     assert text == SETTINGS[setting]
     lm = loaded[family]
@@ -221,15 +224,15 @@ class FakeBackend:
 
 def _requests(tmp_path, n=10):
     sample, manifest = make_inputs(tmp_path / "in", "pope", n=n)
-    job = infer.Job("pope", "m", "hybrid", job_config("m", "llava", "unused", batch_size=4))
-    return job, infer.build_requests(read_table(sample), read_table(manifest), job), sample, manifest
+    job = Job("pope", "m", "hybrid", job_config("m", "llava", "unused", batch_size=4))
+    return job, build_requests(read_table(sample), read_table(manifest), job), sample, manifest
 
 
 def test_oom_halves_batch_and_keeps_every_row(tmp_path, caplog):
     job, reqs, _, _ = _requests(tmp_path)
     backend = FakeBackend(max_ok=1)
     with caplog.at_level(logging.WARNING, logger="pii"):
-        df, facts = infer.run_requests(job, reqs, backend, tmp_path / "partial")
+        df, facts = run_requests(job, reqs, backend, tmp_path / "partial")
     assert sorted(df["sample_id"]) == sorted(r.sample_id for r in reqs) and not df["sample_id"].is_duplicated().any()
     assert backend.calls[:3] == [4, 2, 1] and facts["final_batch_size"] == 1
     assert "halving the batch to 2" in caplog.text and "halving the batch to 1" in caplog.text
@@ -238,14 +241,14 @@ def test_oom_halves_batch_and_keeps_every_row(tmp_path, caplog):
 
 
 def test_next_batch_is_prepared_while_the_model_generates(tmp_path, loaded):
-    """Images are read and processed one batch ahead in a worker thread (infer.Prefetch): each batch's prepare runs
+    """Images are read and processed one batch ahead in a worker thread (Prefetch): each batch's prepare runs
     in that thread and starts before the previous batch's generation has finished, and the rows are the very rows of
     a run that prepares every batch in the main thread."""
     import threading
 
     sample, manifest = make_inputs(tmp_path / "in", "pope", n=10)
-    job = infer.Job("pope", "demo_llava", "hybrid", job_config("demo_llava", "llava", loaded["llava"].path, batch_size=3))
-    requests = infer.build_requests(read_table(sample), read_table(manifest), job)
+    job = Job("pope", "demo_llava", "hybrid", job_config("demo_llava", "llava", loaded["llava"].path, batch_size=3))
+    requests = build_requests(read_table(sample), read_table(manifest), job)
     events = []
 
     def traced(backend):
@@ -263,7 +266,7 @@ def test_next_batch_is_prepared_while_the_model_generates(tmp_path, loaded):
         backend.prepare, backend.run = traced_prepare, traced_run
         return backend
 
-    ahead, _ = infer.run_requests(job, requests, traced(infer.TransformersBackend(job, lm=loaded["llava"])),
+    ahead, _ = run_requests(job, requests, traced(TransformersBackend(job, lm=loaded["llava"])),
                                   tmp_path / "ahead")
     assert [e[2] for e in events if e[0] == "prepare"] == ["prepare_0"] * 4  # 10 requests, batches of 3
     assert all(e[2] for e in events if e[0] == "ran")  # every batch ran on the inputs made ahead
@@ -271,27 +274,27 @@ def test_next_batch_is_prepared_while_the_model_generates(tmp_path, loaded):
     firsts = [e[1] for e in events if e[0] == "ran"]
     for before, after in zip(firsts[:-1], firsts[1:], strict=True):  # the next batch was being prepared before this one finished
         assert order.index(("prepare", after)) < order.index(("ran", before))
-    inline = infer.TransformersBackend(job, lm=loaded["llava"])
+    inline = TransformersBackend(job, lm=loaded["llava"])
     inline.prepare = None  # no worker: each batch processed in the main thread when it runs
-    in_line, _ = infer.run_requests(job, requests, inline, tmp_path / "inline")
+    in_line, _ = run_requests(job, requests, inline, tmp_path / "inline")
     assert_frame_equal(ahead, in_line)
 
 
 def test_oom_at_batch_one_is_a_clear_error(tmp_path):
     job, reqs, _, _ = _requests(tmp_path, n=2)
     with pytest.raises(PipelineError, match="out of memory at batch size 1"):
-        infer.run_requests(job, reqs, FakeBackend(max_ok=0), tmp_path / "partial")
+        run_requests(job, reqs, FakeBackend(max_ok=0), tmp_path / "partial")
 
 
 def test_stale_checkpoints_are_discarded(tmp_path, caplog):
     job, reqs, _, _ = _requests(tmp_path, n=8)
     partial = tmp_path / "partial"
-    infer.run_requests(job, reqs, FakeBackend(), partial)  # leaves checkpoints (run_job removes them)
+    run_requests(job, reqs, FakeBackend(), partial)  # leaves checkpoints (run_job removes them)
     assert len(list(partial.glob("batch-*.parquet"))) == 2
-    other = infer.Job("pope", "m", "hybrid", {**job.cfg, "seed": 1})
+    other = Job("pope", "m", "hybrid", {**job.cfg, "seed": 1})
     backend = FakeBackend()
     with caplog.at_level(logging.INFO, logger="pii"):
-        df, facts = infer.run_requests(other, reqs, backend, partial)
+        df, facts = run_requests(other, reqs, backend, partial)
     assert "discarded 2 stale checkpoint" in caplog.text and facts["resumed_batches"] == 0
     assert backend.calls == [4, 4] and set(df["seed"]) >= {1}
 
@@ -300,7 +303,7 @@ def test_missing_manifest_row_is_one_line_error(tmp_path):
     job, _, sample, manifest = _requests(tmp_path, n=3)
     man = read_table(manifest).head(2)
     with pytest.raises(PipelineError, match="no image for sample 'pope-2'"):
-        infer.build_requests(read_table(sample), man, job, "m.parquet")
+        build_requests(read_table(sample), man, job, "m.parquet")
 
 
 def test_resume_after_sigkill(tmp_path, models_dir):
@@ -311,10 +314,10 @@ def test_resume_after_sigkill(tmp_path, models_dir):
                      batch_size=1, max_new_tokens=24, do_sample=True)
     cfg_path = write_config(tmp_path / "cfg.json", cfg)
     out, partial, log = tmp_path / "out.parquet", tmp_path / ".partial", tmp_path / "infer.log"
-    cmd = [sys.executable, str(ROOT / "workflow" / "scripts" / "infer.py"), "--config", str(cfg_path), "--task",
+    cmd = [sys.executable, "-m", "pii.inference.cli", "--config", str(cfg_path), "--task",
            "caption", "--model", "llava_1_5", "--setting", "baseline", "--sample", str(sample), "--manifest",
            str(manifest), "--out", str(out), "--partial", str(partial), "--log", str(log), "--threads", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(LIB)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
@@ -337,17 +340,17 @@ def test_resume_after_sigkill(tmp_path, models_dir):
     meta = read_metadata(out)
     assert meta["resumed_batches"] == n_done and meta["versions"]["transformers"]
     # the same job uninterrupted, in-process: identical rows
-    infer.run_job(infer.Job("caption", "llava_1_5", "baseline", json.loads(cfg_path.read_text())), sample, manifest,
+    run_job(Job("caption", "llava_1_5", "baseline", json.loads(cfg_path.read_text())), sample, manifest,
                   tmp_path / "ref.parquet", tmp_path / ".partial_ref", threads=1)
     assert_frame_equal(df, read_table(tmp_path / "ref.parquet"))
 
 
 def test_demo_tokenizers_identical_across_processes():
     """Hash maps in the tokenizer trainers are seeded per process: the demo tokenizers must not depend on them."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from families import demo_parts as d; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pii.inference.families import demo_parts as d; "
             "print(d.bert_tokenizer().backend_tokenizer.to_str()"
             " + d.llama_tokenizer(['<image>']).backend_tokenizer.to_str())")
-    outs = [subprocess.run([sys.executable, "-c", code, str(SCRIPTS)], capture_output=True, text=True, timeout=120,
+    outs = [subprocess.run([sys.executable, "-c", code, str(LIB)], capture_output=True, text=True, timeout=120,
                            check=True).stdout for _ in range(3)]
     assert outs[0] and outs[0] == outs[1] == outs[2]
 
@@ -357,24 +360,24 @@ def test_operational_settings_keep_checkpoints(tmp_path):
     or in the run's config, where the Snakemake entry reads them) keeps a resumed job's checkpoints."""
     job, reqs, _, _ = _requests(tmp_path, n=8)
     partial = tmp_path / "partial"
-    infer.run_requests(job, reqs, FakeBackend(), partial)  # leaves 2 checkpoints
+    run_requests(job, reqs, FakeBackend(), partial)  # leaves 2 checkpoints
     ops = {"max_retries": 9, "timeout_s": 1.5, "concurrency": 32, "api_key_env": "OTHER_KEY"}
     in_cfg = {**job.cfg, "inference": {**job.inference, "openai": {**job.inference["openai"], **ops}}}
-    for edited in (infer.Job("pope", "m", "hybrid", in_cfg), infer.Job("pope", "m", "hybrid", job.cfg, settings=ops)):
-        assert infer.fingerprint(edited, reqs) == infer.fingerprint(job, reqs)
+    for edited in (Job("pope", "m", "hybrid", in_cfg), Job("pope", "m", "hybrid", job.cfg, settings=ops)):
+        assert fingerprint(edited, reqs) == fingerprint(job, reqs)
         backend = FakeBackend()
-        _, facts = infer.run_requests(edited, reqs, backend, partial)
+        _, facts = run_requests(edited, reqs, backend, partial)
         assert facts["resumed_batches"] == 2 and backend.calls == []
     # what decides the rows still does
-    assert infer.fingerprint(infer.Job("pope", "m", "hybrid", {**job.cfg, "seed": 5}), reqs) != \
-        infer.fingerprint(job, reqs)
+    assert fingerprint(Job("pope", "m", "hybrid", {**job.cfg, "seed": 5}), reqs) != \
+        fingerprint(job, reqs)
 
 
 def test_openai_fingerprint_keeps_server_drops_credentials():
     def fp(url):
         cfg = job_config("m", "llava", "demo/llava", backend="openai", openai={
             "base_url": url, "api_key_env": "K", "concurrency": 1, "max_retries": 0, "timeout_s": 1})
-        return infer.fingerprint(infer.Job("pope", "m", "hybrid", cfg), [])
+        return fingerprint(Job("pope", "m", "hybrid", cfg), [])
 
     assert fp("https://alice:key-1@llm.example/v1") == fp("https://bob:key-2@llm.example/v1")
     assert fp("https://alice:key-1@llm.example/v1") != fp("https://alice:key-1@other.example/v1")
@@ -390,10 +393,10 @@ def test_image_deleted_or_replaced_after_rendering(tmp_path, models_dir, fault):
         victim.unlink()
     else:  # a valid PNG, just not the one rendered
         shutil.copyfile(tmp_path / "in" / "img002.png", victim)
-    job = infer.Job("pope", "llava_1_5", "hybrid", job_config("llava_1_5", "llava", str(models_dir / "llava")))
+    job = Job("pope", "llava_1_5", "hybrid", job_config("llava_1_5", "llava", str(models_dir / "llava")))
     out = tmp_path / "out.parquet"
     with pytest.raises(PipelineError) as err:
-        infer.run_job(job, sample, manifest, out, tmp_path / ".partial")
+        run_job(job, sample, manifest, out, tmp_path / ".partial")
     msg = str(err.value)
     assert msg.startswith(f"{victim} (sample pope-1, {manifest}): ") and "\n" not in msg
     assert ("No such file" if fault == "deleted" else "changed after rendering") in msg
@@ -405,16 +408,16 @@ def test_disk_full_keeps_checkpoints_and_resumes(tmp_path, models_dir, monkeypat
     """An OSError (disk full) while writing the second checkpoint: the first stays, no output; the rerun resumes
     from it and gives every row. (The disk is the one stand-in: a real full file system cannot be made here.)"""
     sample, manifest = make_inputs(tmp_path / "in", "pope", n=4)
-    job = infer.Job("pope", "llava_1_5", "hybrid",
+    job = Job("pope", "llava_1_5", "hybrid",
                     job_config("llava_1_5", "llava", str(models_dir / "llava"), batch_size=2, max_new_tokens=2))
     out, partial = tmp_path / "out.parquet", tmp_path / ".partial"
-    real_write = infer.write_table
-    monkeypatch.setattr(infer, "write_table", disk_full_at(real_write, 2))
+    real_write = runner.write_table
+    monkeypatch.setattr(runner, "write_table", disk_full_at(real_write, 2))
     with pytest.raises(OSError, match="No space left"):
-        infer.run_job(job, sample, manifest, out, partial)
+        run_job(job, sample, manifest, out, partial)
     assert [p.name for p in partial.glob("batch-*.parquet")] == ["batch-00000.parquet"] and not out.exists()
-    monkeypatch.setattr(infer, "write_table", real_write)
-    infer.run_job(job, sample, manifest, out, partial)
+    monkeypatch.setattr(runner, "write_table", real_write)
+    run_job(job, sample, manifest, out, partial)
     meta = read_metadata(out)
     assert meta["resumed_batches"] == 1 and len(read_table(out)) == 4 and not partial.exists()
 
@@ -429,8 +432,8 @@ def test_cli_reads_utf8_config_under_ascii_locale(tmp_path, models_dir):
     cfg_path.write_text(json.dumps(cfg, ensure_ascii=False), encoding="utf-8")
     out, log = tmp_path / "out.parquet", tmp_path / "infer.log"
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
-           "PYTHONIOENCODING": "ascii:backslashreplace", "PYTHONPATH": str(ROOT / "workflow" / "scripts")}
-    proc = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "infer.py"), "--config", str(cfg_path),
+           "PYTHONIOENCODING": "ascii:backslashreplace", "PYTHONPATH": str(LIB)}
+    proc = subprocess.run([sys.executable, "-m", "pii.inference.cli", "--config", str(cfg_path),
                            "--task", "pope", "--model", "llava_1_5", "--setting", "hybrid", "--sample", str(sample),
                            "--manifest", str(manifest), "--out", str(out), "--partial", str(tmp_path / ".p"),
                            "--log", str(log), "--threads", "1"], env=env, capture_output=True, text=True, timeout=300)
@@ -444,12 +447,12 @@ def test_cli_reads_utf8_config_under_ascii_locale(tmp_path, models_dir):
 
 
 def test_repeat_seeds():
-    assert infer.repeat_seed(0, 0) == 0 and infer.repeat_seed(123, 0) == 123     # repeat 0: the config seed itself
-    seeds = [infer.repeat_seed(0, r) for r in range(1, 100)] + [infer.repeat_seed(1, r) for r in range(1, 100)]
+    assert repeat_seed(0, 0) == 0 and repeat_seed(123, 0) == 123     # repeat 0: the config seed itself
+    seeds = [repeat_seed(0, r) for r in range(1, 100)] + [repeat_seed(1, r) for r in range(1, 100)]
     assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**31 for s in seeds)
-    assert infer.repeat_seed(0, 1) == 1896983678                                 # pinned: a changed rule shows here
+    assert repeat_seed(0, 1) == 1896983678                                 # pinned: a changed rule shows here
     with pytest.raises(PipelineError):
-        infer.repeat_seed(0, -1)
+        repeat_seed(0, -1)
 
 
 def test_repeat_zero_is_the_single_run_and_repeat_one_samples_anew(tmp_path, models_dir, loaded):
@@ -461,8 +464,8 @@ def test_repeat_zero_is_the_single_run_and_repeat_one_samples_anew(tmp_path, mod
                      batch_size=1, max_new_tokens=12, do_sample=True)
 
     def run(repeat, config=cfg, name=""):
-        job = infer.Job("caption", "llava_1_5", "baseline", config, repeat=repeat)
-        return infer.run_job(job, sample, manifest, tmp_path / f"r{repeat}{name}.parquet", tmp_path / f".p{repeat}{name}")
+        job = Job("caption", "llava_1_5", "baseline", config, repeat=repeat)
+        return run_job(job, sample, manifest, tmp_path / f"r{repeat}{name}.parquet", tmp_path / f".p{repeat}{name}")
 
     r0, r1, r1_again = run(0), run(1), run(1, name="again")
     assert (r0["repeat"] == 0).all() and (r1["repeat"] == 1).all()
@@ -472,11 +475,11 @@ def test_repeat_zero_is_the_single_run_and_repeat_one_samples_anew(tmp_path, mod
         alone = vlm.generate(lm, [r0["prompt"][i]], [vlm.open_image(r0["image_path"][i])], 12, cfg["decoding"],
                              seed=position)[0]
         assert r0["seed"][i] == position and r0["response"][i] == alone["response"]
-    assert sorted(r1["seed"]) == [infer.repeat_seed(0, 1) + k for k in range(4)]
+    assert sorted(r1["seed"]) == [repeat_seed(0, 1) + k for k in range(4)]
     assert (r0["response"] != r1["response"]).any()
     assert_frame_equal(r1, r1_again)
     meta = read_metadata(tmp_path / "r1.parquet")
-    assert meta["repeat"] == 1 and meta["repeat_seed"] == infer.repeat_seed(0, 1) and meta["seed"] == 0
+    assert meta["repeat"] == 1 and meta["repeat_seed"] == repeat_seed(0, 1) and meta["seed"] == 0
     greedy = {**cfg, "decoding": GREEDY}
     g0, g1 = run(0, greedy, "greedy"), run(1, greedy, "greedy")
     assert list(g0["response"]) == list(g1["response"])
@@ -486,20 +489,20 @@ def test_checkpoints_are_per_repeat(tmp_path, caplog):
     """Each repeat has its own fingerprint: its checkpoints resume only the same repeat, and another repeat's
     checkpoints in the folder are discarded as stale."""
     job, reqs, _, _ = _requests(tmp_path, n=8)
-    rep1 = infer.Job("pope", "m", "hybrid", job.cfg, repeat=1)
-    assert infer.fingerprint(rep1, reqs) != infer.fingerprint(job, reqs)
+    rep1 = Job("pope", "m", "hybrid", job.cfg, repeat=1)
+    assert fingerprint(rep1, reqs) != fingerprint(job, reqs)
     partial = tmp_path / "partial_r1"
-    first, _ = infer.run_requests(rep1, reqs, FakeBackend(), partial)   # leaves 2 checkpoints
+    first, _ = run_requests(rep1, reqs, FakeBackend(), partial)   # leaves 2 checkpoints
     backend = FakeBackend()
-    resumed, facts = infer.run_requests(rep1, reqs, backend, partial)
+    resumed, facts = run_requests(rep1, reqs, backend, partial)
     assert facts["resumed_batches"] == 2 and backend.calls == []
     assert_frame_equal(first, resumed, check_dtypes=False)  # fresh rows vs rows read back
-    base = infer.repeat_seed(0, 1)
+    base = repeat_seed(0, 1)
     assert set(resumed["seed"]) == {base, base + 4} and (resumed["repeat"] == 1).all()
     assert {int(r.split("@")[1]) for r in resumed["response"]} == {base, base + 4}
     backend = FakeBackend()
     with caplog.at_level(logging.INFO, logger="pii"):
-        rows, facts = infer.run_requests(job, reqs, backend, partial)    # repeat 0 in repeat 1's folder
+        rows, facts = run_requests(job, reqs, backend, partial)    # repeat 0 in repeat 1's folder
     assert "discarded 2 stale checkpoint" in caplog.text and facts["resumed_batches"] == 0
     assert backend.calls == [4, 4] and set(rows["seed"]) == {0, 4} and (rows["repeat"] == 0).all()
 
@@ -513,7 +516,7 @@ def test_a_task_asks_the_questions_of_its_source_sample(tmp_path, models_dir):
                      text_prompt="What is written in the white strip at the bottom of the image?")
     cfg["tasks.transcribe"].update(source="pope", settings=["transcribe"])
     out = tmp_path / "out.parquet"
-    infer.run_job(infer.Job("transcribe", "llava_1_5", "transcribe", cfg), sample, manifest, out, tmp_path / ".p")
+    run_job(Job("transcribe", "llava_1_5", "transcribe", cfg), sample, manifest, out, tmp_path / ".p")
     rows = read_table(out, "inference")
     assert len(rows) == 3 and set(rows["task"]) == {"transcribe"}
     assert set(rows["text_prompt"]) == {"What is written in the white strip at the bottom of the image?"}
@@ -522,7 +525,7 @@ def test_a_task_asks_the_questions_of_its_source_sample(tmp_path, models_dir):
     assert rows["text_legible"].is_null().all()
     cfg["tasks.transcribe"]["source"] = "caption"
     with pytest.raises(PipelineError, match="no sampled row of task 'caption'"):
-        infer.run_job(infer.Job("transcribe", "llava_1_5", "transcribe", cfg), sample, manifest,
+        run_job(Job("transcribe", "llava_1_5", "transcribe", cfg), sample, manifest,
                       tmp_path / "out2.parquet", tmp_path / ".p2")
     assert not (tmp_path / "out2.parquet").exists()
 
@@ -541,44 +544,44 @@ def test_finished_units_are_kept_and_reused_only_when_unchanged(tmp_path, caplog
     generates again and replaces the kept copy."""
     job, _, sample, manifest = _requests(tmp_path, n=6)
     cache, out = tmp_path / "cache" / "r0.parquet", tmp_path / "out" / "r0.parquet"
-    first = infer.run_job(job, sample, manifest, out, tmp_path / "p", backend=FakeBackend(), cache=cache)
+    first = run_job(job, sample, manifest, out, tmp_path / "p", backend=FakeBackend(), cache=cache)
     assert cache.read_bytes() == out.read_bytes()
-    reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
-    planned = [r.sample_id for _, chunk in infer.plan_batches(reqs, FakeBackend().sort_key, job.batch_size)
+    reqs = build_requests(read_table(sample), read_table(manifest), job)
+    planned = [r.sample_id for _, chunk in plan_batches(reqs, FakeBackend().sort_key, job.batch_size)
                for r in chunk]  # the order requests run in: each one's seed is its position
-    assert read_metadata(out)["fingerprint"] == infer.fingerprint(job, reqs, [FakeBackend().prompt(r) for r in reqs],
+    assert read_metadata(out)["fingerprint"] == fingerprint(job, reqs, [FakeBackend().prompt(r) for r in reqs],
                                                                   order=planned)
     before = out.read_bytes()
     out.unlink()  # Snakemake deletes a job's outputs before it reruns
     with caplog.at_level(logging.INFO, logger="pii"):
-        again = infer.run_job(job, sample, manifest, out, tmp_path / "p", cache=cache, backend=NoRun())
+        again = run_job(job, sample, manifest, out, tmp_path / "p", cache=cache, backend=NoRun())
     assert out.read_bytes() == before and "unchanged, copied from" in caplog.text
     assert_frame_equal(first, again, check_dtypes=False)
 
     def regenerated(changed_job, manifest_path=manifest):
         backend = FakeBackend()
         out.unlink()
-        infer.run_job(changed_job, sample, manifest_path, out, tmp_path / "p", backend=backend, cache=cache)
+        run_job(changed_job, sample, manifest_path, out, tmp_path / "p", backend=backend, cache=cache)
         assert backend.calls, "a changed unit must be generated again"
         assert cache.read_bytes() == out.read_bytes()  # the kept copy follows the new rows
 
     prompt = {**job.cfg, "settings.hybrid": {"image": "question", "text_prompt": "Say: {question}"}}
-    regenerated(infer.Job("pope", "m", "hybrid", prompt))
-    regenerated(infer.Job("pope", "m", "hybrid", prompt, repeat=1))
+    regenerated(Job("pope", "m", "hybrid", prompt))
+    regenerated(Job("pope", "m", "hybrid", prompt, repeat=1))
     # an image rendered anew (another sha256 in the manifest) is another input
     from PIL import Image
 
     man = read_table(manifest)
     first_image = man["image_path"][0]
     Image.new("RGB", (32, 32), "red").save(first_image)
-    man = man.with_columns(man["image_sha256"].scatter(0, infer.sha256_file(first_image)))
-    from pipeline_io import write_table
+    man = man.with_columns(man["image_sha256"].scatter(0, sha256_file(first_image)))
+    from pii.core.tables import write_table
 
     write_table(man, tmp_path / "manifest2.parquet", "manifest")
-    regenerated(infer.Job("pope", "m", "hybrid", prompt, repeat=1), tmp_path / "manifest2.parquet")
+    regenerated(Job("pope", "m", "hybrid", prompt, repeat=1), tmp_path / "manifest2.parquet")
     # a corrupt kept copy is not trusted: generated again
     cache.write_bytes(b"not parquet")
-    regenerated(infer.Job("pope", "m", "hybrid", prompt, repeat=1), tmp_path / "manifest2.parquet")
+    regenerated(Job("pope", "m", "hybrid", prompt, repeat=1), tmp_path / "manifest2.parquet")
 
 
 class SeesText(FakeBackend):
@@ -594,21 +597,21 @@ def test_text_legible_follows_the_threshold_without_regenerating(tmp_path, caplo
     so a kept unit is relabelled when it changes, and nothing is generated again."""
     job, reqs, sample, manifest = _requests(tmp_path, n=6)
     cache, out = tmp_path / "cache" / "r0.parquet", tmp_path / "out" / "r0.parquet"
-    at = lambda px: infer.Job("pope", "m", "hybrid", {**job.cfg, "inference": {**job.inference,  # noqa: E731
+    at = lambda px: Job("pope", "m", "hybrid", {**job.cfg, "inference": {**job.inference,  # noqa: E731
                                                                                 "legible_text_px": px}})
-    rows = infer.run_job(at(6), sample, manifest, out, tmp_path / "p", backend=SeesText(), cache=cache)
+    rows = run_job(at(6), sample, manifest, out, tmp_path / "p", backend=SeesText(), cache=cache)
     px = rows["text_px_in_model"].to_list()
     assert rows["text_legible"].to_list() == [v >= 6 for v in px] and len(set(px)) > 1
     prompts = [FakeBackend().prompt(r) for r in reqs]
-    assert infer.fingerprint(at(6), reqs, prompts) == infer.fingerprint(at(9), reqs, prompts)
+    assert fingerprint(at(6), reqs, prompts) == fingerprint(at(9), reqs, prompts)
     out.unlink()
     with caplog.at_level(logging.INFO, logger="pii"):
-        again = infer.run_job(at(7.5), sample, manifest, out, tmp_path / "p", backend=NoRun(), cache=cache)
+        again = run_job(at(7.5), sample, manifest, out, tmp_path / "p", backend=NoRun(), cache=cache)
     assert "unchanged, copied from" in caplog.text
     for frame in (again, read_table(out, "inference"), read_table(cache, "inference")):
         assert frame["text_legible"].to_list() == [v >= 7.5 for v in frame["text_px_in_model"].to_list()]
     assert read_metadata(out)["fingerprint"] == read_metadata(cache)["fingerprint"]
-    assert infer.is_legible(None, 8) is None and infer.is_legible(8.0, None) is None and infer.is_legible(8.0, 8)
+    assert is_legible(None, 8) is None and is_legible(8.0, None) is None and is_legible(8.0, 8)
 
 
 def test_a_kept_unit_is_checked_before_it_is_copied(tmp_path, caplog):
@@ -616,12 +619,12 @@ def test_a_kept_unit_is_checked_before_it_is_copied(tmp_path, caplog):
     now builds differently, is generated again with a log line saying why; 4.0 and 4 are one key."""
     job, reqs, sample, manifest = _requests(tmp_path, n=6)
     cache, out = tmp_path / "cache" / "r0.parquet", tmp_path / "out" / "r0.parquet"
-    infer.run_job(job, sample, manifest, out, tmp_path / "p", backend=FakeBackend(), cache=cache)
-    floats = infer.Job("pope", "m", "hybrid", {**job.cfg, "inference": {**job.inference, "batch_size": 4.0}})
+    run_job(job, sample, manifest, out, tmp_path / "p", backend=FakeBackend(), cache=cache)
+    floats = Job("pope", "m", "hybrid", {**job.cfg, "inference": {**job.inference, "batch_size": 4.0}})
     prompts = [FakeBackend().prompt(r) for r in reqs]
-    assert infer.fingerprint(floats, reqs, prompts) == infer.fingerprint(job, reqs, prompts)
+    assert fingerprint(floats, reqs, prompts) == fingerprint(job, reqs, prompts)
     meta, rows = read_metadata(cache), read_table(cache, "inference")
-    from pipeline_io import write_table
+    from pii.core.tables import write_table
 
     class OtherPrompt(FakeBackend):
         def prompt(self, req):
@@ -631,11 +634,11 @@ def test_a_kept_unit_is_checked_before_it_is_copied(tmp_path, caplog):
                                (rows.reverse(), "row 0 is sample", FakeBackend()),
                                (rows.with_columns(prompt=pl.lit("edited")), "prompt of sample", FakeBackend()),
                                (rows, "another fingerprint", OtherPrompt())]:
-        write_table(edit, cache, "inference", metadata=meta, types=infer.ARROW_TYPES)
+        write_table(edit, cache, "inference", metadata=meta, types=ARROW_TYPES)
         out.unlink()
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="pii"):
-            infer.run_job(job, sample, manifest, out, tmp_path / "p", backend=backend, cache=cache)
+            run_job(job, sample, manifest, out, tmp_path / "p", backend=backend, cache=cache)
         assert backend.calls and why in caplog.text and "generating again" in caplog.text
         assert len(read_table(out, "inference")) == 6
 
@@ -648,12 +651,12 @@ def test_a_rewritten_local_checkpoint_is_not_taken_from_the_cache(tmp_path):
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"weights v1")
     job, _, sample, manifest = _requests(tmp_path, n=4)
-    job = infer.Job("pope", "m", "hybrid", {**job.cfg, "models.m": {**job.entry, "path": str(folder)}})
-    reqs = infer.build_requests(read_table(sample), read_table(manifest), job)
-    before = infer.fingerprint(job, reqs)
-    assert infer.fingerprint(job, reqs) == before
+    job = Job("pope", "m", "hybrid", {**job.cfg, "models.m": {**job.entry, "path": str(folder)}})
+    reqs = build_requests(read_table(sample), read_table(manifest), job)
+    before = fingerprint(job, reqs)
+    assert fingerprint(job, reqs) == before
     os.utime(folder / "model.safetensors", ns=(1, 1))  # the same bytes, another mtime
-    assert infer.fingerprint(job, reqs) == before
+    assert fingerprint(job, reqs) == before
     (folder / "model.safetensors").write_bytes(b"weights v2")  # new bytes (and a new mtime)
-    assert infer.fingerprint(job, reqs) != before
-    assert infer.model_files("owner/name") is None
+    assert fingerprint(job, reqs) != before
+    assert model_files("owner/name") is None

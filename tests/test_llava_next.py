@@ -4,12 +4,12 @@ anyres tiling passes the whole strip on (strip_geometry reads the stack of tiles
 
 from __future__ import annotations
 
-import families
 import pytest
 import torch
-import vlm
 from PIL import Image, ImageDraw
-from strip_view import probed_view
+
+from pii.inference import families, vlm
+from pii.inference.processor_view import probed_view
 
 QUESTION = "Is there a dog in the image?"
 STRIP_H = 40

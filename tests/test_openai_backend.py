@@ -14,24 +14,25 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import demo_models
-import infer
 import numpy as np
-import openai_backend
 import pytest
-import vlm
 from conftest import free_port, stop_process, wait_for_port
-from families import demo_parts
-from families.base import CHECKPOINT_FILES
 from inference_fixtures import job_config, make_inputs
-from pipeline_io import PipelineError, log, read_metadata, read_table, setup_logging
+
+from pii.core.stage import PipelineError, log, setup_logging
+from pii.core.tables import read_metadata, read_table
+from pii.inference import demo_checkpoints, openai_backend, vlm
+from pii.inference.families import demo_parts
+from pii.inference.families.base import CHECKPOINT_FILES
+from pii.inference.job import Job, build_requests
+from pii.inference.runner import run_job
 
 
 def _job(base_url, retries=3, setting_text="{question}", model_path="demo/llava"):
     cfg = job_config("llava_1_5", "llava", model_path, backend="openai", batch_size=2, text_prompt=setting_text,
                      openai={"base_url": base_url, "api_key_env": "PII_TEST_NO_KEY", "concurrency": 2,
                              "max_retries": retries, "timeout_s": 20})
-    return infer.Job("pope", "llava_1_5", "hybrid", cfg)
+    return Job("pope", "llava_1_5", "hybrid", cfg)
 
 
 def reply_json(handler: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
@@ -87,7 +88,7 @@ def scripted():
 def test_retries_500_twice_then_succeeds(tmp_path, scripted):
     sample, manifest = make_inputs(tmp_path, "pope", n=1)
     job = _job(scripted)
-    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    req = build_requests(read_table(sample), read_table(manifest), job)[0]
     Scripted.script = [(500, ""), (503, ""), (200, "Yes, there is.")]
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
     row = backend.run([req], seed=7)[0]
@@ -105,7 +106,7 @@ def test_retries_500_twice_then_succeeds(tmp_path, scripted):
 def test_gives_up_after_max_retries_and_fails_fast_on_4xx(tmp_path, scripted):
     sample, manifest = make_inputs(tmp_path, "pope", n=1)
     job = _job(scripted, retries=2)
-    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    req = build_requests(read_table(sample), read_table(manifest), job)[0]
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
     Scripted.script = [(429, "")] * 3
     with pytest.raises(PipelineError, match=r"failed after 2 retries \(HTTP 429") as err:
@@ -120,7 +121,7 @@ def test_gives_up_after_max_retries_and_fails_fast_on_4xx(tmp_path, scripted):
 def test_no_text_turn_and_empty_answer_flagged(tmp_path, scripted):
     sample, manifest = make_inputs(tmp_path, "pope", n=1)
     job = _job(scripted, setting_text=None)
-    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    req = build_requests(read_table(sample), read_table(manifest), job)[0]
     Scripted.script = [(200, "  ")]
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
     row = backend.run([req], seed=0)[0]
@@ -138,7 +139,7 @@ def test_missing_base_url_names_the_key(monkeypatch):
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory) -> Path:
-    return demo_models.build("llava", tmp_path_factory.mktemp("llava") / "llava", seed=0)
+    return demo_checkpoints.build("llava", tmp_path_factory.mktemp("llava") / "llava", seed=0)
 
 
 def test_live_transformers_serve(tmp_path, llava_dir):
@@ -156,7 +157,7 @@ def test_live_transformers_serve(tmp_path, llava_dir):
         wait_for_port(port, server, timeout=120, name="transformers serve")
         sample, manifest = make_inputs(tmp_path / "in", "pope", n=4)
         job = _job(f"http://127.0.0.1:{port}/v1", model_path=str(model_dir))
-        df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
+        df = run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
     finally:
         stop_process(server)
     assert len(df) == 4 and (df["n_prompt_tokens"] > 0).all() and (df["n_response_tokens"] > 0).all()
@@ -226,7 +227,7 @@ def _secret_job(base_url, retries=0):
     cfg = job_config("llava_1_5", "llava", "demo/llava", backend="openai", batch_size=2,
                      openai={"base_url": base_url, "api_key_env": "PII_TEST_SECRET_KEY", "concurrency": 1,
                              "max_retries": retries, "timeout_s": 20})
-    return infer.Job("pope", "llava_1_5", "hybrid", cfg)
+    return Job("pope", "llava_1_5", "hybrid", cfg)
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -239,7 +240,7 @@ def test_auth_failure_names_key_variable_and_redacts(tmp_path, echo_auth, rule_l
     sample, manifest = make_inputs(tmp_path, "pope", n=1)
     EchoAuth.script = [status]
     with pytest.raises(PipelineError) as err:
-        infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
+        run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
     log.error("%s", err.value)  # as run_main ends the rule log
     msg = str(err.value)
     assert EchoAuth.seen[0] and (KEY in EchoAuth.seen[0] or with_url_credentials)  # credentials were sent
@@ -259,7 +260,7 @@ def test_credentials_never_reach_metadata_or_log(tmp_path, echo_auth, rule_log, 
     EchoAuth.script = [503]
     out = tmp_path / "out.parquet"
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
-    infer.run_job(job, sample, manifest, out, tmp_path / ".partial", backend=backend)
+    run_job(job, sample, manifest, out, tmp_path / ".partial", backend=backend)
     text = rule_log.read_text(encoding="utf-8")
     assert "retry 1/1" in text and f"http://***@127.0.0.1:{echo_auth}/v1/chat/completions" in text
     assert base64.b64decode(EchoAuth.seen[0][6:]).decode() == f"alice:{PASSWORD}"
@@ -355,7 +356,7 @@ def test_p_yes_matches_the_transformers_backend(tmp_path, llava_dir, monkeypatch
 
     sample, manifest = make_inputs(tmp_path / "in", "pope", n=4)
     cfg = job_config("llava_1_5", "llava", str(llava_dir), batch_size=1, max_new_tokens=4)
-    ref = infer.run_job(infer.Job("pope", "llava_1_5", "hybrid", cfg), sample, manifest, tmp_path / "ref.parquet",
+    ref = run_job(Job("pope", "llava_1_5", "hybrid", cfg), sample, manifest, tmp_path / "ref.parquet",
                         tmp_path / ".p_ref")
     assert ref["p_yes"].fill_nan(None).is_not_null().all()
     lm = vlm.load_model("llava_1_5", {"family": "llava", "path": str(llava_dir)})
@@ -373,9 +374,9 @@ def test_p_yes_matches_the_transformers_backend(tmp_path, llava_dir, monkeypatch
     with serving(FromModel) as port:
         job = _job(f"http://127.0.0.1:{port}/v1", model_path=str(llava_dir))
         monkeypatch.setattr(openai_backend, "TOP_LOGPROBS", len(tokens))   # a server that lists every candidate
-        full = infer.run_job(job, sample, manifest, tmp_path / "full.parquet", tmp_path / ".p_full")
+        full = run_job(job, sample, manifest, tmp_path / "full.parquet", tmp_path / ".p_full")
         monkeypatch.undo()
-        top20 = infer.run_job(job, sample, manifest, tmp_path / "top20.parquet", tmp_path / ".p_top20")
+        top20 = run_job(job, sample, manifest, tmp_path / "top20.parquet", tmp_path / ".p_top20")
     assert list(full["response"]) == list(ref["response"])
     np.testing.assert_allclose(full["p_yes"], ref["p_yes"], atol=1e-5)
     assert {b["top_logprobs"] for b in FromModel.bodies} == {len(tokens), 20}
@@ -399,7 +400,7 @@ def test_server_rejecting_logprobs_is_asked_again_without(tmp_path, scripted):
     Scripted.script = [(400, "logprobs is not supported by this model"), (200, "No"), (200, "Yes")]
     job = _job(scripted, retries=0)
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
-    df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
+    df = run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
     assert df["p_yes"].fill_nan(None).is_null().all() and sorted(df["response"]) == ["No", "Yes"]
     # the rejected request is sent again without the fields (the other, concurrent one may have carried them)
     assert len(Scripted.bodies) == 3 and "logprobs" in Scripted.bodies[0] and "logprobs" not in Scripted.bodies[-1]
@@ -413,9 +414,9 @@ def test_caption_requests_ask_for_no_logprobs(tmp_path, scripted):
     cfg = job_config("llava_1_5", "llava", "demo/llava", task="caption", setting="baseline", backend="openai",
                      openai={"base_url": scripted, "api_key_env": "PII_TEST_NO_KEY", "concurrency": 1,
                              "max_retries": 0, "timeout_s": 20})
-    job = infer.Job("caption", "llava_1_5", "baseline", cfg)
+    job = Job("caption", "llava_1_5", "baseline", cfg)
     Scripted.script = [(200, "A dog.", {"content": [{"token": "Yes", "logprob": 0.0, "top_logprobs": []}]})]
-    df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
+    df = run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
     assert "logprobs" not in Scripted.bodies[0] and "top_logprobs" not in Scripted.bodies[0]
     assert df["p_yes"].fill_nan(None).is_null().all()
     assert read_metadata(tmp_path / "out.parquet")["p_yes"]["requested"] is False
@@ -429,7 +430,7 @@ def _decoding_job(base_url, decoding: dict, retries=0):
                      openai={"base_url": base_url, "api_key_env": "PII_TEST_NO_KEY", "concurrency": 1,
                              "max_retries": retries, "timeout_s": 20})
     cfg["decoding"].update(decoding)
-    return infer.Job("pope", "llava_1_5", "hybrid", cfg)
+    return Job("pope", "llava_1_5", "hybrid", cfg)
 
 
 @pytest.mark.parametrize("decoding, sent", [
@@ -447,7 +448,7 @@ def test_every_decoding_value_is_sent(tmp_path, scripted, decoding, sent):
     top_k 1, repetition_penalty 1.05), so every value goes in every request, with the config's value."""
     sample, manifest = make_inputs(tmp_path, "pope", n=1)
     job = _decoding_job(scripted, decoding)
-    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    req = build_requests(read_table(sample), read_table(manifest), job)[0]
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
     backend.run([req], seed=3)
     body = Scripted.bodies[0]
@@ -465,7 +466,7 @@ def test_server_rejecting_top_k_is_asked_again_without_when_neutral(tmp_path, sc
     job = _decoding_job(scripted, {"do_sample": True, "top_k": 0, "repetition_penalty": 1.0})
     Scripted.script = [(422, UNEXPECTED)]
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
-    df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
+    df = run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
     assert list(df["response"]) == ["Yes"] and len(Scripted.bodies) == 2
     assert Scripted.bodies[0]["top_k"] == -1 and Scripted.bodies[0]["repetition_penalty"] == 1.0
     assert "top_k" not in Scripted.bodies[1] and "repetition_penalty" not in Scripted.bodies[1]
@@ -481,7 +482,7 @@ def test_server_rejecting_top_k_fails_the_job_when_it_matters(tmp_path, scripted
     job = _decoding_job(scripted, {"do_sample": True, "top_k": 50, "repetition_penalty": 1.0}, retries=3)
     Scripted.script = [(422, UNEXPECTED)]
     with pytest.raises(PipelineError) as err:
-        infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
+        run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial")
     msg = str(err.value)
     assert msg.startswith(f"{scripted}/chat/completions: request for pope-0 rejected (HTTP 422: ")
     assert "so decoding.top_k 50 cannot be applied" in msg and "\n" not in msg and len(Scripted.bodies) == 1
@@ -492,7 +493,7 @@ def test_empty_completion_is_an_answer_not_a_fault(tmp_path, scripted):
     """Content "" is the model's (empty) answer: kept and counted, not retried like a server fault."""
     sample, manifest = make_inputs(tmp_path, "pope", n=1)
     job = _job(scripted)
-    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    req = build_requests(read_table(sample), read_table(manifest), job)[0]
     Scripted.script = [(200, "")]
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
     row = backend.run([req], seed=0)[0]
@@ -560,7 +561,7 @@ def _fault_job(base_url, retries, timeout_s=20.0):
     cfg = job_config("llava_1_5", "llava", "demo/llava", backend="openai",
                      openai={"base_url": base_url, "api_key_env": "PII_TEST_NO_KEY", "concurrency": 1,
                              "max_retries": retries, "timeout_s": timeout_s})
-    return infer.Job("pope", "llava_1_5", "hybrid", cfg)
+    return Job("pope", "llava_1_5", "hybrid", cfg)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -570,7 +571,7 @@ def test_server_fault_kept_up_stops_the_job(tmp_path, faulty, fault):
     Faulty.script = [fault] * 3
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
     with pytest.raises(PipelineError) as err:
-        infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
+        run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
     msg = str(err.value)
     assert msg.startswith(f"http://***@127.0.0.1:{faulty}/v1/chat/completions: request for pope-0 failed after 2 "
                           f"retries ({FAULTS[fault][2]}")
@@ -584,7 +585,7 @@ def test_server_fault_then_recovery_gives_a_normal_row(tmp_path, faulty, rule_lo
     job = _fault_job(f"http://127.0.0.1:{faulty}/v1", retries=3)
     Faulty.script = [fault] * 2
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
-    df = infer.run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
+    df = run_job(job, sample, manifest, tmp_path / "out.parquet", tmp_path / ".partial", backend=backend)
     row = df.row(0, named=True)
     assert (row["response"], row["finish_reason"], row["n_response_tokens"]) == ("Yes, there is.", "stop", 4)
     assert Faulty.hits == 3 and backend.n_empty == 0
@@ -649,7 +650,7 @@ def test_trickling_server_meets_the_request_timeout(tmp_path, trickling):
     each try at 1 s, retried, then the job stops with the URL and the timeout."""
     sample, manifest = make_inputs(tmp_path, "pope", n=1)
     job = _fault_job(f"http://127.0.0.1:{trickling}/v1", retries=1, timeout_s=1)
-    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    req = build_requests(read_table(sample), read_table(manifest), job)[0]
     Trickle.script = ["trickle"] * 2
     backend = openai_backend.OpenAIBackend(job, backoff_s=0.01)
     t0 = time.monotonic()
@@ -666,7 +667,7 @@ def test_trickling_server_meets_the_request_timeout(tmp_path, trickling):
 def test_trickle_retried_and_a_slow_whole_answer_kept(tmp_path, trickling, rule_log):
     sample, manifest = make_inputs(tmp_path, "pope", n=1)
     job = _fault_job(f"http://127.0.0.1:{trickling}/v1", retries=2, timeout_s=1)
-    req = infer.build_requests(read_table(sample), read_table(manifest), job)[0]
+    req = build_requests(read_table(sample), read_table(manifest), job)[0]
     Trickle.script = ["trickle", "slow"]  # then a slow answer that is whole within 1 s
     row = openai_backend.OpenAIBackend(job, backoff_s=0.01).run([req], seed=0)[0]
     assert (row["response"], row["finish_reason"]) == ("Yes, there is.", "stop") and Trickle.hits == 2

@@ -9,7 +9,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipeline_io import PipelineError, read_metadata, read_table, records_frame, write_csv, write_table
+
+from pii.core.stage import PipelineError
+from pii.core.tables import read_metadata, read_table, records_frame, write_csv, write_table
 
 
 def test_stored_types_and_round_trip(tmp_path):
@@ -91,7 +93,7 @@ def test_atomic_outputs_follow_the_umask_and_leave_nothing_on_failure(tmp_path):
     leaves neither the output nor its temporary file."""
     import os
 
-    from pipeline_io import atomic_output
+    from pii.core.tables import atomic_output
 
     old = os.umask(0o022)
     try:

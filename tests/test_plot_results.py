@@ -10,17 +10,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import plot_results as pr
 import plot_table1_pope
 import plot_table2_chair
 import polars as pl
 import pytest
-import report
+import report  # the rule script
 import yaml
 from conftest import ROOT, planned_rules, run_snakemake
 from PIL import Image
-from pipeline_io import PipelineError, load_table_schema, write_table
 from test_report import fake_inputs
+
+from pii.core.stage import PipelineError
+from pii.core.tables import load_table_schema, write_table
+from pii.report.sections import caption_html
+from pii.scoring import figures as pr
 
 PAPER_FILE = ROOT / "workflow" / "data" / "paper_numbers.yaml"
 SETTINGS = ["baseline", "control", "hybrid", "prompt_in_image", "prompt_in_image_instructed"]
@@ -298,7 +301,7 @@ def test_report_shows_each_result_figure_after_its_table(tmp_path):
 def test_caption_files_exist_and_render():
     for name in ("table1_pope_figure.rst", "table2_chair_figure.rst"):
         assert (ROOT / "workflow" / "report" / name).exists()
-        text = report.caption_html(name)
+        text = caption_html(name)
         assert text.startswith("<p>") and "{" not in text and "paper" in text
 
 

@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 
 from conftest import SCRIPTS, run_snakemake
-from pipeline_io import read_table
+
+from pii.core.tables import read_table
 
 SNAKEFILE = """
 rule fill_disk:
@@ -29,7 +30,7 @@ rule fill_disk:
 SCRIPT = textwrap.dedent("""
     import errno, sys
     sys.path.insert(0, {scripts!r})
-    from pipeline_io import log, run_main
+    from pii.core.stage import log, run_main
 
     def main(snakemake):
         log.info("batch 1/3 done")

@@ -8,9 +8,13 @@ from types import SimpleNamespace
 import numpy as np
 import polars as pl
 import pytest
-import render
 from PIL import Image
-from pipeline_io import PipelineError, read_metadata, read_table, sha256_file
+
+from pii.core.stage import PipelineError
+from pii.core.tables import read_metadata, read_table, sha256_file
+from pii.render.contact_sheet import contact_sheet
+from pii.render.strip import font_info, fraction_height, load_font, plan_strip, resolve_font, wrap_text
+from pii.render.variants import VARIANTS, render_variant
 
 CFG = {"font": "arimo", "font_size": 26, "strip_fraction": 0.05, "padding": 8, "line_spacing": 1.15}
 SHORT = "Is there a dog in the image?"
@@ -45,8 +49,8 @@ def records(frame: pl.DataFrame) -> list[SimpleNamespace]:
 def rendered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("render")
     samples = _samples(tmp, [(640, 480, SHORT), (320, 240, LONG), (640, 1000, SHORT), (200, 150, LONG)])
-    manifests = {v: render.render_variant(samples, v, tmp / "out" / f"{v}.parquet", CFG, task="pope")
-                 for v in render.VARIANTS}
+    manifests = {v: render_variant(samples, v, tmp / "out" / f"{v}.parquet", CFG, task="pope")
+                 for v in VARIANTS}
     return tmp, samples, manifests
 
 
@@ -92,11 +96,11 @@ def test_strip_height_fraction_and_text(rendered):
     _, _, m = rendered
     q = {r.sample_id: r for r in records(m["question"])}
     tall = q["pope-2"]  # 640x1000 with a short question: the 5% rule decides
-    assert tall.height - tall.orig_height == render.fraction_height(1000, 0.05) == 53
+    assert tall.height - tall.orig_height == fraction_height(1000, 0.05) == 53
     assert abs((tall.height - tall.orig_height) / tall.height - 0.05) < 0.002
     assert tall.n_lines == 1
     short = q["pope-0"]  # 640x480: one 26 px line plus padding needs more than 5% (25 px)
-    font = render.load_font(render.resolve_font("arimo"), 26)
+    font = load_font(resolve_font("arimo"), 26)
     ascent, descent = font.getmetrics()
     assert short.height - short.orig_height == max(25, ascent + descent + 2 * CFG["padding"])
     long_ = q["pope-1"]
@@ -106,7 +110,7 @@ def test_strip_height_fraction_and_text(rendered):
 
 def test_manifest_fields(rendered):
     tmp, samples, m = rendered
-    font_path = render.resolve_font("arimo")
+    font_path = resolve_font("arimo")
     for v in ("control", "question"):
         df = read_table(tmp / "out" / f"{v}.parquet", "manifest")
         assert (df["font_file"] == font_path.name).all() and "/" not in df["font_file"][0]
@@ -123,21 +127,21 @@ def test_manifest_fields(rendered):
 
 def test_deterministic_bytes(rendered, tmp_path):
     _, samples, m = rendered
-    again = render.render_variant(samples, "question", tmp_path / "question.parquet", CFG)
+    again = render_variant(samples, "question", tmp_path / "question.parquet", CFG)
     assert again["image_sha256"].to_list() == m["question"]["image_sha256"].to_list()
 
 
 def test_long_word_is_broken_not_clipped():
-    font = render.load_font(render.resolve_font("arimo"), 26)
-    lines = render.wrap_text("Pneumonoultramicroscopicsilicovolcanoconiosis here", font, 150)
+    font = load_font(resolve_font("arimo"), 26)
+    lines = wrap_text("Pneumonoultramicroscopicsilicovolcanoconiosis here", font, 150)
     assert "".join(lines).replace(" ", "") == "Pneumonoultramicroscopicsilicovolcanoconiosishere"
     assert all(font.getlength(line) <= 150 for line in lines) and len(lines) >= 4
 
 
 def test_too_narrow_image_is_an_error():
-    font = render.load_font(render.resolve_font("arimo"), 26)
+    font = load_font(resolve_font("arimo"), 26)
     with pytest.raises(PipelineError, match="lower render.font_size"):
-        render.plan_strip(20, 20, SHORT, font, CFG)
+        plan_strip(20, 20, SHORT, font, CFG)
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated"])
@@ -151,10 +155,10 @@ def test_bad_source_image(tmp_path, damage):
     else:
         data = (tmp_path / "src2.png").read_bytes()
         (tmp_path / "src2.png").write_bytes(data[: len(data) // 2])
-    for variant in render.VARIANTS:
+    for variant in VARIANTS:
         manifest = tmp_path / "out" / f"{variant}.parquet"
         with pytest.raises(PipelineError) as err:
-            render.render_variant(samples, variant, manifest, CFG)
+            render_variant(samples, variant, manifest, CFG)
         msg = str(err.value)
         assert "\n" not in msg and "pope-2" in msg and bad in msg and "rerun" in msg
         assert not manifest.exists()
@@ -177,7 +181,7 @@ def test_characters_the_font_lacks_fail_before_any_output(tmp_path):
     for variant in ("control", "question"):  # the control strip is sized from the same layout
         manifest = tmp_path / "out" / f"{variant}.parquet"
         with pytest.raises(PipelineError) as err:
-            render.render_variant(samples, variant, manifest, CFG)
+            render_variant(samples, variant, manifest, CFG)
         msg = str(err.value)
         assert "\n" not in msg and "pope-2" in msg
         assert "'猫' (U+732B)" in msg and "'🐱' (U+1F431)" in msg and "render.font" in msg and "question" in msg
@@ -186,7 +190,7 @@ def test_characters_the_font_lacks_fail_before_any_output(tmp_path):
 
 def test_characters_the_font_has_pass():
     """No false alarms: accented Latin letters and all printable ASCII are in Arimo."""
-    font = render.font_info("arimo", 26)
+    font = font_info("arimo", 26)
     text = "".join(chr(c) for c in range(0x20, 0x7F)) + "café naïve Zoë façade Øresund"
     assert not [ch for ch in text if ord(ch) not in font.codepoints]
     assert ord("猫") not in font.codepoints
@@ -200,7 +204,7 @@ def test_decomposed_question_renders_as_its_nfc_form(tmp_path):
     for name, question in (("nfd", nfd), ("nfc", nfc)):
         (tmp_path / name).mkdir()
         samples = _samples(tmp_path / name, [(320, 240, question)])
-        out[name] = {v: render.render_variant(samples, v, tmp_path / name / "out" / f"{v}.parquet", CFG, task="pope")
+        out[name] = {v: render_variant(samples, v, tmp_path / name / "out" / f"{v}.parquet", CFG, task="pope")
                      for v in ("control", "question")}
     for variant in ("control", "question"):
         a, b = out["nfd"][variant].row(0, named=True), out["nfc"][variant].row(0, named=True)
@@ -212,10 +216,10 @@ def test_decomposed_question_renders_as_its_nfc_form(tmp_path):
 @pytest.mark.parametrize("question", ["", "   ", None, float("nan")], ids=["empty", "blank", "none", "nan"])
 def test_empty_question_fails_with_sample_id(tmp_path, question):
     samples = _bad_text_samples(tmp_path, question)
-    for variant in render.VARIANTS:
+    for variant in VARIANTS:
         manifest = tmp_path / "out" / f"{variant}.parquet"
         with pytest.raises(PipelineError, match=r"sample pope-2: empty question") as err:
-            render.render_variant(samples, variant, manifest, CFG)
+            render_variant(samples, variant, manifest, CFG)
         assert "\n" not in str(err.value)
         assert not manifest.exists() and not (tmp_path / "out" / variant).exists()
 
@@ -227,12 +231,12 @@ def test_tiny_image_question_fails_with_usable_advice_control_renders(tmp_path):
     Image.new("RGB", (1, 1), (10, 200, 30)).save(path)
     samples = pl.DataFrame([{"sample_id": "pope-9", "image_id": 9, "image_path": str(path), "question": SHORT}])
     with pytest.raises(PipelineError) as err:
-        render.render_variant(samples, "question", tmp_path / "question.parquet", CFG)
+        render_variant(samples, "question", tmp_path / "question.parquet", CFG)
     msg = str(err.value)
     assert "pope-9" in msg and "1x1" in msg and "drop" in msg and "replace" in msg
     assert "lower render.font_size" not in msg, "advice that cannot work for a 1 px wide image"
-    control = records(render.render_variant(samples, "control", tmp_path / "control.parquet", CFG))[0]
-    font = render.load_font(render.resolve_font("arimo"), 26)
+    control = records(render_variant(samples, "control", tmp_path / "control.parquet", CFG))[0]
+    font = load_font(resolve_font("arimo"), 26)
     ascent, descent = font.getmetrics()
     assert (control.width, control.orig_height) == (1, 1)
     assert control.height - 1 == ascent + descent + 2 * CFG["padding"]
@@ -241,24 +245,24 @@ def test_tiny_image_question_fails_with_usable_advice_control_renders(tmp_path):
 
 
 def test_narrow_image_that_smaller_text_fits_keeps_the_font_advice():
-    font = render.load_font(render.resolve_font("arimo"), 26)
+    font = load_font(resolve_font("arimo"), 26)
     with pytest.raises(PipelineError, match="lower render.font_size or render.padding"):
-        render.plan_strip(30, 200, SHORT, font, CFG)
+        plan_strip(30, 200, SHORT, font, CFG)
 
 
 def test_font_path_and_bad_font(tmp_path):
-    path = render.resolve_font("arimo")
-    assert render.resolve_font(str(path)) == path
+    path = resolve_font("arimo")
+    assert resolve_font(str(path)) == path
     with pytest.raises(PipelineError, match="render.font"):
-        render.resolve_font(str(tmp_path / "nope.ttf"))
+        resolve_font(str(tmp_path / "nope.ttf"))
     with pytest.raises(PipelineError, match="render.font"):
-        render.resolve_font("no-such-fontpkg")
+        resolve_font("no-such-fontpkg")
 
 
 def test_contact_sheet(rendered, tmp_path):
     _, _, m = rendered
     out = tmp_path / "sheet.png"
-    render.contact_sheet(m, 2, "arimo", out)
+    contact_sheet(m, 2, "arimo", out)
     with Image.open(out) as sheet:
         w, h = sheet.size
     # three columns of at most 400 px; two rows: 480 + 46 px (scaled to 400 px) and 240 + strip
@@ -278,7 +282,7 @@ def test_dag_renders_demo(root, tmp_path):
 
     run_snakemake(tmp_path, "--", "results/images/pope/question.parquet", "results/images/pope/contact_sheet.png")
     samples = read_table(tmp_path / "results/data/pope_sample.parquet", "sample")
-    for variant in render.VARIANTS:
+    for variant in VARIANTS:
         df = read_table(tmp_path / f"results/images/pope/{variant}.parquet", "manifest")
         assert df["sample_id"].to_list() == samples["sample_id"].to_list()
         paths = [tmp_path / p for p in df["image_path"]]

@@ -16,11 +16,21 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import report
+import report  # the rule script
 import yaml
 from conftest import ROOT, copy_project, run_snakemake
 from PIL import Image
-from pipeline_io import METADATA_KEY, config_hash, load_table_schema
+
+from pii.core.stage import PipelineError
+from pii.core.tables import METADATA_KEY, config_hash, load_table_schema
+from pii.report.sections import (
+    break_underscores,
+    caption_html,
+    inline_markup,
+    model_labels,
+    question_settings,
+    read_paper,
+)
 
 PAPER_FILE = ROOT / "workflow" / "data" / "paper_numbers.yaml"
 ARROW_TYPES = {"integer": pa.int64(), "number": pa.float64(), "string": pa.string(), "boolean": pa.bool_()}
@@ -358,24 +368,24 @@ def test_strip_tables_are_checked_against_their_schemas(tmp_path):
         path = next(p for p in smk.input.metrics if Path(p).stem == name)
         table = pq.read_table(path)
         pq.write_table(table.drop_columns([column]), path)
-        with pytest.raises(report.PipelineError, match=f"{name}.parquet.*{column}"):
+        with pytest.raises(PipelineError, match=f"{name}.parquet.*{column}"):
             report.main(smk)
         pq.write_table(table, path)
     assert not Path(smk.output.html).exists()
 
 
 def test_markup_is_escaped_and_branches_resolve():
-    assert (report.inline_markup("<b>x</b> ``a<b`` **y**")
+    assert (inline_markup("<b>x</b> ``a<b`` **y**")
             == "&lt;b&gt;x&lt;/b&gt; <code>a&lt;b</code> <strong>y</strong>")
     # The captions are Jinja2 templates, rendered with the wildcards as `snakemake --report` renders them.
-    table1 = report.caption_html("tables.rst", {"table": "table1_pope"})
-    pyes = report.caption_html("tables.rst", {"table": "pope_pyes"})
-    table2 = report.caption_html("tables.rst", {"table": "table2_chair"})
+    table1 = caption_html("tables.rst", {"table": "table1_pope"})
+    pyes = caption_html("tables.rst", {"table": "pope_pyes"})
+    table2 = caption_html("tables.rst", {"table": "table2_chair"})
     assert "Table 1: POPE" in table1 and "AUROC" not in table1 and "CHAIRs" not in table1
     assert "AUROC" in pyes and "Table 1" not in pyes
     assert "CHAIRs" in table2 and "POPE" not in table2
-    visibility = report.caption_html("tables.rst", {"table": "strip_visibility"})
-    transcribe = report.caption_html("tables.rst", {"table": "transcribe"})
+    visibility = caption_html("tables.rst", {"table": "strip_visibility"})
+    transcribe = caption_html("tables.rst", {"table": "transcribe"})
     assert "strip-visibility group" in visibility and "Table 2" not in visibility
     assert "transcribe task" in transcribe and "Table 2" not in transcribe
     assert "{%" not in table1 + pyes + table2 + visibility + transcribe
@@ -394,7 +404,7 @@ def test_metrics_table_is_checked_against_its_schema(tmp_path):
     smk = fake_inputs(tmp_path)
     table = pq.read_table(smk.input.metrics[0])
     pq.write_table(table.drop_columns(["accuracy_ci_low"]), smk.input.metrics[0])
-    with pytest.raises(report.PipelineError, match="accuracy_ci_low"):
+    with pytest.raises(PipelineError, match="accuracy_ci_low"):
         report.main(smk)
     assert not Path(smk.output.html).exists()
 
@@ -402,7 +412,7 @@ def test_metrics_table_is_checked_against_its_schema(tmp_path):
 def test_missing_figure_names_the_file(tmp_path):
     smk = fake_inputs(tmp_path)
     smk.input.figures = [str(tmp_path / "nope.png")]
-    with pytest.raises(report.PipelineError, match="nope.png"):
+    with pytest.raises(PipelineError, match="nope.png"):
         report.main(smk)
     assert not Path(smk.output.html).exists()  # no half-written page
 
@@ -478,7 +488,7 @@ def test_demo_strip_sections_read_their_tables(demo_run, tmp_path):
     smk = demo_report_inputs(demo_run, tmp_path / "out")
     smk.input.metrics = [str(scores / Path(p).name) for p in smk.input.metrics]
     first = smk.params.models[0]
-    setting = report.question_settings({"settings": smk.params.setting_entries}, smk.params.settings)[0]  # the first shown
+    setting = question_settings({"settings": smk.params.setting_entries}, smk.params.settings)[0]  # the first shown
     for name, column, where in (("visibility_metrics", "accuracy", {"task": "pope", "setting": setting,
                                                                      "visibility": "all"}),
                                 ("transcribe_metrics", "exact_match", {"visibility": "all"})):
@@ -499,14 +509,14 @@ def test_demo_strip_sections_read_their_tables(demo_run, tmp_path):
     seen = page_section(page, VISIBILITY_TITLE)
     accuracy = seen.split("POPE accuracy (%) by how much")[1].split("CHAIRs (%)")[0].split("<tbody>")[1]
     first_row = accuracy.split("</tr>")[0]  # the first model's first question setting
-    assert str(report.break_underscores(setting)) in first_row and cell in first_row
+    assert str(break_underscores(setting)) in first_row and cell in first_row
     read = page_section(page, TRANSCRIBE_TITLE).split("<tbody>")[1].split("</tr>")[0]
     assert ">all</td>" in read and cell in read
     # every configured model has its counts and its transcription
-    labels = report.model_labels({m: smk.params.model_entries[m] for m in smk.params.models},
-                                 report.read_paper(PAPER_FILE))
+    labels = model_labels({m: smk.params.model_entries[m] for m in smk.params.models},
+                                 read_paper(PAPER_FILE))
     for model in smk.params.models:
-        label = f"<td class='label'>{report.break_underscores(labels[model])}</td>"
+        label = f"<td class='label'>{break_underscores(labels[model])}</td>"
         assert label in seen.split("</table>")[0] and label in page_section(page, TRANSCRIBE_TITLE)
 
 
@@ -552,10 +562,11 @@ def test_report_without_the_transcribe_task(tmp_path):
 
 def test_one_number_format_for_every_table():
     """The scoring stage's Markdown tables and the report page print numbers through one formatter."""
-    import paper_tables
-    from table_cells import format_number, format_p
+    from pii.core.formatting import format_number, format_p
+    from pii.report import sections
+    from pii.scoring import tables
 
-    assert report.format_number is format_number and paper_tables.format_number is format_number
+    assert sections.format_number is format_number and tables.format_number is format_number
     assert [format_number(1.234, 2), format_number(-0.5, 1, sign=True), format_number(0.5, 1, sign=True)] == [
         "1.23", "−0.5", "+0.5"]
     assert format_number(0.004, 2, sign=True) == "±0.00" and format_number(None, 1) == format_number(math.nan, 1) == "—"

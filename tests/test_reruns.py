@@ -205,7 +205,7 @@ def test_a_rerun_generates_only_the_changed_units(demo_run, tmp_path):
     results/inference/.cache, no model loaded for it), and the models not asked for are left as they were."""
     import shutil
 
-    from pipeline_io import read_metadata
+    from pii.core.tables import read_metadata
 
     models = ["llava_1_5", "instructblip"]  # two families, the cheapest of the demo's (a minute of CPU for both)
     work = tmp_path / "run"

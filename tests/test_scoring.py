@@ -7,20 +7,20 @@ import math
 import re
 from pathlib import Path
 
-import chair_scoring
 import numpy as np
-import paper_models
-import paper_tables
-import pipeline_io
 import polars as pl
-import pope_metrics as pm
-import pope_scoring
 import pytest
-import scoring
-import stats as st
 import yaml
 from conftest import ROOT, assign, concat, row, run_snakemake
-from pipeline_io import read_metadata, read_table, write_table
+
+from pii.core import stage
+from pii.core.tables import read_metadata, read_table, write_table
+from pii.scoring import chair, inference_files
+from pii.scoring import paper as scoring_paper
+from pii.scoring import pope as scoring_pope
+from pii.scoring import pope_answers as pm
+from pii.scoring import stats as st
+from pii.scoring import tables as scoring_tables
 
 # --- answer rules -------------------------------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ def test_score_pope_all_yes_and_all_unknown_groups():
     labels = ["yes", "no"] * 5
     df = concat([_pope_frame("m", "baseline", labels, ["Yes."] * 10),
                  _pope_frame("m", "pii", labels, ["Not sure."] * 10)])
-    metrics, answers = pope_scoring.score_pope(df, seed=0, resamples=200, confidence=0.95)
+    metrics, answers = scoring_pope.score_pope(df, seed=0, resamples=200, confidence=0.95)
     base, pii = row(metrics, setting="baseline"), row(metrics, setting="pii")
     assert base["yes_ratio"] == 1 and base["accuracy"] == 0.5
     # "Not sure." is yes under the official rule, unknown under the strict parser
@@ -115,7 +115,7 @@ def test_score_pope_all_yes_and_all_unknown_groups():
 
 def test_missing_group_is_reported_with_nan():
     df = _pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"])
-    metrics, _ = pope_scoring.score_pope(df, 0, 100, 0.95, groups=[("pope", "m", "baseline"), ("pope", "m", "x")])
+    metrics, _ = scoring_pope.score_pope(df, 0, 100, 0.95, groups=[("pope", "m", "baseline"), ("pope", "m", "x")])
     assert metrics["n"][1] == 0 and math.isnan(row(metrics, setting="x")["accuracy"])
 
 
@@ -138,8 +138,8 @@ def _image_frame(setting: str, correct_by_image: list[bool], per_image: int = 6,
 def test_pope_intervals_resample_images_not_rows():
     rng = np.random.default_rng(1)
     df = _image_frame("baseline", list(rng.random(40) < 0.6))
-    clustered, _ = pope_scoring.score_pope(df, 0, 500, 0.95)
-    by_row, _ = pope_scoring.score_pope(assign(df, image_id=np.arange(len(df))), 0, 500, 0.95)
+    clustered, _ = scoring_pope.score_pope(df, 0, 500, 0.95)
+    by_row, _ = scoring_pope.score_pope(assign(df, image_id=np.arange(len(df))), 0, 500, 0.95)
     assert clustered["n_images"][0] == 40 and by_row["n_images"][0] == 240
     assert clustered["accuracy"][0] == by_row["accuracy"][0]
     width = {k: f["accuracy_ci_high"][0] - f["accuracy_ci_low"][0] for k, f in
@@ -148,7 +148,7 @@ def test_pope_intervals_resample_images_not_rows():
     # the interval is exactly the clustered bootstrap of stats: images drawn, all their rows along
     codes, k = st.clusters_of(df["image_id"])
     weights = st.cluster_weights(st.group_rng(0, "ci", "pope", "m", "baseline"), k, 500)
-    correct = pope_scoring.parse_answers(df)["correct_official"].to_numpy().astype(float)
+    correct = scoring_pope.parse_answers(df)["correct_official"].to_numpy().astype(float)
     boot = weights @ st.cluster_sums(codes, k, np.column_stack([correct, np.ones_like(correct)]))
     low, high = st.percentile_interval(boot[:, 0] / boot[:, 1], 0.95)
     assert (clustered["accuracy_ci_low"][0], clustered["accuracy_ci_high"][0]) == pytest.approx((low, high))
@@ -159,8 +159,8 @@ def test_paired_deltas_resample_images_and_mcnemar_stays_per_question():
     base_right = rng.random(50) < 0.5
     flip = rng.random(50) < 0.3
     df = concat([_image_frame("baseline", list(base_right)), _image_frame("pii", list(base_right ^ flip))])
-    clustered, _ = pope_scoring.score_pope(df, 0, 500, 0.95)
-    by_row, _ = pope_scoring.score_pope(assign(df, image_id=np.arange(len(df)) % 300), 0, 500, 0.95)
+    clustered, _ = scoring_pope.score_pope(df, 0, 500, 0.95)
+    by_row, _ = scoring_pope.score_pope(assign(df, image_id=np.arange(len(df)) % 300), 0, 500, 0.95)
     c, r = row(clustered, setting="pii"), row(by_row, setting="pii")
     assert c["accuracy_delta"] == r["accuracy_delta"]
     assert (c["accuracy_delta_ci_high"] - c["accuracy_delta_ci_low"]
@@ -172,8 +172,8 @@ def test_paired_deltas_resample_images_and_mcnemar_stays_per_question():
 def test_paired_rows_showing_different_images_are_an_error():
     df = concat([_pope_frame("m", "baseline", ["yes", "no"], ["Yes", "No"]),
                  assign(_pope_frame("m", "pii", ["yes", "no"], ["Yes", "No"]), image_id=[5, 6])])
-    with pytest.raises(pipeline_io.PipelineError, match=r"sample_id 'pope-0' is image 0 in the baseline setting and image 5"):
-        pope_scoring.score_pope(df, 0, 10, 0.95)
+    with pytest.raises(stage.PipelineError, match=r"sample_id 'pope-0' is image 0 in the baseline setting and image 5"):
+        scoring_pope.score_pope(df, 0, 10, 0.95)
 
 
 def _auroc_pairs(p, y) -> float:
@@ -190,7 +190,7 @@ def test_pope_pyes_columns():
     p_pii = np.clip(np.nan_to_num(p_base, nan=0.5) + rng.normal(0, 0.2, 120), 0, 1)
     p_pii[5] = np.nan
     df = concat([assign(base, p_yes=p_base), assign(base, setting="pii", p_yes=p_pii)])
-    metrics, _ = pope_scoring.score_pope(df, 0, 300, 0.95)
+    metrics, _ = scoring_pope.score_pope(df, 0, 300, 0.95)
     has = np.isfinite(p_base)
     p, y = p_base[has], label_yes[has]
     said_yes = (base["response"] == "Yes.").to_numpy()[has]
@@ -202,7 +202,7 @@ def test_pope_pyes_columns():
     bins = np.minimum((p * 10).astype(int), 9)
     ece = sum(abs(np.sum(y[bins == k] - p[bins == k])) for k in range(10)) / len(p)
     assert b["p_yes_ece"] == pytest.approx(ece)
-    for metric in pope_scoring.PYES_METRICS:
+    for metric in scoring_pope.PYES_METRICS:
         if metric != "p_yes_ece":   # ECE's resamples are biased upwards: its interval may lie above the value
             assert b[f"{metric}_ci_low"] <= b[metric] <= b[f"{metric}_ci_high"], metric
         assert math.isnan(b[f"{metric}_delta"]) and math.isnan(b[f"{metric}_p_value"])
@@ -215,10 +215,10 @@ def test_pope_pyes_columns():
 def test_no_p_yes_anywhere_gives_nan_metrics(tmp_path: Path):
     labels = ["yes", "no"] * 5
     df = concat([_pope_frame("m", s, labels, ["Yes."] * 10) for s in ("baseline", "pii")])
-    metrics, _ = pope_scoring.score_pope(df, 0, 100, 0.95, groups=[("pope", "m", "baseline"), ("pope", "m", "pii"),
+    metrics, _ = scoring_pope.score_pope(df, 0, 100, 0.95, groups=[("pope", "m", "baseline"), ("pope", "m", "pii"),
                                                              ("pope", "m", "empty")])
     assert metrics["n_p_yes"].to_list() == [0, 0, 0] and metrics["n_paired_p_yes"].to_list() == [0, 0, 0]
-    for metric in pope_scoring.PYES_METRICS:
+    for metric in scoring_pope.PYES_METRICS:
         for suffix in ("", "_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high", "_p_value"):
             assert np.isnan(metrics[f"{metric}{suffix}"].to_numpy()).all(), metric + suffix
     write_table(metrics, tmp_path / "pope_metrics.parquet", "pope_metrics")      # the schema takes it
@@ -230,8 +230,8 @@ def test_p_yes_outside_zero_one_is_one_clear_error(tmp_path: Path):
         finish_reason="stop", seed=0, repeat=0)
     path = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
     write_table(df, path, "inference")
-    with pytest.raises(pipeline_io.PipelineError, match=r"baseline/r0.parquet: row 1 has p_yes = 1.5"):
-        scoring.read_inference([str(path)], "pope")
+    with pytest.raises(stage.PipelineError, match=r"baseline/r0.parquet: row 1 has p_yes = 1.5"):
+        inference_files.read_inference([str(path)], "pope")
 
 
 # --- tables ---------------------------------------------------------------------------------------------------
@@ -246,14 +246,14 @@ def test_paper_model_matching_by_hf_id_key_and_family():
     models = {"qwen7b": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"},  # renamed, by hub id
               "llava_1_5": {"family": "llava", "path": "some/finetune"},                   # by key
               "blip": {"family": "instructblip", "path": "local/folder"}}                  # by unique family
-    assert paper_models.match_paper_models(models, paper) == {"qwen7b": "qwen2_5_vl", "llava_1_5": "llava_1_5",
+    assert scoring_paper.match_paper_models(models, paper) == {"qwen7b": "qwen2_5_vl", "llava_1_5": "llava_1_5",
                                                        "blip": "instructblip"}
     two = {"a": {"family": "instructblip", "path": "x/a"}, "b": {"family": "instructblip", "path": "x/b"}}
-    assert paper_models.match_paper_models(two, paper) == {}   # ambiguous family: no paper numbers
+    assert scoring_paper.match_paper_models(two, paper) == {}   # ambiguous family: no paper numbers
     # the padded LLaVA is our variant of the same checkpoint: the paper's LLaVA numbers are not its own
     padded = {"llava_1_5": {"family": "llava", "path": "llava-hf/llava-1.5-7b-hf"},
               "llava_1_5_pad": {"family": "llava", "path": "llava-hf/llava-1.5-7b-hf", "image_preprocess": "pad"}}
-    assert paper_models.match_paper_models(padded, paper) == {"llava_1_5": "llava_1_5"}
+    assert scoring_paper.match_paper_models(padded, paper) == {"llava_1_5": "llava_1_5"}
 
 
 def test_table1_layout_puts_paper_numbers_next_to_ours():
@@ -261,10 +261,10 @@ def test_table1_layout_puts_paper_numbers_next_to_ours():
     df = concat([_pope_frame(m, s, labels, resp) for m in ("qwen2_5_vl", "instructblip")
                  for s, resp in (("baseline", ["Yes"] * 20), ("prompt_in_image", ["Yes", "No"] * 10),
                                  ("prompt_in_image_instructed", ["Yes"] * 20))])
-    metrics, _ = pope_scoring.score_pope(df, 0, 200, 0.95)
+    metrics, _ = scoring_pope.score_pope(df, 0, 200, 0.95)
     models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"},
               "instructblip": {"family": "instructblip", "path": "Salesforce/instructblip-vicuna-7b"}}
-    frame, md = paper_tables.build_table(metrics, _paper(), "table1_pope", paper_tables.TABLE1, models,
+    frame, md = scoring_tables.build_table(metrics, _paper(), "table1_pope", scoring_tables.TABLE1, models,
                                   ["baseline", "control", "prompt_in_image", "prompt_in_image_instructed"], 0.95,
                                   strict=True)
     assert list(frame["setting"]) == ["baseline", "prompt_in_image", "prompt_in_image_instructed"]  # config order
@@ -334,7 +334,7 @@ def test_table2_layout():
                      "chair_s_delta": np.nan if setting == "baseline" else 0.027,
                      "chair_s_p_value": np.nan if setting == "baseline" else 0.2,
                      "chair_i_delta": np.nan if setting == "baseline" else 0.0, "chair_i_p_value": np.nan})
-    frame, md = paper_tables.build_table(pl.DataFrame(rows), _paper(), "table2_chair", paper_tables.TABLE2,
+    frame, md = scoring_tables.build_table(pl.DataFrame(rows), _paper(), "table2_chair", scoring_tables.TABLE2,
                                   {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "p"}}, ["baseline", "hybrid"], 0.95)
     hybrid = [c.strip() for c in md.splitlines()[3].strip("|").split("|")]
     assert hybrid == ["hybrid", "35.0 [33.0, 37.0] · Δ +2.7, p=0.200", "34.2",
@@ -350,10 +350,10 @@ def test_pope_pyes_table_layout():
             f = assign(_image_frame(setting, list(rng.random(20) < 0.7), per_image=3), model=model)
             f = assign(f, p_yes=rng.random(len(f)) if model == "qwen2_5_vl" else None)   # instructblip: no P(yes)
             frames.append(f)
-    metrics, _ = pope_scoring.score_pope(concat(frames), 0, 200, 0.95)
+    metrics, _ = scoring_pope.score_pope(concat(frames), 0, 200, 0.95)
     models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"},
               "instructblip": {"family": "instructblip", "path": "Salesforce/instructblip-vicuna-7b"}}
-    frame, md = paper_tables.build_pyes_table(metrics, _paper(), models, ["baseline", "control", "hybrid"], 0.95)
+    frame, md = scoring_tables.build_pyes_table(metrics, _paper(), models, ["baseline", "control", "hybrid"], 0.95)
     assert list(zip(frame["model"], frame["setting"], strict=True)) == [
         ("qwen2_5_vl", "baseline"), ("qwen2_5_vl", "hybrid"), ("instructblip", "baseline"), ("instructblip", "hybrid")]
     assert "p_yes_auroc_ci_low" in frame.columns and "p_yes_disagreement_p_value" in frame.columns
@@ -370,10 +370,10 @@ def test_pope_pyes_table_layout():
     assert blip == ["InstructBLIP", "baseline", "0 / 60", "—", "—", "—", "—"]
     assert "images resampled" in md
     # P(yes) says at which temperature it was taken: the metrics file's metadata, then the table's note
-    assert pope_scoring.pope_metadata(metrics)["p_yes_temperature"] == 1.0
-    _, md = paper_tables.build_pyes_table(metrics, _paper(), models, ["baseline"], 0.95, p_yes_temperature=1.0)
+    assert scoring_pope.pope_metadata(metrics)["p_yes_temperature"] == 1.0
+    _, md = scoring_tables.build_pyes_table(metrics, _paper(), models, ["baseline"], 0.95, p_yes_temperature=1.0)
     assert "P(yes) is taken at temperature 1.0: the model's untempered first-step distribution" in md
-    assert "not recorded" in paper_tables.build_pyes_table(metrics, _paper(), models, ["baseline"], 0.95)[1]
+    assert "not recorded" in scoring_tables.build_pyes_table(metrics, _paper(), models, ["baseline"], 0.95)[1]
 
 
 # --- the rules, through Snakemake -------------------------------------------------------------------------------
@@ -478,8 +478,8 @@ def test_inference_without_pope_label_is_one_clear_error(tmp_path: Path):
         finish_reason="stop", seed=0, repeat=0)
     path = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
     write_table(df, path, "inference")
-    with pytest.raises(pipeline_io.PipelineError, match=r"baseline/r0.parquet: row 1 has no POPE label"):
-        scoring.read_inference([str(path)], "pope")
+    with pytest.raises(stage.PipelineError, match=r"baseline/r0.parquet: row 1 has no POPE label"):
+        inference_files.read_inference([str(path)], "pope")
 
 
 # --- decoding repeats -----------------------------------------------------------------------------------------
@@ -495,7 +495,7 @@ def test_pope_repeats_mean_sd_min_max_and_interval_by_hand():
     r1 = ["Yes", "Yes", "Yes", "Yes", "No", "No", "No", "Yes"]        # right: 1,0,1,0,0,1,0,0 -> 3/8; says yes 5/8
     frames = [assign(_pope_frame("m", "baseline", labels, r), image_id=np.arange(8) // 2) for r in (r0, r1)]
     df = _repeated(frames)
-    metrics, answers = pope_scoring.score_pope(df, 0, 400, 0.95)
+    metrics, answers = scoring_pope.score_pope(df, 0, 400, 0.95)
     m = metrics.row(0, named=True)
     assert m["n_repeats"] == 2 and m["n"] == 16 and m["n_images"] == 4 and list(answers["repeat"]) == [0] * 8 + [1] * 8
     assert (m["tp"], m["fn"], m["tn"], m["fp"]) == (3 + 2, 1 + 2, 3 + 1, 1 + 3)          # summed over repeats
@@ -511,14 +511,14 @@ def test_pope_repeats_mean_sd_min_max_and_interval_by_hand():
     weights = st.cluster_weights(st.group_rng(0, "ci", "pope", "m", "baseline"), 4, 400)
     per_repeat = []
     for frame in frames:
-        right = pope_scoring.parse_answers(frame)["correct_official"].to_numpy().astype(float)
+        right = scoring_pope.parse_answers(frame)["correct_official"].to_numpy().astype(float)
         sums = st.cluster_sums(np.arange(8) // 2, 4, np.column_stack([right, np.ones(8)]))
         per_repeat.append(st.ratio(*(weights @ sums).T))
     low, high = st.percentile_interval(np.mean(per_repeat, axis=0), 0.95)
     assert (m["accuracy_ci_low"], m["accuracy_ci_high"]) == pytest.approx((low, high))
     # one repeat: a repeat column of zeros changes no number, and the spread has no SD
-    single, _ = pope_scoring.score_pope(frames[0], 0, 400, 0.95)
-    tagged, _ = pope_scoring.score_pope(assign(frames[0], repeat=0), 0, 400, 0.95)
+    single, _ = scoring_pope.score_pope(frames[0], 0, 400, 0.95)
+    tagged, _ = scoring_pope.score_pope(assign(frames[0], repeat=0), 0, 400, 0.95)
     assert single.equals(tagged, null_equal=True)
     assert single["n_repeats"][0] == 1 and math.isnan(single["accuracy_repeat_sd"][0])
     assert single["accuracy_repeat_min"][0] == single["accuracy"][0] == 6 / 8
@@ -530,9 +530,9 @@ def test_paired_test_with_repeats_is_the_image_bootstrap():
     rng = np.random.default_rng(7)
     base = [_image_frame("baseline", list(rng.random(30) < 0.5), per_image=2) for _ in range(2)]
     other = [_image_frame("pii", list(rng.random(30) < 0.8), per_image=2) for _ in range(2)]
-    metrics, _ = pope_scoring.score_pope(concat([_repeated(base), _repeated(other)]), 0, 500, 0.95)
+    metrics, _ = scoring_pope.score_pope(concat([_repeated(base), _repeated(other)]), 0, 500, 0.95)
     pii = row(metrics, setting="pii")
-    acc = {k: [pope_scoring.parse_answers(f)["correct_official"].mean() for f in frames]
+    acc = {k: [scoring_pope.parse_answers(f)["correct_official"].mean() for f in frames]
            for k, frames in (("b", base), ("s", other))}
     assert pii["accuracy_delta"] == pytest.approx(np.mean(acc["s"]) - np.mean(acc["b"]))
     assert pii["n_paired"] == 60 and pii["n_repeats"] == 2
@@ -541,7 +541,7 @@ def test_paired_test_with_repeats_is_the_image_bootstrap():
     for k, frames in (("b", base), ("s", other)):
         per = []
         for f in frames:
-            right = pope_scoring.parse_answers(f)["correct_official"].to_numpy().astype(float)
+            right = scoring_pope.parse_answers(f)["correct_official"].to_numpy().astype(float)
             per.append(st.ratio(*(weights @ st.cluster_sums(f["image_id"].to_numpy(), 30,
                                                              np.column_stack([right, np.ones(60)]))).T))
         boot[k] = np.mean(per, axis=0)
@@ -549,9 +549,9 @@ def test_paired_test_with_repeats_is_the_image_bootstrap():
     low, high = st.percentile_interval(boot["s"] - boot["b"], 0.95)
     assert (pii["accuracy_delta_ci_low"], pii["accuracy_delta_ci_high"]) == pytest.approx((low, high))
     # repeat 0 alone: McNemar, as before
-    alone, _ = pope_scoring.score_pope(concat([base[0], other[0]]), 0, 500, 0.95)
-    b_right = pope_scoring.parse_answers(base[0])["correct_official"].to_numpy()
-    s_right = pope_scoring.parse_answers(other[0])["correct_official"].to_numpy()
+    alone, _ = scoring_pope.score_pope(concat([base[0], other[0]]), 0, 500, 0.95)
+    b_right = scoring_pope.parse_answers(base[0])["correct_official"].to_numpy()
+    s_right = scoring_pope.parse_answers(other[0])["correct_official"].to_numpy()
     assert row(alone, setting="pii")["accuracy_p_value"] == pytest.approx(
         st.mcnemar_exact(b_right, s_right)[2])
 
@@ -565,7 +565,7 @@ def test_chair_repeats_mean_sd_min_max_by_hand():
                              "n_gt_mentioned": 1, "n_gt": 2, "n_words": 10})
     r0 = captions("baseline", [1, 0, 0, 2], [2, 2, 1, 4])          # CHAIRs 2/4, CHAIRi 3/9
     r1 = captions("baseline", [0, 0, 0, 1], [2, 3, 1, 2])          # CHAIRs 1/4, CHAIRi 1/8
-    metrics = chair_scoring.chair_metrics(_repeated([r0, r1]), 0, 300, 0.95)
+    metrics = chair.chair_metrics(_repeated([r0, r1]), 0, 300, 0.95)
     m = metrics.row(0, named=True)
     chair_s, chair_i = np.array([2 / 4, 1 / 4]), np.array([3 / 9, 1 / 8])
     assert m["n_repeats"] == 2 and m["n"] == 8 and m["n_images"] == 4 and m["n_hallucinated_mentions"] == 4
@@ -583,9 +583,9 @@ def test_tables_show_repeat_spread_only_with_repeats():
     runs = {"baseline": (["Yes"] * 20, ["Yes", "No"] * 10), "hybrid": (["Yes", "No"] * 10, ["No"] * 20)}
     frames = [_repeated([_pope_frame("qwen2_5_vl", s, labels, r) for r in rs]) for s, rs in runs.items()]
     models = {"qwen2_5_vl": {"family": "qwen2_5_vl", "path": "Qwen/Qwen2.5-VL-7B-Instruct"}}
-    metrics, _ = pope_scoring.score_pope(concat(frames), 0, 200, 0.95)
-    frame, md = paper_tables.build_table(metrics, _paper(), "table1_pope", paper_tables.TABLE1, models, ["baseline", "hybrid"],
-                                  0.95, paper_tables.TABLE1_NOTES_REPEATS, strict=True)
+    metrics, _ = scoring_pope.score_pope(concat(frames), 0, 200, 0.95)
+    frame, md = scoring_tables.build_table(metrics, _paper(), "table1_pope", scoring_tables.TABLE1, models, ["baseline", "hybrid"],
+                                  0.95, scoring_tables.TABLE1_NOTES_REPEATS, strict=True)
     base = row(frame, setting="baseline")
     assert base["qwen2_5_vl:accuracy"] == pytest.approx(75.0)            # mean of 50 and 100
     assert (base["qwen2_5_vl:accuracy_repeat_min"], base["qwen2_5_vl:accuracy_repeat_max"]) == (50.0, 100.0)
@@ -593,10 +593,10 @@ def test_tables_show_repeat_spread_only_with_repeats():
     assert "Spread over the 2 decoding repeats" in md and "| baseline | 35.4 (50.0–100.0) |" in md
     assert "run 2 times" in md and "p: paired image-level bootstrap for every metric" in md
     single = assign(metrics, n_repeats=1)
-    frame1, md1 = paper_tables.build_table(single, _paper(), "table1_pope", paper_tables.TABLE1, models, ["baseline", "hybrid"],
-                                    0.95, paper_tables.TABLE1_NOTES, strict=True)
+    frame1, md1 = scoring_tables.build_table(single, _paper(), "table1_pope", scoring_tables.TABLE1, models, ["baseline", "hybrid"],
+                                    0.95, scoring_tables.TABLE1_NOTES, strict=True)
     assert not [c for c in frame1.columns if "repeat" in c] and "decoding repeats" not in md1
-    pyes, pyes_md = paper_tables.build_pyes_table(metrics, _paper(), models, ["baseline", "hybrid"], 0.95)
+    pyes, pyes_md = scoring_tables.build_pyes_table(metrics, _paper(), models, ["baseline", "hybrid"], 0.95)
     assert "p_yes_auroc_repeat_sd" in pyes.columns and "run 2 times" in pyes_md
 
 
@@ -606,19 +606,19 @@ def test_inference_file_names_carry_the_repeat(tmp_path: Path):
                 finish_reason="stop", seed=0, repeat=1)
     path = tmp_path / "results/inference/pope/m/baseline/r1.parquet"
     write_table(df, path, "inference")
-    data, groups = scoring.read_inference([str(path)], "pope")
+    data, groups = inference_files.read_inference([str(path)], "pope")
     assert groups == [("pope", "m", "baseline")] and set(data["repeat"]) == {1}
-    assert scoring.key_of_path(path) == ("pope", "m", "baseline", 1)
+    assert inference_files.key_of_path(path) == ("pope", "m", "baseline", 1)
     wrong = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
     write_table(df, wrong, "inference")
-    with pytest.raises(pipeline_io.PipelineError, match=r"r0.parquet: column 'repeat' holds \[1\], the file name says '0'"):
-        scoring.read_inference([str(wrong)], "pope")
-    with pytest.raises(pipeline_io.PipelineError, match="given twice"):
-        scoring.read_inference([str(path), str(path)], "pope")
+    with pytest.raises(stage.PipelineError, match=r"r0.parquet: column 'repeat' holds \[1\], the file name says '0'"):
+        inference_files.read_inference([str(wrong)], "pope")
+    with pytest.raises(stage.PipelineError, match="given twice"):
+        inference_files.read_inference([str(path), str(path)], "pope")
     old = tmp_path / "results/inference/pope/m/baseline.parquet"
     write_table(df, old, "inference")
-    with pytest.raises(pipeline_io.PipelineError, match=r"baseline.parquet: not an inference file \(results/inference/"):
-        scoring.read_inference([str(old)], "pope")
+    with pytest.raises(stage.PipelineError, match=r"baseline.parquet: not an inference file \(results/inference/"):
+        inference_files.read_inference([str(old)], "pope")
 
 
 def test_an_inference_file_must_answer_exactly_its_sample(tmp_path: Path):
@@ -630,10 +630,10 @@ def test_an_inference_file_must_answer_exactly_its_sample(tmp_path: Path):
     path = tmp_path / "results/inference/pope/m/baseline/r0.parquet"
     write_table(df, path, "inference")
     ids = df["sample_id"].to_list()
-    data, _ = scoring.read_inference([str(path)], "pope", sample_ids=ids)
+    data, _ = inference_files.read_inference([str(path)], "pope", sample_ids=ids)
     assert len(data) == 2
-    with pytest.raises(pipeline_io.PipelineError, match=r"r0.parquet: its rows do not match the task's sample: 1 of the "
+    with pytest.raises(stage.PipelineError, match=r"r0.parquet: its rows do not match the task's sample: 1 of the "
                        r"sample's 3 ids missing \(pope-extra\)"):
-        scoring.read_inference([str(path)], "pope", sample_ids=ids + ["pope-extra"])
-    with pytest.raises(pipeline_io.PipelineError, match=rf"1 ids not in the sample \({ids[1]}\)"):
-        scoring.read_inference([str(path)], "pope", sample_ids=ids[:1])
+        inference_files.read_inference([str(path)], "pope", sample_ids=ids + ["pope-extra"])
+    with pytest.raises(stage.PipelineError, match=rf"1 ids not in the sample \({ids[1]}\)"):
+        inference_files.read_inference([str(path)], "pope", sample_ids=ids[:1])

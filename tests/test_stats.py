@@ -7,8 +7,9 @@ import math
 
 import numpy as np
 import pytest
-import stats as st
 from scipy.stats import mannwhitneyu
+
+from pii.scoring import stats as st
 
 # --- resampling ----------------------------------------------------------------------------------------------
 

@@ -18,12 +18,20 @@ import numpy as np
 import polars as pl
 import pytest
 from PIL import Image
-from pipeline_io import PipelineError
-from strip_view import StripView, measured_affine, probed_view, processor_affine, strip_view, strip_view_of_row
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from pii.core.stage import PipelineError
+from pii.inference.processor_view import (
+    StripView,
+    measured_affine,
+    probed_view,
+    processor_affine,
+    strip_view,
+    strip_view_of_row,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "workflow" / "data" / "checkpoint_files"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "checkpoint-configs"
@@ -310,7 +318,7 @@ def test_unmeasurable_processor_raises_a_clear_error():
 
 def idefics3_demo():
     """The demo's Idefics3 processor (families/hf.py): 112 px long side, 56-px tiles plus a global view."""
-    from families.hf import demo_image_processor
+    from pii.inference.families.hf import demo_image_processor
 
     return demo_image_processor()
 
@@ -341,7 +349,7 @@ def test_probe_agrees_with_the_rules(name, width, height):
 
 
 def test_the_probe_is_memoised_per_processor_and_size(monkeypatch):
-    import strip_view as sv
+    from pii.inference import processor_view as sv
 
     ip, calls = llava_crop(), []
     real = sv.processed_views
@@ -417,7 +425,7 @@ def test_idefics3_at_its_own_default_size_tiles_and_upscales():
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "instructblip", "hf"])
 def test_every_family_measures_through_its_processor(family):
     """Family.strip_geometry (what inference records) is the probe through the family's image processor."""
-    import families
+    from pii.inference import families
 
     ip = {"llava": llava_crop, "qwen2_5_vl": qwen, "instructblip": instructblip, "hf": idefics3_demo}[family]()
     processor = SimpleNamespace(image_processor=ip)

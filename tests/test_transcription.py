@@ -6,8 +6,9 @@ import math
 
 import polars as pl
 import pytest
-import score_visibility
-import transcription as tr
+
+from pii.scoring import transcription as tr
+from pii.scoring import visibility
 
 
 @pytest.mark.parametrize("a, b, distance", [
@@ -92,13 +93,13 @@ def test_visibility_metrics_split_pope_and_chair_by_what_the_model_saw():
                             "correct_official": [True, True, False, False], "answer_yes": [True, False, True, True]})
     seen = pl.DataFrame({"task": ["pope"] * 4, "model": ["m"] * 4, "setting": ["hybrid"] * 4, "repeat": [0] * 4,
                          "sample_id": ["a", "b", "c", "d"], "strip_visible_fraction": [1.0, 1.0, 0.0, 0.5]})
-    rows = score_visibility.with_groups(answers, seen)
-    out = {r["visibility"]: r for r in score_visibility.group_metrics(
-        rows, "pope", score_visibility.METRICS["pope"], seed=0, resamples=100, confidence=0.95)}
+    rows = visibility.with_groups(answers, seen)
+    out = {r["visibility"]: r for r in visibility.group_metrics(
+        rows, "pope", visibility.METRICS["pope"], seed=0, resamples=100, confidence=0.95)}
     assert list(out) == ["all", "whole", "part", "none"]
     seen = seen.with_columns(photo_visible_fraction=pl.Series([1.0, 1.0, 0.8, 0.0]),
                              text_legible=pl.Series([True, False, True, True]))
-    groups = score_visibility.with_groups(answers, seen)["visibility"].to_list()
+    groups = visibility.with_groups(answers, seen)["visibility"].to_list()
     assert groups == ["whole", "illegible", "none", "photo cut"]
     assert out["all"]["accuracy"] == 0.5 and out["whole"]["accuracy"] == 1.0 and out["none"]["accuracy"] == 0.0
     assert out["whole"]["share"] == 0.5 and out["part"]["n"] == 1
@@ -106,7 +107,7 @@ def test_visibility_metrics_split_pope_and_chair_by_what_the_model_saw():
     captions = pl.DataFrame({"task": ["caption"] * 2, "model": ["m"] * 2, "setting": ["hybrid"] * 2,
                              "repeat": [0] * 2, "sample_id": ["x", "y"], "image_id": [1, 2],
                              "hallucinated": [True, False], "n_hallucinated": [1, 0], "n_mentions": [4, 0]})
-    rows = score_visibility.with_groups(captions, seen.head(0))
-    (only,) = [r for r in score_visibility.group_metrics(rows, "caption", score_visibility.METRICS["caption"], 0, 50,
+    rows = visibility.with_groups(captions, seen.head(0))
+    (only,) = [r for r in visibility.group_metrics(rows, "caption", visibility.METRICS["caption"], 0, 50,
                                                          0.95) if r["visibility"] == "unknown"]
     assert only["chair_s"] == 0.5 and only["chair_i"] == 0.25  # CHAIRi: a ratio of sums, not a mean of ratios

@@ -9,18 +9,21 @@ import os
 import shutil
 from pathlib import Path
 
-import demo_models
-import infer
 import numpy as np
 import pytest
-import vlm
 import yaml
-from config_check import ConfigError, validate_config
 from conftest import ROOT, merge_configs
 from inference_fixtures import disk_full_at, job_config, make_inputs
-from pipeline_io import PipelineError, read_metadata, read_table
 from test_config import merged_demo
-from vllm_backend import p_yes_from_logprobs, pad_to_square, sampling_values, vllm_python
+
+from pii.core.config import ConfigError, validate_config
+from pii.core.stage import PipelineError
+from pii.core.tables import read_metadata, read_table
+from pii.inference import demo_checkpoints, runner, vlm
+from pii.inference.backends import SharedModel
+from pii.inference.job import Job
+from pii.inference.runner import run_job
+from pii.inference.vllm_engine import p_yes_from_logprobs, pad_to_square, sampling_values, vllm_python
 
 FAMILIES = ["llava", "qwen2_5_vl"]
 # as config.demo-vllm.yaml: no torch.compile (a minute a model on this machine), few sequences at once
@@ -40,7 +43,7 @@ def require_vllm() -> str:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("vllm_models")
-    return {f: demo_models.build(f, out / f, seed=0) for f in FAMILIES}
+    return {f: demo_checkpoints.build(f, out / f, seed=0) for f in FAMILIES}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def inputs(tmp_path_factory):
 def engines():
     """One SharedModel (one vLLM engine) per family, loaded by the first job that needs it, closed at the end."""
     require_vllm()
-    shared = {f: infer.SharedModel() for f in FAMILIES}
+    shared = {f: SharedModel() for f in FAMILIES}
     yield shared
     for models in shared.values():
         models.close()
@@ -67,11 +70,11 @@ def run_unit(tmp: Path, family: str, path: Path, backend: str, inputs, models=No
     cfg["seed"] = seed
     if decoding:
         cfg["decoding"] = decoding
-    job = infer.Job(task=task, model="m", setting=setting, cfg=cfg)
+    job = Job(task=task, model="m", setting=setting, cfg=cfg)
     sample, manifest = inputs[task]
     name = f"{family}-{backend}-{task}-{setting}-{seed}-{bool(decoding)}"
     out = tmp / f"{name}.parquet"
-    rows = infer.run_job(job, sample, manifest, out, tmp / f"partial-{name}", models=models or infer.SharedModel(),
+    rows = run_job(job, sample, manifest, out, tmp / f"partial-{name}", models=models or SharedModel(),
                          cache=cache)
     return rows, out
 
@@ -125,11 +128,11 @@ def test_an_interrupted_vllm_unit_resumes_from_its_finished_batches(tmp_path, ch
     """A write that fails after the first of two batches (the disk fills up): that batch is kept, no output is
     written; the rerun sends only the second batch's requests to the engine and gives the uninterrupted rows."""
     whole, _ = run_unit(tmp_path / "whole", "llava", checkpoints["llava"], "vllm", inputs, models=engines["llava"])
-    real_write = infer.write_table
-    monkeypatch.setattr(infer, "write_table", disk_full_at(real_write, 2))
+    real_write = runner.write_table
+    monkeypatch.setattr(runner, "write_table", disk_full_at(real_write, 2))
     with pytest.raises(OSError, match="No space left"):
         run_unit(tmp_path / "cut", "llava", checkpoints["llava"], "vllm", inputs, models=engines["llava"])
-    monkeypatch.setattr(infer, "write_table", real_write)
+    monkeypatch.setattr(runner, "write_table", real_write)
     engine = engines["llava"].engine
     sent, real_generate = [], engine.generate
 
@@ -148,7 +151,7 @@ def test_a_kept_vllm_unit_is_copied_without_starting_an_engine(tmp_path, checkpo
     cache = tmp_path / "cache.parquet"
     rows, _ = run_unit(tmp_path / "first", "llava", checkpoints["llava"], "vllm", inputs, models=engines["llava"],
                        cache=cache)
-    fresh = infer.SharedModel()
+    fresh = SharedModel()
     again, _ = run_unit(tmp_path / "second", "llava", checkpoints["llava"], "vllm", inputs, models=fresh, cache=cache)
     assert fresh.engine is None
     assert again["response"].to_list() == rows["response"].to_list()

@@ -1,6 +1,10 @@
 # Stage: analyses explaining the result: CLIP attention on the text strip, layer-wise similarity of question vs
 # control images in both vision encoders, and Qwen2.5-VL's modality gap. Three GPU jobs (they run on CPU too).
 
+from pii.analysis.dag import analysis_model, analysis_targets, modality_gap_captions
+
+ANALYSIS = config["analysis"]
+
 
 rule attention:
     input:
@@ -31,7 +35,7 @@ rule attention:
         runtime=30,
     params:
         model=ANALYSIS["attention"]["model"],
-        model_entry=analysis_model(ANALYSIS["attention"]["model"]),
+        model_entry=analysis_model(config, ANALYSIS["attention"]["model"]),
         n_pairs=ANALYSIS["attention"]["n_pairs"],
         layers=ANALYSIS["attention"]["layers"],
         seed=config["seed"],
@@ -68,7 +72,8 @@ rule layer_similarity:
     params:
         models=ANALYSIS["layer_similarity"]["models"],
         model_entries={
-            m: analysis_model(m) for m in ANALYSIS["layer_similarity"]["models"]
+            m: analysis_model(config, m)
+            for m in ANALYSIS["layer_similarity"]["models"]
         },
         n_pairs=ANALYSIS["layer_similarity"]["n_pairs"],
         last_n_layers=ANALYSIS["layer_similarity"]["last_n_layers"],
@@ -79,7 +84,7 @@ rule layer_similarity:
 
 rule modality_gap:
     input:
-        captions=modality_gap_captions,
+        captions=modality_gap_captions(STUDY),
         model=model_folder_inputs(ANALYSIS["modality_gap"]["model"]),
     output:
         table="results/analysis/modality_gap/gap.parquet",
@@ -106,7 +111,7 @@ rule modality_gap:
         runtime=30,
     params:
         model=ANALYSIS["modality_gap"]["model"],
-        model_entry=analysis_model(ANALYSIS["modality_gap"]["model"]),
+        model_entry=analysis_model(config, ANALYSIS["modality_gap"]["model"]),
         n_samples=ANALYSIS["modality_gap"]["n_samples"],
         conditions=ANALYSIS["modality_gap"]["conditions"],
         resamples=ANALYSIS["modality_gap"]["bootstrap_resamples"],

@@ -2,8 +2,27 @@
 # and the seeded samples (Parquet + published id lists) every later stage reads. Rules that may download run
 # on the submitting host (localrule), since cluster nodes often have no internet.
 # A file the user brought (data.coco.root, data.pope.file) is never a rule output, only an input: see
-# fetch_data.py. Params carry only what decides a file's content; the network settings (data.coco.download,
+# pii/data/fetch.py. Params carry only what decides a file's content; the network settings (data.coco.download,
 # image_url) only decide how a missing file is obtained, so the scripts read them from the config at run time.
+
+from pii.data import (
+    fetch as fetch_data,
+)  # the name the fetch rules' run: blocks use; renaming it reruns them
+from pii.data.dag import (
+    coco_annotation,
+    data_targets,
+    pope_build_annotations,
+    pope_file,
+)
+from pii.data.fetch import (
+    BUILT_POPE_DIR,
+    COCO_DOWNLOADS,
+    DEMO_COCO_ROOT,
+    POPE_DOWNLOADS,
+)
+
+# The demo's synthetic mini-COCO settings (data.demo; empty outside the demo, where rule demo_coco says so).
+DEMO_DATA = config["data"]["demo"] or {}
 
 
 rule demo_coco:
@@ -24,8 +43,8 @@ rule demo_coco:
         "../scripts/demo_coco.py"
 
 
-# The two download rules write only under resources/downloads/ and run from `run:` (see fetch_data.py): a new
-# release of the fetch code must not download the data again. They take no params: the URLs, the download
+# The two download rules write only under resources/downloads/ and run from `run:` (see pii/data/fetch.py): a
+# new release of the fetch code must not download the data again (Snakemake reruns a run: block whose text changes). They take no params: the URLs, the download
 # switch and the pin decide how a missing file is obtained, and are read from the config when the rule runs.
 rule fetch_coco_annotations:
     output:
@@ -50,7 +69,7 @@ rule fetch_pope:
 
 rule build_pope:
     input:
-        instances=pope_build_annotations(),
+        instances=pope_build_annotations(config),
     output:
         random=f"{BUILT_POPE_DIR}/coco_pope_random.json",
         popular=f"{BUILT_POPE_DIR}/coco_pope_popular.json",
@@ -65,14 +84,14 @@ rule build_pope:
         min_objects=config["data"]["pope_build"]["min_objects"],
         seed=config["seed"],
     script:
-        "../scripts/pope_build.py"
+        "../scripts/build_pope.py"
 
 
 # Every POPE task samples its own split file: the paper's task pope (data.pope) and any further one (tasks.<t>.pope).
 rule sample_pope:
     input:
-        pope=lambda wc: pope_file(wc.task),
-        instances=coco_annotation("instances"),
+        pope=lambda wc: pope_file(config, wc.task),
+        instances=coco_annotation(config, "instances"),
     output:
         table="results/data/{task}_sample.parquet",
         ids="results/data/{task}_sample_ids.txt",
@@ -94,7 +113,7 @@ rule sample_pope:
 
 rule sample_caption:
     input:
-        instances=coco_annotation("instances"),
+        instances=coco_annotation(config, "instances"),
     output:
         table=sample_path("caption"),
         ids="results/data/caption_sample_ids.txt",

@@ -1,8 +1,16 @@
 # Stage: inference. One job per model and decoding repeat, writing one file per task x setting; the demo's tiny
 # checkpoints are built here too.
-import families
-from infer import local_model_inputs
-from openai_backend import row_settings
+from pii.inference import families
+from pii.inference.dag import (
+    infer_inputs,
+    infer_outputs,
+    inference_env,
+    inference_settings,
+    inference_targets,
+    inference_uses_gpu,
+    user_model_inputs,
+)
+from pii.inference.openai_backend import row_settings
 
 
 rule build_demo_model:
@@ -23,7 +31,7 @@ rule build_demo_model:
     params:
         seed=config["seed"],
     script:
-        "../scripts/demo_models.py"
+        "../scripts/build_demo_model.py"
 
 
 # One job per model and decoding repeat: every task x setting ("unit") of that model in one process, so the model
@@ -33,28 +41,23 @@ rule build_demo_model:
 # the others, loading the model only if any remains.
 rule infer:
     input:
-        unpack(infer_inputs),
+        unpack(lambda wc: infer_inputs(STUDY, wc.model)),
         # a user's local checkpoint folder, file by file (only read, never an output): weights replaced in place
         # rerun the job, which then generates only the units whose key (file contents included) changed
-        user_model=lambda wc: local_model_inputs(
-            config["models"][wc.model]["path"], DEMO_MODEL_PATHS.values()
-        ),
+        user_model=lambda wc: user_model_inputs(STUDY, wc.model),
     output:
-        [
-            inference_path(task, "{model}", setting, "{repeat}")
-            for task, setting in inference_units()
-        ],
+        infer_outputs(STUDY),
     log:
         "logs/inference/{model}/r{repeat}.log",
     benchmark:
         "results/benchmarks/infer/{model}/r{repeat}.tsv"
     conda:
-        lambda wc: inference_env(wc.model)
+        lambda wc: inference_env(config, wc.model)
     # inference.cpu_threads (default 4): a GPU job needs few; the demo's tiny CPU models run best one thread per
     # job, so that two models' jobs run side by side
     threads: config["inference"].get("cpu_threads", 4)
     resources:
-        gpu=lambda wc: inference_uses_gpu(wc.model),
+        gpu=lambda wc: inference_uses_gpu(config, wc.model),
         mem_mb=32000,
         runtime=1440,
     params:
@@ -66,7 +69,7 @@ rule infer:
         # sorted by name: params compare by repr, and merging config files may reorder keys
         tasks=lambda wc: {t: config["tasks"][t] for t in sorted(TASKS)},
         settings=lambda wc: {
-            s: config["settings"][s] for s in sorted(inference_settings())
+            s: config["settings"][s] for s in sorted(inference_settings(STUDY))
         },
         decoding=config["decoding"],
         seed=config["seed"],
@@ -91,10 +94,10 @@ rule invariance_check:
     log:
         "logs/inference/{model}/invariance.log",
     conda:
-        lambda wc: inference_env(wc.model)
+        lambda wc: inference_env(config, wc.model)
     threads: config["inference"].get("cpu_threads", 4)
     resources:
-        gpu=lambda wc: inference_uses_gpu(wc.model),
+        gpu=lambda wc: inference_uses_gpu(config, wc.model),
         mem_mb=32000,
         runtime=120,
     params:

@@ -1,11 +1,12 @@
 # Stage: render. Per task and variant a manifest of the images the models see (paper, section 3.1);
 # control/question PNGs go to results/images/{task}/{variant}/{sample_id}.png, 'original' points at the source.
+from pii.render.dag import render_font_inputs, render_setting, render_targets
 
 
 rule render_variants:
     input:
         samples=lambda w: sample_path(w.task),
-        font=render_font_inputs,
+        font=render_font_inputs(config),
     output:
         manifest="results/images/{task}/{variant}.parquet",
     log:
@@ -13,11 +14,11 @@ rule render_variants:
     conda:
         "../../envs/data.yaml"
     params:
-        font=render_setting("font"),
-        font_size=render_setting("font_size"),
-        strip_fraction=render_setting("strip_fraction"),
-        padding=render_setting("padding"),
-        line_spacing=render_setting("line_spacing"),
+        font=render_setting(config, "font"),
+        font_size=render_setting(config, "font_size"),
+        strip_fraction=render_setting(config, "strip_fraction"),
+        padding=render_setting(config, "padding"),
+        line_spacing=render_setting(config, "line_spacing"),
     script:
         "../scripts/render_variants.py"
 

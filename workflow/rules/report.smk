@@ -4,6 +4,14 @@
 # `snakemake --report`.
 
 
+from pii.report.dag import (
+    report_config_digest,
+    report_inputs,
+    report_table_names,
+    report_targets,
+)
+
+
 report: "../report/workflow.rst"
 
 
@@ -22,7 +30,7 @@ rule report_table:
     log:
         "logs/report/{table}.log",
     wildcard_constraints:
-        table="|".join(report_table_names()),
+        table="|".join(report_table_names(STUDY)),
     localrule: True
     conda:
         "../../envs/report.yaml"
@@ -51,7 +59,7 @@ rule report_contact_sheet:
 
 rule report:
     input:
-        unpack(report_inputs),
+        unpack(lambda wc: report_inputs(STUDY, workflow_file)),
     output:
         html=report(
             "results/report/index.html",
@@ -72,7 +80,7 @@ rule report:
         model_entries=config["models"],
         setting_entries=config["settings"],
         decoding=config["decoding"],
-        config_digest=report_config_digest(),
+        config_digest=report_config_digest(config),
         # whose metrics tables have the POPE layout (a further POPE task's table is shown like Table 1)
         pope_tasks=POPE_TASKS,
     script:

@@ -2,11 +2,14 @@
 # intervals (images resampled) and paired tests against the baseline setting, then the paper's Table 1 (POPE),
 # Table 2 (CHAIR) and the P(yes) table.
 
+from pii.data.dag import coco_annotation
+from pii.scoring.dag import scored_inference, scoring_targets, table_models
+
 
 # Every POPE task: the paper's pope and any further split (tasks.<t>.kind: pope, e.g. pope_random).
 rule score_pope:
     input:
-        inference=lambda wc: scored_inference(wc.task),
+        inference=lambda wc: scored_inference(STUDY, wc.task),
         # every file must answer exactly the sample's questions
         sample=lambda wc: sample_path(wc.task),
     output:
@@ -29,11 +32,11 @@ rule score_pope:
 
 rule score_chair:
     input:
-        inference=scored_inference("caption"),
+        inference=scored_inference(STUDY, "caption"),
         sample=sample_path("caption"),
-        instances=coco_annotation("instances"),
-        captions=coco_annotation("captions"),
-        synonyms=scoring_data("chair_synonyms.yaml"),
+        instances=coco_annotation(config, "instances"),
+        captions=coco_annotation(config, "captions"),
+        synonyms=workflow_file("data", "chair_synonyms.yaml"),
     output:
         metrics="results/scores/chair_metrics.parquet",
         captions="results/scores/chair_captions.parquet",
@@ -54,7 +57,7 @@ rule score_chair:
 rule table1_pope:
     input:
         metrics="results/scores/pope_metrics.parquet",
-        paper=scoring_data("paper_numbers.yaml"),
+        paper=workflow_file("data", "paper_numbers.yaml"),
     output:
         csv="results/tables/table1_pope.csv",
         md="results/tables/table1_pope.md",
@@ -64,7 +67,7 @@ rule table1_pope:
     conda:
         "../../envs/scoring.yaml"
     params:
-        models=table_models(),
+        models=table_models(config),
         settings=STUDY_SETTINGS,
         confidence=config["scoring"]["confidence"],
     script:
@@ -75,7 +78,7 @@ rule table1_pope:
 rule pope_task_table:
     input:
         metrics="results/scores/{task}_metrics.parquet",
-        paper=scoring_data("paper_numbers.yaml"),
+        paper=workflow_file("data", "paper_numbers.yaml"),
     output:
         csv="results/tables/{task}.csv",
         md="results/tables/{task}.md",
@@ -87,7 +90,7 @@ rule pope_task_table:
     conda:
         "../../envs/scoring.yaml"
     params:
-        models=table_models(),
+        models=table_models(config),
         settings=STUDY_SETTINGS,
         confidence=config["scoring"]["confidence"],
     script:
@@ -97,7 +100,7 @@ rule pope_task_table:
 rule table2_chair:
     input:
         metrics="results/scores/chair_metrics.parquet",
-        paper=scoring_data("paper_numbers.yaml"),
+        paper=workflow_file("data", "paper_numbers.yaml"),
     output:
         csv="results/tables/table2_chair.csv",
         md="results/tables/table2_chair.md",
@@ -107,7 +110,7 @@ rule table2_chair:
     conda:
         "../../envs/scoring.yaml"
     params:
-        models=table_models(),
+        models=table_models(config),
         settings=STUDY_SETTINGS,
         confidence=config["scoring"]["confidence"],
     script:
@@ -117,7 +120,7 @@ rule table2_chair:
 rule table_pope_pyes:
     input:
         metrics="results/scores/pope_metrics.parquet",
-        paper=scoring_data("paper_numbers.yaml"),
+        paper=workflow_file("data", "paper_numbers.yaml"),
     output:
         csv="results/tables/pope_pyes.csv",
         md="results/tables/pope_pyes.md",
@@ -127,7 +130,7 @@ rule table_pope_pyes:
     conda:
         "../../envs/scoring.yaml"
     params:
-        models=table_models(),
+        models=table_models(config),
         settings=STUDY_SETTINGS,
         confidence=config["scoring"]["confidence"],
     script:
@@ -140,7 +143,7 @@ rule table_pope_pyes:
 rule plot_table1_pope:
     input:
         metrics="results/scores/pope_metrics.parquet",
-        paper=scoring_data("paper_numbers.yaml"),
+        paper=workflow_file("data", "paper_numbers.yaml"),
     output:
         png=report(
             "results/figures/table1_pope.png",
@@ -153,7 +156,7 @@ rule plot_table1_pope:
     conda:
         "../../envs/scoring.yaml"
     params:
-        models=table_models(),
+        models=table_models(config),
         settings=STUDY_SETTINGS,
         confidence=config["scoring"]["confidence"],
     script:
@@ -163,7 +166,7 @@ rule plot_table1_pope:
 rule plot_table2_chair:
     input:
         metrics="results/scores/chair_metrics.parquet",
-        paper=scoring_data("paper_numbers.yaml"),
+        paper=workflow_file("data", "paper_numbers.yaml"),
     output:
         png=report(
             "results/figures/table2_chair.png",
@@ -176,7 +179,7 @@ rule plot_table2_chair:
     conda:
         "../../envs/scoring.yaml"
     params:
-        models=table_models(),
+        models=table_models(config),
         settings=STUDY_SETTINGS,
         confidence=config["scoring"]["confidence"],
     script:
@@ -188,8 +191,8 @@ rule score_visibility:
     input:
         pope_answers="results/scores/pope_answers.parquet",
         chair_captions="results/scores/chair_captions.parquet",
-        pope_inference=scored_inference("pope"),
-        caption_inference=scored_inference("caption"),
+        pope_inference=scored_inference(STUDY, "pope"),
+        caption_inference=scored_inference(STUDY, "caption"),
     output:
         metrics="results/scores/visibility_metrics.parquet",
         csv="results/tables/strip_visibility.csv",
@@ -209,7 +212,7 @@ rule score_visibility:
 # Can each model read the strip? Its transcription against the rendered text.
 rule score_transcribe:
     input:
-        inference=lambda wc: scored_inference("transcribe"),
+        inference=lambda wc: scored_inference(STUDY, "transcribe"),
         manifests=lambda wc: [
             manifest_path("transcribe", setting_variant(s))
             for s in task_settings("transcribe")

@@ -1,8 +1,8 @@
 """Rule plot_table2_chair: Table 2 (CHAIR) drawn next to the paper's numbers (``plot_results``)."""
 
-from paper_tables import models_by_key
-from pipeline_io import run_main
-from plot_results import plot_table
+from pii.core.stage import run_main
+from pii.scoring.figures import plot_table
+from pii.scoring.tables import models_by_key
 
 
 def main(smk) -> None:

@@ -1,7 +1,8 @@
 """Rule pope_task_table: a further POPE task's table (e.g. pope_random), in Table 1's layout (``paper_tables``)."""
 
-from paper_tables import models_by_key, pope_task_table, pope_task_title, read_paper, write_table_files
-from pipeline_io import read_table, run_main
+from pii.core.stage import run_main
+from pii.core.tables import read_table
+from pii.scoring.tables import models_by_key, pope_task_table, pope_task_title, read_paper, write_table_files
 
 
 def main(smk) -> None:

@@ -1,8 +1,10 @@
 """Rule render_contact_sheet: the first samples of a task side by side, original | control | question
 (``render``)."""
 
-from pipeline_io import log, read_table, run_main
-from render import VARIANTS, contact_sheet
+from pii.core.stage import log, run_main
+from pii.core.tables import read_table
+from pii.render.contact_sheet import contact_sheet
+from pii.render.variants import VARIANTS
 
 
 def main(snakemake) -> None:

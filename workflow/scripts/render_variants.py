@@ -1,7 +1,8 @@
 """Rule render_variants: one task's images of one variant and their manifest (``render``)."""
 
-from pipeline_io import read_table, run_main
-from render import render_variant
+from pii.core.stage import run_main
+from pii.core.tables import read_table
+from pii.render.variants import render_variant
 
 # The render settings (render.*) the rule passes as params; none for the 'original' variant, which draws no strip.
 SETTINGS = ("font", "font_size", "strip_fraction", "padding", "line_spacing")

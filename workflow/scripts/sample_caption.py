@@ -1,9 +1,9 @@
 """Rule sample_caption: the seeded sample of COCO images to caption (``sample``), their images resolved, and the
 published image ids."""
 
-from fetch_data import network_settings
-from pipeline_io import log, run_main
-from sample import attach_images, caption_sample_table, sample_caption_images, write_sample
+from pii.core.stage import log, run_main
+from pii.data.fetch import network_settings
+from pii.data.sampling import attach_images, caption_sample_table, sample_caption_images, write_sample
 
 
 def main(snakemake) -> None:

@@ -1,9 +1,9 @@
 """Rule sample_pope: the seeded sample of a POPE task (``sample``; the paper's ``pope`` or a further split such as
 ``pope_random``), its images resolved, and its published question ids."""
 
-from fetch_data import check_pope_pin, network_settings, pope_source
-from pipeline_io import log, run_main
-from sample import attach_images, pope_sample_table, read_pope, sample_pope, write_sample
+from pii.core.stage import log, run_main
+from pii.data.fetch import check_pope_pin, network_settings, pope_source
+from pii.data.sampling import attach_images, pope_sample_table, read_pope, sample_pope, write_sample
 
 
 def main(snakemake) -> None:

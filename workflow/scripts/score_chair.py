@@ -1,8 +1,9 @@
 """Rule score_chair: CHAIR detail per caption and CHAIR metrics per task/model/setting (``chair_scoring``)."""
 
-from chair_scoring import CHAIR_INTERVAL, CHAIR_METADATA, chair_metrics, load_ground_truth, score_captions
-from pipeline_io import log, read_table, run_main, write_table
-from scoring import metadata, read_inference
+from pii.core.stage import log, run_main
+from pii.core.tables import read_table, write_table
+from pii.scoring.chair import CHAIR_INTERVAL, CHAIR_METADATA, chair_metrics, load_ground_truth, score_captions
+from pii.scoring.inference_files import metadata, read_inference
 
 
 def main(smk) -> None:

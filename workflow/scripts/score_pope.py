@@ -1,9 +1,10 @@
 """Rule score_pope: POPE metrics per model/setting of one POPE task (``pope_scoring``; the paper's ``pope`` or a
 further split such as ``pope_random``) and every parsed answer."""
 
-from pipeline_io import log, read_table, run_main, write_table
-from pope_scoring import POPE_INTERVAL, pope_metadata, score_pope
-from scoring import metadata, read_inference
+from pii.core.stage import log, run_main
+from pii.core.tables import read_table, write_table
+from pii.scoring.inference_files import metadata, read_inference
+from pii.scoring.pope import POPE_INTERVAL, pope_metadata, score_pope
 
 
 def main(smk) -> None:

@@ -1,7 +1,8 @@
 """Rule table1_pope: the paper's Table 1 (POPE) with our numbers beside the paper's (``paper_tables``)."""
 
-from paper_tables import TABLE1_TITLE, models_by_key, read_paper, table1_pope, write_table_files
-from pipeline_io import read_table, run_main
+from pii.core.stage import run_main
+from pii.core.tables import read_table
+from pii.scoring.tables import TABLE1_TITLE, models_by_key, read_paper, table1_pope, write_table_files
 
 
 def main(smk) -> None:

@@ -1,7 +1,8 @@
 """Rule table2_chair: the paper's Table 2 (CHAIR) with our numbers beside the paper's (``paper_tables``)."""
 
-from paper_tables import TABLE2_TITLE, models_by_key, read_paper, table2_chair, write_table_files
-from pipeline_io import read_table, run_main
+from pii.core.stage import run_main
+from pii.core.tables import read_table
+from pii.scoring.tables import TABLE2_TITLE, models_by_key, read_paper, table2_chair, write_table_files
 
 
 def main(smk) -> None:

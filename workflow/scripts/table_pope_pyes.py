@@ -1,7 +1,8 @@
 """Rule table_pope_pyes: POPE's P(yes) metrics per model and setting (``paper_tables``)."""
 
-from paper_tables import PYES_TITLE, build_pyes_table, models_by_key, read_paper, write_table_files
-from pipeline_io import read_metadata, read_table, run_main
+from pii.core.stage import run_main
+from pii.core.tables import read_metadata, read_table
+from pii.scoring.tables import PYES_TITLE, build_pyes_table, models_by_key, read_paper, write_table_files
 
 
 def main(smk) -> None:
