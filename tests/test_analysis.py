@@ -15,18 +15,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pii.analysis import encoders
 from pii.analysis.encoders import (
-    clip_affine,
     cosine_distance,
     cosine_rows,
     mean_pairwise_cosine_distance,
     patch_overlap,
     processor_to_raster,
-    qwen_affine,
     text_patch_mask,
     window_to_processor_order,
     window_to_raster,
 )
 from pii.core.tables import read_metadata, read_table, write_table
+from pii.inference.processor_view import Affine, clip_affine, qwen_affine
 
 # --- processors ----------------------------------------------------------------------------------------------
 
@@ -55,7 +54,7 @@ def test_patch_overlap_fractions():
     np.testing.assert_allclose(ov, [[0.5, 0.5], [1.0, 1.0]])
     # exactly half is not "more than half"
     row = {"strip_x0": 0, "strip_y0": 7, "strip_x1": 28, "strip_y1": 28}
-    mask = text_patch_mask(row, encoders.Affine(1, 1, 0, 0, 28, 28), 2, 2, 14)
+    mask = text_patch_mask(row, Affine(1, 1, 0, 0, 28, 28), 2, 2, 14)
     assert mask.tolist() == [[False, False], [True, True]]
 
 
@@ -455,7 +454,8 @@ def test_clip_states_are_those_llava_feeds_itself(tiny_models, tmp_path, preproc
     the model's generate (the inference path: same processor, same image loader), to 1e-5: every layer's output,
     hooked there (the tower's own output keeps only the layer the model uses)."""
     from pii.analysis import attention, layer_similarity
-    from pii.analysis.encoders import image_processor_of, load_vlm
+    from pii.analysis.encoders import load_vlm
+    from pii.inference.processor_view import image_processor_of
     from pii.inference.vlm import build_prompt, generate, load_model, open_image
 
     llava = {**entry("llava", tiny_models["llava"]), "image_preprocess": preprocess}
@@ -491,7 +491,8 @@ def test_qwen_vit_states_are_those_inside_the_model(tiny_models, tmp_path):
     """The layer-similarity analysis's Qwen ViT block outputs are the blocks' outputs inside the model's generate
     (hooked there, window order undone), to 1e-5."""
     from pii.analysis import layer_similarity
-    from pii.analysis.encoders import image_processor_of, qwen_window_index, window_to_raster
+    from pii.analysis.encoders import qwen_window_index, window_to_raster
+    from pii.inference.processor_view import image_processor_of
     from pii.inference.vlm import build_prompt, generate, load_model, open_image
 
     q, _ = write_manifests(tmp_path, [(420, 200)])

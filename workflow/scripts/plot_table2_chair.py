@@ -1,4 +1,4 @@
-"""Rule plot_table2_chair: Table 2 (CHAIR) drawn next to the paper's numbers (``plot_results``)."""
+"""Rule plot_table2_chair: Table 2 (CHAIR) drawn next to the paper's numbers (``pii.scoring.figures``)."""
 
 from pii.core.stage import run_main
 from pii.scoring.figures import plot_table

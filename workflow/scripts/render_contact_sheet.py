@@ -1,5 +1,5 @@
 """Rule render_contact_sheet: the first samples of a task side by side, original | control | question
-(``render``)."""
+(``pii.render.contact_sheet``)."""
 
 from pii.core.stage import log, run_main
 from pii.core.tables import read_table

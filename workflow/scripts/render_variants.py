@@ -1,4 +1,4 @@
-"""Rule render_variants: one task's images of one variant and their manifest (``render``)."""
+"""Rule render_variants: one task's images of one variant and their manifest (``pii.render.variants``)."""
 
 from pii.core.stage import run_main
 from pii.core.tables import read_table

@@ -1,4 +1,4 @@
-"""Rule sample_caption: the seeded sample of COCO images to caption (``sample``), their images resolved, and the
+"""Rule sample_caption: the seeded sample of COCO images to caption (``pii.data.sampling``), their images resolved, and the
 published image ids."""
 
 from pii.core.stage import log, run_main

@@ -1,4 +1,4 @@
-"""Rule sample_pope: the seeded sample of a POPE task (``sample``; the paper's ``pope`` or a further split such as
+"""Rule sample_pope: the seeded sample of a POPE task (``pii.data.sampling``; the paper's ``pope`` or a further split such as
 ``pope_random``), its images resolved, and its published question ids."""
 
 from pii.core.stage import log, run_main

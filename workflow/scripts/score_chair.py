@@ -1,4 +1,4 @@
-"""Rule score_chair: CHAIR detail per caption and CHAIR metrics per task/model/setting (``chair_scoring``)."""
+"""Rule score_chair: CHAIR detail per caption and CHAIR metrics per task/model/setting (``pii.scoring.chair``)."""
 
 from pii.core.stage import log, run_main
 from pii.core.tables import read_table, write_table

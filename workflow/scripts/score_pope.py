@@ -1,4 +1,4 @@
-"""Rule score_pope: POPE metrics per model/setting of one POPE task (``pope_scoring``; the paper's ``pope`` or a
+"""Rule score_pope: POPE metrics per model/setting of one POPE task (``pii.scoring.pope``; the paper's ``pope`` or a
 further split such as ``pope_random``) and every parsed answer."""
 
 from pii.core.stage import log, run_main

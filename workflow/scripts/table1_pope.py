@@ -1,4 +1,4 @@
-"""Rule table1_pope: the paper's Table 1 (POPE) with our numbers beside the paper's (``paper_tables``)."""
+"""Rule table1_pope: the paper's Table 1 (POPE) with our numbers beside the paper's (``pii.scoring.tables``)."""
 
 from pii.core.stage import run_main
 from pii.core.tables import read_table

@@ -1,4 +1,4 @@
-"""Rule table2_chair: the paper's Table 2 (CHAIR) with our numbers beside the paper's (``paper_tables``)."""
+"""Rule table2_chair: the paper's Table 2 (CHAIR) with our numbers beside the paper's (``pii.scoring.tables``)."""
 
 from pii.core.stage import run_main
 from pii.core.tables import read_table

@@ -1,4 +1,4 @@
-"""Rule table_pope_pyes: POPE's P(yes) metrics per model and setting (``paper_tables``)."""
+"""Rule table_pope_pyes: POPE's P(yes) metrics per model and setting (``pii.scoring.tables``)."""
 
 from pii.core.stage import run_main
 from pii.core.tables import read_metadata, read_table

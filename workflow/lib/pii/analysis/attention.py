@@ -22,20 +22,12 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from pii.analysis.encoders import (
-    clip_affine,
-    clip_grid,
-    clip_outputs,
-    image_processor_of,
-    load_pairs,
-    load_vlm,
-    row_of,
-    text_patch_mask,
-)
+from pii.analysis.encoders import clip_grid, clip_outputs, load_pairs, load_vlm, row_of, text_patch_mask
 from pii.core.images import load_rgb  # noqa: E402
 from pii.core.stage import PipelineError, log
 from pii.core.tables import records_frame, save_figure, write_table
 from pii.inference import families  # noqa: E402
+from pii.inference.processor_view import clip_affine, image_processor_of
 
 VARIANTS = ("question", "control")
 N_EXAMPLES = 2  # pairs drawn in attention_maps.png

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -19,105 +18,9 @@ import torch
 
 from pii.core.stage import PipelineError, log
 from pii.core.tables import read_table
+from pii.inference.processor_view import Affine
 
 TEXT_OVERLAP = 0.5  # a patch is text-region when more than half of its area lies inside the mapped strip box
-
-
-# --- geometry ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Affine:
-    """x' = x * sx + tx, y' = y * sy + ty: image-file pixel coordinates -> processed-canvas coordinates
-    (continuous; pixel i covers [i, i+1)). out_w x out_h is the canvas the encoder patchifies."""
-
-    sx: float
-    sy: float
-    tx: float
-    ty: float
-    out_w: int
-    out_h: int
-
-    def box(self, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
-        """Map a box with exclusive ends and clip it to the canvas."""
-        bx0, bx1 = x0 * self.sx + self.tx, x1 * self.sx + self.tx
-        by0, by1 = y0 * self.sy + self.ty, y1 * self.sy + self.ty
-        clip_x = lambda v: min(max(v, 0.0), float(self.out_w))  # noqa: E731
-        clip_y = lambda v: min(max(v, 0.0), float(self.out_h))  # noqa: E731
-        return clip_x(bx0), clip_y(by0), clip_x(bx1), clip_y(by1)
-
-
-def _size_get(size, key):
-    if size is None:
-        return None
-    if isinstance(size, dict):
-        return size.get(key)
-    return getattr(size, key, None)
-
-
-def _shortest_edge_resize(height: int, width: int, shortest: int, longest: int | None) -> tuple[int, int]:
-    """Output (height, width) of transformers' shortest-edge resize (``get_resize_output_image_size`` with
-    default_to_square=False, or ``get_size_with_aspect_ratio`` when a longest edge is also given)."""
-    if longest:
-        size, raw = shortest, None
-        lo, hi = float(min(height, width)), float(max(height, width))
-        if hi / lo * size > longest:
-            raw = longest * lo / hi
-            size = int(round(raw))
-        if (height <= width and height == size) or (width <= height and width == size):
-            return height, width
-        base = raw if raw is not None else size
-        if width < height:
-            return int(base * height / width), size
-        return size, int(base * width / height)
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = shortest, int(shortest * long / short)
-    return (new_long, new_short) if width <= height else (new_short, new_long)
-
-
-def clip_affine(image_processor, width: int, height: int) -> Affine:
-    """Geometry of a CLIP/LLaVA image processor for an image of width x height, read from its settings:
-    pad to square first when it is a LLaVA processor with ``do_pad`` (image centred, as ``pad_to_square`` does),
-    then resize (shortest edge, or a fixed height x width), then centre crop (crop origin ``(H - h) // 2``,
-    which both transformers backends use; a crop larger than the image pads it around the centre)."""
-    ip = image_processor
-    w, h = float(width), float(height)
-    sx = sy = 1.0
-    tx = ty = 0.0
-    if getattr(ip, "do_pad", False) and hasattr(ip, "pad_to_square"):
-        side = max(width, height)
-        if width > height:
-            ty += (side - height) // 2
-        elif height > width:
-            tx += (side - width) // 2
-        w = h = float(side)
-    if getattr(ip, "do_resize", True):
-        size = ip.size
-        shortest, longest = _size_get(size, "shortest_edge"), _size_get(size, "longest_edge")
-        fixed_h, fixed_w = _size_get(size, "height"), _size_get(size, "width")
-        if shortest:
-            new_h, new_w = _shortest_edge_resize(int(h), int(w), int(shortest), longest)
-        elif fixed_h and fixed_w:
-            new_h, new_w = int(fixed_h), int(fixed_w)
-        else:
-            raise PipelineError(f"image processor size {size!r} is not a shortest-edge or height/width resize; "
-                                "use a CLIP-style processor for the attention and similarity analyses")
-        rx, ry = new_w / w, new_h / h
-        sx, sy, tx, ty = sx * rx, sy * ry, tx * rx, ty * ry
-        w, h = float(new_w), float(new_h)
-    if getattr(ip, "do_center_crop", False):
-        ch, cw = int(_size_get(ip.crop_size, "height")), int(_size_get(ip.crop_size, "width"))
-        tx -= (int(w) - cw) // 2
-        ty -= (int(h) - ch) // 2
-        w, h = float(cw), float(ch)
-    return Affine(sx, sy, tx, ty, int(w), int(h))
-
-
-def qwen_affine(width: int, height: int, grid_h: int, grid_w: int, patch_size: int) -> Affine:
-    """Qwen2.5-VL resizes the whole image (smart_resize, no crop) to grid_h*patch x grid_w*patch pixels;
-    the grid comes from the processor's ``image_grid_thw``."""
-    out_w, out_h = grid_w * patch_size, grid_h * patch_size
-    return Affine(out_w / width, out_h / height, 0.0, 0.0, out_w, out_h)
 
 
 def patch_overlap(box: tuple[float, float, float, float], grid_h: int, grid_w: int, patch: int) -> np.ndarray:
@@ -222,10 +125,6 @@ def load_vlm(name: str, entry: dict, attn_implementation: str | None = None):
     return load_model(name, entry, attn_implementation=attn_implementation)
 
 
-def image_processor_of(processor):
-    return getattr(processor, "image_processor", processor)
-
-
 # --- pairs and numbers ---------------------------------------------------------------------------------------
 
 
@@ -254,7 +153,7 @@ def load_pairs(question_manifest: str, control_manifest: str, n: int, seen_by: d
 
 
 def whole_strip_samples(manifest: pl.DataFrame, sample_ids: list[str], seen_by: dict, source: str) -> list[str]:
-    """The sample_ids whose strip every processor of ``seen_by`` passes on whole (strip_view.py)."""
+    """The sample_ids whose strip every processor of ``seen_by`` passes on whole (pii/inference/processor_view.py)."""
     from pii.inference.processor_view import strip_view_of_row
 
     rows = {r["sample_id"]: r for r in manifest.iter_rows(named=True)}

@@ -22,14 +22,11 @@ from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pii.analysis.encoders import (
-    clip_affine,
     clip_grid,
     clip_outputs,
     cosine_rows,
-    image_processor_of,
     load_pairs,
     load_vlm,
-    qwen_affine,
     qwen_block_states,
     row_of,
     text_patch_mask,
@@ -38,6 +35,7 @@ from pii.core.images import load_rgb  # noqa: E402
 from pii.core.stage import PipelineError, log
 from pii.core.tables import records_frame, save_figure, write_table
 from pii.inference import families  # noqa: E402
+from pii.inference.processor_view import clip_affine, image_processor_of, qwen_affine
 
 REGIONS = ("image", "text")
 

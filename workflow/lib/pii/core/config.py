@@ -94,7 +94,10 @@ def demo_model_paths(config: dict) -> dict[str, str]:
 
 def _check_data(data: dict) -> None:
     """The user's data paths exist (they are only ever read, never made), and POPE has a source."""
-    from pii.data.fetch import DEMO_COCO_ROOT, is_pipeline_output  # fetch_data needs pipeline_io: import on use
+    from pii.data.fetch import (  # fetch imports the tables module (polars): import on use
+        DEMO_COCO_ROOT,
+        is_pipeline_output,
+    )
 
     root = data["coco"]["root"]
     if root and root != DEMO_COCO_ROOT and not Path(root).is_dir():

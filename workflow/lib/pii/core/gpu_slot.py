@@ -3,7 +3,7 @@
 Snakemake counts the ``gpu`` resource (``--resources gpu=N`` in profiles/workstation) so that at most N GPU jobs
 run at once, but it never tells a job *which* device to use: every job would land on device 0. A GPU stage script
 therefore has ``claim_gpu()`` called once, after its log is set up and before anything touches CUDA
-(``import torch`` alone is fine; ``torch.cuda.*`` calls are not), which ``pipeline_io.run_main`` does::
+(``import torch`` alone is fine; ``torch.cuda.*`` calls are not), which ``stage.run_main`` does::
 
     if "snakemake" in globals():
         run_main(main, snakemake, gpu=True)

@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 
 from pii.core.stage import PipelineError, log
-from pii.inference.job import SEEN_COLUMNS, Job, Request, _finite
+from pii.inference.job import SEEN_COLUMNS, Job, Request, finite_or_none
 
 _PROMPT_MODELS: dict[tuple, object] = {}
 
@@ -139,7 +139,7 @@ class TransformersBackend:
                     if not self._views_unknown:  # once per job: the reason is the processor's, not the image's
                         log.warning("strip visibility not recorded (null) for this model: %s", err)
                     self._views_unknown = True
-            self._views[key] = {name: _finite(getattr(view, name)) if view else None for name in SEEN_COLUMNS}
+            self._views[key] = {name: finite_or_none(getattr(view, name)) if view else None for name in SEEN_COLUMNS}
         return self._views[key]
 
     def metadata(self) -> dict:
@@ -155,7 +155,7 @@ class TransformersBackend:
 
 
 class VLLMBackend(TransformersBackend):
-    """One unit's requests through the job's vLLM engine (vllm_backend.py): prompts, images, stop ids, Yes/No ids
+    """One unit's requests through the job's vLLM engine (vllm_engine.py): prompts, images, stop ids, Yes/No ids
     and strip visibility exactly as the transformers backend has them, from the same processor; the weights live in
     the engine."""
 

@@ -202,7 +202,7 @@ def is_legible(text_px: float | None, legible_text_px: float | None) -> bool | N
     return float(text_px) >= float(legible_text_px)
 
 
-def _finite(value) -> float | None:
+def finite_or_none(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 

@@ -181,7 +181,7 @@ def logsumexp(values: list[float]) -> float:
 def decoding_values(decoding: dict, top_k_off: int = -1) -> dict:
     """The decoding values every request carries, greedy included, so none is left to the server's defaults
     (vLLM >= 0.7 fills each field a request leaves out from the checkpoint's generation_config). The vllm backend's
-    engine requests carry the same (vllm_backend.sampling_values).
+    engine requests carry the same (vllm_engine.sampling_values).
 
     top_k off is ``top_k_off``: -1 for an OpenAI-compatible server, because vLLM's passes top_k to SamplingParams,
     where -1 means "all tokens" in every version (0.7 rejects 0: "top_k must be -1 (disable), or at least 1"; later

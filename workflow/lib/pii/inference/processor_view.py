@@ -24,8 +24,8 @@ The per-processor rules (``strip_view``, the cross-check; also what the encoder 
 - Anything else: the probe's single view (``measured_affine``); a processor whose output is not one plain image
   raises a ``PipelineError`` here (``probed_view`` reads it).
 
-The geometry itself (pad / resize / centre crop as an affine map) is ``encoders.clip_affine`` and
-``encoders.qwen_affine``.
+The geometry itself (pad / resize / centre crop as an affine map) is ``clip_affine`` and ``qwen_affine`` below;
+the encoder analyses map the strip box onto their patches with it too.
 """
 
 from __future__ import annotations
@@ -36,8 +36,106 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pii.analysis.encoders import Affine, _size_get, clip_affine, image_processor_of, qwen_affine
 from pii.core.stage import PipelineError
+
+# --- geometry ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Affine:
+    """x' = x * sx + tx, y' = y * sy + ty: image-file pixel coordinates -> processed-canvas coordinates
+    (continuous; pixel i covers [i, i+1)). out_w x out_h is the canvas the encoder patchifies."""
+
+    sx: float
+    sy: float
+    tx: float
+    ty: float
+    out_w: int
+    out_h: int
+
+    def box(self, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
+        """Map a box with exclusive ends and clip it to the canvas."""
+        bx0, bx1 = x0 * self.sx + self.tx, x1 * self.sx + self.tx
+        by0, by1 = y0 * self.sy + self.ty, y1 * self.sy + self.ty
+        clip_x = lambda v: min(max(v, 0.0), float(self.out_w))  # noqa: E731
+        clip_y = lambda v: min(max(v, 0.0), float(self.out_h))  # noqa: E731
+        return clip_x(bx0), clip_y(by0), clip_x(bx1), clip_y(by1)
+
+
+def size_get(size, key):
+    if size is None:
+        return None
+    if isinstance(size, dict):
+        return size.get(key)
+    return getattr(size, key, None)
+
+
+def _shortest_edge_resize(height: int, width: int, shortest: int, longest: int | None) -> tuple[int, int]:
+    """Output (height, width) of transformers' shortest-edge resize (``get_resize_output_image_size`` with
+    default_to_square=False, or ``get_size_with_aspect_ratio`` when a longest edge is also given)."""
+    if longest:
+        size, raw = shortest, None
+        lo, hi = float(min(height, width)), float(max(height, width))
+        if hi / lo * size > longest:
+            raw = longest * lo / hi
+            size = int(round(raw))
+        if (height <= width and height == size) or (width <= height and width == size):
+            return height, width
+        base = raw if raw is not None else size
+        if width < height:
+            return int(base * height / width), size
+        return size, int(base * width / height)
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = shortest, int(shortest * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def clip_affine(image_processor, width: int, height: int) -> Affine:
+    """Geometry of a CLIP/LLaVA image processor for an image of width x height, read from its settings:
+    pad to square first when it is a LLaVA processor with ``do_pad`` (image centred, as ``pad_to_square`` does),
+    then resize (shortest edge, or a fixed height x width), then centre crop (crop origin ``(H - h) // 2``,
+    which both transformers backends use; a crop larger than the image pads it around the centre)."""
+    ip = image_processor
+    w, h = float(width), float(height)
+    sx = sy = 1.0
+    tx = ty = 0.0
+    if getattr(ip, "do_pad", False) and hasattr(ip, "pad_to_square"):
+        side = max(width, height)
+        if width > height:
+            ty += (side - height) // 2
+        elif height > width:
+            tx += (side - width) // 2
+        w = h = float(side)
+    if getattr(ip, "do_resize", True):
+        size = ip.size
+        shortest, longest = size_get(size, "shortest_edge"), size_get(size, "longest_edge")
+        fixed_h, fixed_w = size_get(size, "height"), size_get(size, "width")
+        if shortest:
+            new_h, new_w = _shortest_edge_resize(int(h), int(w), int(shortest), longest)
+        elif fixed_h and fixed_w:
+            new_h, new_w = int(fixed_h), int(fixed_w)
+        else:
+            raise PipelineError(f"image processor size {size!r} is not a shortest-edge or height/width resize; "
+                                "use a CLIP-style processor for the attention and similarity analyses")
+        rx, ry = new_w / w, new_h / h
+        sx, sy, tx, ty = sx * rx, sy * ry, tx * rx, ty * ry
+        w, h = float(new_w), float(new_h)
+    if getattr(ip, "do_center_crop", False):
+        ch, cw = int(size_get(ip.crop_size, "height")), int(size_get(ip.crop_size, "width"))
+        tx -= (int(w) - cw) // 2
+        ty -= (int(h) - ch) // 2
+        w, h = float(cw), float(ch)
+    return Affine(sx, sy, tx, ty, int(w), int(h))
+
+
+def qwen_affine(width: int, height: int, grid_h: int, grid_w: int, patch_size: int) -> Affine:
+    """Qwen2.5-VL resizes the whole image (smart_resize, no crop) to grid_h*patch x grid_w*patch pixels;
+    the grid comes from the processor's ``image_grid_thw``."""
+    out_w, out_h = grid_w * patch_size, grid_h * patch_size
+    return Affine(out_w / width, out_h / height, 0.0, 0.0, out_w, out_h)
+
+
+def image_processor_of(processor):
+    return getattr(processor, "image_processor", processor)
 
 # Exact class names with a known geometry (both transformers backends, the torchvision one and the PIL one).
 # Subclasses are left to the measured fallback on purpose: a subclass may resize differently.
@@ -99,8 +197,8 @@ def qwen_settings(image_processor) -> tuple[int, int, int, int]:
     longest_edge (how transformers 5 keeps them), else ``size`` or attribute min_pixels / max_pixels."""
     ip = image_processor
     size = getattr(ip, "size", None)
-    min_pixels = _size_get(size, "shortest_edge") or _size_get(size, "min_pixels") or getattr(ip, "min_pixels", None)
-    max_pixels = _size_get(size, "longest_edge") or _size_get(size, "max_pixels") or getattr(ip, "max_pixels", None)
+    min_pixels = size_get(size, "shortest_edge") or size_get(size, "min_pixels") or getattr(ip, "min_pixels", None)
+    max_pixels = size_get(size, "longest_edge") or size_get(size, "max_pixels") or getattr(ip, "max_pixels", None)
     patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
     if not (min_pixels and max_pixels and patch and merge):
         raise PipelineError(f"{type(ip).__name__} lacks min/max pixels, patch_size or merge_size (size={size!r}); "

@@ -1,7 +1,7 @@
 """The vLLM engine of one infer job, in the vLLM environment (``.venv-vllm`` or ``envs/vllm.yaml``).
 
-vLLM pins its own torch and transformers, so it cannot share the pipeline's environment; the job (infer.py, through
-vllm_backend.py) starts this script once with that environment's Python and talks to it over its stdin and stdout,
+vLLM pins its own torch and transformers, so it cannot share the pipeline's environment; the job (runner.py, through
+vllm_engine.py) starts this script once with that environment's Python and talks to it over its stdin and stdout,
 one JSON object a line. The engine is vLLM's offline ``vllm.LLM`` (no server), loaded once for all of the job's
 units. Everything that decides a row is sent by the job: the exact prompt string, the image file, the decoding
 values, the stop ids, the seed of each request. The checkpoint's generation_config is never read

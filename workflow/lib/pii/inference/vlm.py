@@ -295,7 +295,7 @@ def p_yes_from_logits(logits, answer_ids: dict) -> list[float | None]:
     # processor, so the answers may be sampled at decoding.temperature (0.7 in the paper) while P(yes) is the model's
     # own distribution. That is what AUROC and calibration (Brier, ECE) are defined on and what other evaluations
     # report; a tempered P(yes) would measure the decoding knob as much as the model (T < 1 pushes it to 0 or 1).
-    # The scored files say so (pope_scoring.P_YES_TEMPERATURE, metadata key p_yes_temperature).
+    # The scored files say so (pii.scoring.pope.P_YES_TEMPERATURE, metadata key p_yes_temperature).
     import torch
 
     if not answer_ids.get("yes") or not answer_ids.get("no"):

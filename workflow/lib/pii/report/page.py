@@ -1,8 +1,8 @@
-"""Stage: report. One self-contained page (results/report/index.html, images embedded) and a Markdown summary.
+"""The report page: one self-contained page (results/report/index.html, images embedded) and a Markdown summary.
 
 The page shows what was run (config hash, models with their revisions, sample sizes, library versions read from
 the inference files' metadata), Table 1, Table 2 and the P(yes) table next to the paper's numbers, each followed by
-its figure (plot_results.py), what each model saw of the question strip and whether it can read it, the contact
+its figure (pii.scoring.figures), what each model saw of the question strip and whether it can read it, the contact
 sheets of the rendered variants and the analysis figures, each with the caption the workflow ships in
 workflow/report/*.rst.
 
@@ -10,7 +10,8 @@ The numbers are read as data, never from the Markdown tables: every value, inter
 comes from the scoring stage's metrics tables (results/scores/{pope,chair,visibility,transcribe}_metrics.parquet,
 checked against their schemas; transcribe only with that task), the paper's numbers from the tables' CSV files
 (``<model>:<metric>_paper``, already matched to the config's models by the table rules), the paper's model labels and row
-names from workflow/data/paper_numbers.yaml. Both files are rendered by Jinja2 templates in workflow/report/:
+names from workflow/data/paper_numbers.yaml (sections.py builds the tables). Both files are rendered by Jinja2 templates in
+workflow/report/:
 index.html.j2 (autoescaped) and summary.md.j2.
 """
 
@@ -58,7 +59,7 @@ FIGURES = {
     "gap.png": ("Modality gap in Qwen2.5-VL", "modality_gap.rst"),
     "pca.png": ("Image and caption tokens, first two principal components", "modality_gap_pca.rst"),
 }
-# Result figures (plot_results.py), each shown right after the table it draws: table name -> (title, caption file).
+# Result figures (pii.scoring.figures), each shown right after the table it draws: table name -> (title, caption file).
 RESULT_FIGURES = {
     "table1_pope": ("Table 1 as a figure · accuracy and yes-ratio per setting", "table1_pope_figure.rst"),
     "table2_chair": ("Table 2 as a figure · CHAIRs and CHAIRi per setting", "table2_chair_figure.rst"),

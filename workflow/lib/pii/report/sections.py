@@ -1,18 +1,7 @@
-"""Stage: report. One self-contained page (results/report/index.html, images embedded) and a Markdown summary.
-
-The page shows what was run (config hash, models with their revisions, sample sizes, library versions read from
-the inference files' metadata), Table 1, Table 2 and the P(yes) table next to the paper's numbers, each followed by
-its figure (plot_results.py), what each model saw of the question strip and whether it can read it, the contact
-sheets of the rendered variants and the analysis figures, each with the caption the workflow ships in
-workflow/report/*.rst.
-
-The numbers are read as data, never from the Markdown tables: every value, interval, delta, p-value and spread
-comes from the scoring stage's metrics tables (results/scores/{pope,chair,visibility,transcribe}_metrics.parquet,
-checked against their schemas; transcribe only with that task), the paper's numbers from the tables' CSV files
-(``<model>:<metric>_paper``, already matched to the config's models by the table rules), the paper's model labels and row
-names from workflow/data/paper_numbers.yaml. Both files are rendered by Jinja2 templates in workflow/report/:
-index.html.j2 (autoescaped) and summary.md.j2.
-"""
+"""What the report page shows, as data: each table's metrics and cells (value, interval, change to the baseline,
+p-value, spread over decoding repeats) read from the scoring stage's metrics tables, checked against their schemas,
+beside the paper's numbers from the tables' CSV files; the sections on what each model saw of the strip, whether it
+reads it and the batch-invariance check; and the captions shipped in workflow/report/*.rst."""
 
 import base64
 import csv

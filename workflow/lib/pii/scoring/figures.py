@@ -4,8 +4,8 @@ For the rules ``plot_table1_pope`` (accuracy and yes-ratio) and ``plot_table2_ch
 its own script. One panel per metric; settings on the x axis in config order; per setting one point per model
 (config order, one colour each, side by side) with its bootstrap interval from the metrics table's
 ``*_ci_low``/``*_ci_high`` columns; the paper's published number as a hollow diamond of the model's colour at the
-same place, only where ``workflow/data/paper_numbers.yaml`` gives one. Units are the tables' (paper_tables.TABLE1 /
-paper_tables.TABLE2: accuracy and CHAIR in %, yes-ratio a fraction), so ours and the paper's share an axis. A NaN value
+same place, only where ``workflow/data/paper_numbers.yaml`` gives one. Units are the tables' (tables.TABLE1 /
+tables.TABLE2: accuracy and CHAIR in %, yes-ratio a fraction), so ours and the paper's share an axis. A NaN value
 draws no point; a NaN interval draws the point without a bar.
 
 The data behind a figure come from ``plot_points`` (a plain data frame, one row per model x setting x metric), so
@@ -30,7 +30,7 @@ from pii.core.tables import read_table, records_frame, save_figure  # noqa: E402
 from pii.scoring.paper import match_paper_models  # noqa: E402
 from pii.scoring.tables import TABLE1, TABLE2, read_paper  # noqa: E402
 
-# Which table columns each figure draws (metric keys of paper_tables.TABLE1 / TABLE2, whose labels and scales it reuses).
+# Which table columns each figure draws (metric keys of tables.TABLE1 / TABLE2, whose labels and scales it reuses).
 FIGURES = {
     "table1_pope": {"metrics": ("accuracy", "yes_ratio"), "spec": TABLE1, "schema": "pope_metrics",
                     "title": "Table 1 · POPE adversarial", "unit": "images resampled with all their questions",
@@ -49,7 +49,7 @@ POINT_TYPES = {"model": pl.String, "label": pl.String, "colour": pl.Int64, "sett
 
 def published_numbers(paper: dict, table_key: str) -> dict[tuple[str, str], dict]:
     """(paper's model key, our setting id) -> {metric: number} of one of the paper's tables, the paper's row names
-    mapped to our setting ids through ``settings:`` as paper_tables.build_table maps them."""
+    mapped to our setting ids through ``settings:`` as tables.build_table maps them."""
     setting_of_row = paper.get("settings") or {}
     published: dict[tuple[str, str], dict] = {}
     for theirs, rows in (paper.get(table_key) or {}).items():

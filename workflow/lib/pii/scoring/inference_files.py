@@ -1,4 +1,4 @@
-"""Shared scoring helpers for the POPE and CHAIR scorers (``pope_scoring``, ``chair_scoring``): reading and checking
+"""Shared scoring helpers for the POPE and CHAIR scorers (``pope``, ``chair``): reading and checking
 the inference files of a task, decoding repeats, pairing a setting's rows with the baseline's, the groups to report
 and the metadata stamped into the metrics tables.
 
@@ -11,7 +11,7 @@ group's interval does not depend on which other groups exist. Each setting is co
 setting of the same model on the samples both answered (matched by ``sample_id``): the delta's interval comes
 from a paired bootstrap that also resamples images (the same resampled images for both settings); p-values are
 the paired image-level bootstrap's (twice the smaller tail of the resampled deltas around 0, add-one corrected),
-except POPE's McNemar tests (``pope_scoring``).
+except POPE's McNemar tests (``pope``).
 
 Decoding repeats (``inference.repeats``; one inference file per repeat, a frame without a ``repeat`` column is one
 repeat): every metric is computed per repeat; the reported value is the mean over repeats, with its spread

@@ -1,6 +1,6 @@
 """The paper's tables from the metrics tables: Table 1 (POPE), Table 2 (CHAIR) and the P(yes) table, as a CSV
 frame (numbers) and Markdown text, our values with their intervals, deltas and p-values beside the paper's numbers
-(``workflow/data/paper_numbers.yaml``, matched to our models by ``paper_models``)."""
+(``workflow/data/paper_numbers.yaml``, matched to our models by ``paper.match_paper_models``)."""
 
 import math
 

@@ -25,7 +25,7 @@ from pii.scoring import stats
 
 # What each request's model saw (visibility_group), in reading order: from all of it to nothing known.
 VISIBILITY_GROUPS = ("whole", "illegible", "part", "photo cut", "none", "unknown")
-# The inference columns the groups are read from (infer.py; null where not recorded).
+# The inference columns the groups are read from (the infer job's rows; null where not recorded).
 SEEN_COLUMNS = ("strip_visible_fraction", "photo_visible_fraction", "text_legible")
 _SPACE = re.compile(r"\s+")
 

@@ -1,6 +1,6 @@
 """Stage scoring / rule score_visibility: POPE and CHAIR per strip-visibility group.
 
-Each inference row records what the model's image processor passed on (infer.py, Family.strip_geometry):
+Each inference row records what the model's image processor passed on (the infer job, Family.strip_geometry):
 ``strip_visible_fraction`` (the share of the strip's rows), ``photo_visible_fraction`` (the share of the photo's
 rows) and ``text_legible`` (the text at least inference.legible_text_px high in model pixels). Rows are grouped into
 whole / illegible / part / photo cut / none / unknown (transcription.visibility_group), and per task x model x

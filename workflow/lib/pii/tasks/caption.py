@@ -1,5 +1,5 @@
 """Captions: one instruction for every sampled COCO image, scored by CHAIR against COCO's objects
-(chair_scoring.py); the paper's Table 2."""
+(pii/scoring/chair.py); the paper's Table 2."""
 
 from pii.tasks.base import TaskKind
 

@@ -1,6 +1,6 @@
 """POPE: yes/no questions about objects, drawn from a POPE split file (adversarial for the paper's task ``pope``;
 random or popular for tasks such as ``pope_random``). Scored by POPE's answer rule and a strict parser, with P(yes)
-metrics (pope_scoring.py). The task named ``pope`` is the paper's Table 1; any other POPE task gets a table of the
+metrics (pii/scoring/pope.py). The task named ``pope`` is the paper's Table 1; any other POPE task gets a table of the
 same layout, without the paper's column."""
 
 from pii.tasks.base import TaskKind

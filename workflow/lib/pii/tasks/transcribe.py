@@ -1,5 +1,5 @@
 """Transcription: can the model read the strip? The question images of another task's sample (``source``), the
-model asked to write out the strip's text; scored by exact match and character error rate (transcription.py)."""
+model asked to write out the strip's text; scored by exact match and character error rate (pii/scoring/transcription.py)."""
 
 from pii.tasks.base import TaskKind
 

@@ -82,8 +82,8 @@ class Family:
 
     def strip_geometry(self, processor, width: int, height: int, strip_box, font_px):
         """What this model's vision encoder gets of a width x height image's strip and photo
-        (``strip_view.StripView``): a probe image of that size goes through the family's image processor as
-        inference uses it, and every view or tile it makes is read back (``strip_view.probed_view``). strip_box:
+        (``processor_view.StripView``): a probe image of that size goes through the family's image processor as
+        inference uses it, and every view or tile it makes is read back (``processor_view.probed_view``). strip_box:
         the manifest's (x0, y0, x1, y1), or None for an image without a strip; font_px: its font size or None."""
         from pii.inference.processor_view import probed_view
 
