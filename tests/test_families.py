@@ -160,7 +160,7 @@ def test_the_scan_covers_rules_scripts_schemas_and_the_snakefile():
 
 
 @pytest.mark.parametrize("text, yaml_file, line", [
-    ('rule build_demo_model:\n    wildcard_constraints:\n        family="qwen2_5_vl|llava|instructblip|hf",\n',
+    ('rule demo_models:\n    wildcard_constraints:\n        family="qwen2_5_vl|llava|instructblip|hf",\n',
      False, 3),
     ('FAMILIES = ("qwen2_5_vl", "llava")\n', False, 1),
     ('x = 1\nSUPPORTED = [\n    "llava",\n    "clip",\n    "instructblip",\n]\n', False, 3),
@@ -309,7 +309,7 @@ def test_unregistered_family_is_one_config_error(tmp_path):
 def test_registered_family_validates_and_plans_its_jobs(registered):
     cfg = merged_config(registered)
     jobs = planned_jobs(dry_run(registered).stdout)
-    toy_build = {"rule": "build_demo_model", "output": ["resources/demo/models/toy"], "wildcards": {"family": "toy"}}
+    toy_build = {"rule": "demo_models", "output": ["resources/demo/models/toy"], "wildcards": {"family": "toy"}}
     assert toy_build in jobs
     infer = sorted(out for job in jobs if job["rule"] == "infer" and job["wildcards"]["model"] == "toy_vlm"
                    for out in job["output"])
@@ -324,7 +324,7 @@ def test_registered_family_validates_and_plans_its_jobs(registered):
 @pytest.mark.slow
 def test_registered_family_is_a_demo_build_target(registered):
     jobs = planned_jobs(dry_run(registered, "resources/demo/models/toy").stdout)
-    assert jobs == [{"rule": "build_demo_model", "output": ["resources/demo/models/toy"],
+    assert jobs == [{"rule": "demo_models", "output": ["resources/demo/models/toy"],
                      "wildcards": {"family": "toy"}}]
 
 

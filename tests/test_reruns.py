@@ -106,7 +106,7 @@ def test_editing_one_model_reruns_only_its_jobs(completed):
     assert infer and {m for _, m, _, _ in infer} == {"llava_1_5"}, infer
     assert len(infer) == JOBS_PER_MODEL * REPEATS and {r for *_, r in infer} == {str(r) for r in range(REPEATS)}
     # nothing upstream and no other model reruns; the analyses that load llava's weights do not read batch_size
-    assert not {"sample_pope", "sample_coco", "render_variants", "build_demo_model"} & set(jobs), jobs
+    assert not {"sample_pope", "sample_coco", "render_variants", "demo_models"} & set(jobs), jobs
     # the batch-invariance check runs llava's batches too: llava's only
     assert jobs["invariance_check"] == 1 and set(jobs) - {"infer", "invariance_check"} <= AGGREGATES, jobs
     assert {"score_pope", "score_chair", "report"} <= set(jobs)
@@ -129,7 +129,7 @@ def test_adding_a_model_runs_only_new_jobs_and_aggregations(completed):
     infer = planned_infer(completed, "--configfile", edited)
     assert {m for _, m, _, _ in infer} == {"llava_copy"} and len(infer) == JOBS_PER_MODEL * REPEATS
     assert jobs["invariance_check"] == 1 and set(jobs) - {"infer", "invariance_check"} <= AGGREGATES, jobs
-    assert "build_demo_model" not in jobs and "render_variants" not in jobs
+    assert "demo_models" not in jobs and "render_variants" not in jobs
 
 
 def test_the_kv_cache_reruns_only_for_a_static_cache(completed):
@@ -139,7 +139,7 @@ def test_the_kv_cache_reruns_only_for_a_static_cache(completed):
     edited = write_config(completed, {"inference": {"kv_cache": "static"}})
     infer = planned_infer(completed, "--configfile", edited)
     assert len(infer) == N_MODELS * JOBS_PER_MODEL * REPEATS
-    assert not {"sample_pope", "render_variants", "build_demo_model"} & set(planned_jobs(completed, "--configfile", edited))
+    assert not {"sample_pope", "render_variants", "demo_models"} & set(planned_jobs(completed, "--configfile", edited))
 
 
 # Settings that decide how requests are sent, never what a row says (inference.openai minus base_url).

@@ -67,7 +67,7 @@ rule fetch_pope:
         fetch_data.run_rule("pope", output, log[0], config)
 
 
-rule build_pope:
+rule pope_build:
     input:
         instances=pope_build_annotations(config),
     output:
@@ -75,7 +75,7 @@ rule build_pope:
         popular=f"{BUILT_POPE_DIR}/coco_pope_popular.json",
         adversarial=f"{BUILT_POPE_DIR}/coco_pope_adversarial.json",
     log:
-        "logs/data/build_pope.log",
+        "logs/data/pope_build.log",
     conda:
         "../../envs/data.yaml"
     params:
@@ -84,7 +84,7 @@ rule build_pope:
         min_objects=config["data"]["pope_build"]["min_objects"],
         seed=config["seed"],
     script:
-        "../scripts/build_pope.py"
+        "../scripts/pope_build.py"
 
 
 # Every POPE task samples its own split file: the paper's task pope (data.pope) and any further one (tasks.<t>.pope).

@@ -13,7 +13,7 @@ from pii.inference.dag import (
 from pii.inference.openai_backend import row_settings
 
 
-rule build_demo_model:
+rule demo_models:
     input:
         # the real checkpoint files (tokenizer, chat template, processor settings) the tiny model is built from;
         # relative paths, so a moved project reruns nothing
@@ -31,7 +31,7 @@ rule build_demo_model:
     params:
         seed=config["seed"],
     script:
-        "../scripts/build_demo_model.py"
+        "../scripts/demo_models.py"
 
 
 # One job per model and decoding repeat: every task x setting ("unit") of that model in one process, so the model

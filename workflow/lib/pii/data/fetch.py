@@ -30,7 +30,7 @@ DOWNLOADS = "resources/downloads"  # the only folder a download writes to
 COCO_DOWNLOADS = f"{DOWNLOADS}/coco"  # same layout as a COCO root: annotations/, val2017/, val2014/, ...
 POPE_DOWNLOADS = f"{DOWNLOADS}/pope"
 DEMO_COCO_ROOT = "resources/demo/coco"  # built by the demo_coco rule, not brought by the user
-BUILT_POPE_DIR = "results/pope_built"  # POPE files built by the build_pope rule
+BUILT_POPE_DIR = "results/pope_built"  # POPE files built by the pope_build rule
 
 
 # --- where each file comes from -----------------------------------------------------------------------------
@@ -51,7 +51,7 @@ def pope_download_path(url: str, sha256: str | None) -> str:
 
 
 def pope_path(pope: dict) -> str:
-    """The POPE file the samples read: ``data.pope.file`` (the user's, or one build_pope makes) or, when that is
+    """The POPE file the samples read: ``data.pope.file`` (the user's, or one pope_build makes) or, when that is
     null, the download of ``data.pope.url``."""
     return pope["file"] or pope_download_path(pope["url"], pope.get("sha256"))
 

@@ -64,7 +64,7 @@ def check_entry(name: str, entry: dict) -> None:
         raise PipelineError(f"models.{name}.path: empty; give a Hugging Face id like 'owner/name' or a local folder")
     if is_local_model_path(path) and not Path(path).expanduser().is_dir():
         raise PipelineError(f"models.{name}.path: local folder '{path}' does not exist; point it at a saved "
-                            "checkpoint folder (the demo builds its own with the build_demo_model rule) or a hub id")
+                            "checkpoint folder (the demo builds its own with the demo_models rule) or a hub id")
 
 
 def pick_device(device=None):

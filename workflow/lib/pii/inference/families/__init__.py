@@ -1,5 +1,5 @@
 """The model families, one module each; this registry is the only list of them. The config schema, the
-``build_demo_model`` wildcard and the config checks all read it, so a new family is a new module here.
+``demo_models`` wildcard and the config checks all read it, so a new family is a new module here.
 
 To add one, write ``families/<name>.py`` with a ``Family`` subclass (see ``base.py``) and ``FAMILY = <instance>``,
 then add the module to ``_MODULES``. Importing this package imports no torch or transformers (the Snakefile

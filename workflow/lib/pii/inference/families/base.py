@@ -103,7 +103,7 @@ class Family:
     # --- demo -----------------------------------------------------------------------------------------------
 
     def reference_files(self) -> list[Path]:
-        """The real checkpoint files the demo model is built from (inputs of the build_demo_model rule)."""
+        """The real checkpoint files the demo model is built from (inputs of the demo_models rule)."""
         if not self.demo_reference:
             return []
         return sorted(p for p in (CHECKPOINT_FILES / self.demo_reference).iterdir() if p.is_file())

@@ -1,4 +1,4 @@
-"""Rule build_pope: POPE's random, popular and adversarial question files built from a COCO instances file by
+"""Rule pope_build: POPE's random, popular and adversarial question files built from a COCO instances file by
 POPE's method (``pii.data.pope_questions``)."""
 
 from pii.core.stage import run_main

@@ -1,4 +1,4 @@
-"""Rule build_demo_model: the tiny, randomly initialised (seeded) checkpoint of one model family, built offline
+"""Rule demo_models: the tiny, randomly initialised (seeded) checkpoint of one model family, built offline
 (``pii.inference.demo_checkpoints``)."""
 
 from pii.core.stage import run_main
