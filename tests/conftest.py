@@ -146,7 +146,7 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
-    """The whole offline demo DAG, run once per test session (about 20 minutes on 2 cores since the demo has five models and the transcribe task); tests that only read
+    """The whole offline demo DAG, run once per test session (4-6 minutes on 2 cores); tests that only read
     its outputs share it instead of rebuilding parts of it. Do not modify files in it: copy first."""
     if os.environ.get("PII_DEMO_RUN"):  # a developer's finished demo run, reused as it is (never modified)
         return Path(os.environ["PII_DEMO_RUN"])

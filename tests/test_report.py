@@ -563,10 +563,10 @@ def test_report_without_the_transcribe_task(tmp_path):
 def test_one_number_format_for_every_table():
     """The scoring stage's Markdown tables and the report page print numbers through one formatter."""
     from pii.core.formatting import format_number, format_p
-    from pii.report import sections
+    from pii.report import cells
     from pii.scoring import tables
 
-    assert sections.format_number is format_number and tables.format_number is format_number
+    assert cells.format_number is format_number and tables.format_number is format_number
     assert [format_number(1.234, 2), format_number(-0.5, 1, sign=True), format_number(0.5, 1, sign=True)] == [
         "1.23", "−0.5", "+0.5"]
     assert format_number(0.004, 2, sign=True) == "±0.00" and format_number(None, 1) == format_number(math.nan, 1) == "—"

@@ -198,19 +198,25 @@ def write_table(df, path: str | os.PathLike, schema_name: str | None = None, met
         pq.write_table(table, tmp)
 
 
-def read_table(path: str | os.PathLike, schema_name: str | None = None) -> pl.DataFrame:
-    """Read a Parquet file as a polars DataFrame, checking it against a table schema when given. Missing
-    numbers come back as null (files store no NaN)."""
+def read_arrow(path: str | os.PathLike, schema_name: str | None = None, missing_hint: str = "") -> pa.Table:
+    """Read a Parquet file as an Arrow table, checking it against a table schema when given; a missing or
+    unreadable file is one clear error (``missing_hint`` is added to a missing file's)."""
     path = Path(path)
     if not path.exists():
-        raise PipelineError(f"{path}: file not found")
+        raise PipelineError(f"{path}: file not found{missing_hint}")
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a corrupt file
         raise PipelineError(f"{path}: not a readable Parquet file ({err}); delete it and rerun the rule") from err
     if schema_name:
         check_table(table, schema_name, source=str(path))
-    return pl.from_arrow(table)
+    return table
+
+
+def read_table(path: str | os.PathLike, schema_name: str | None = None) -> pl.DataFrame:
+    """Read a Parquet file as a polars DataFrame, checking it against a table schema when given. Missing
+    numbers come back as null (files store no NaN)."""
+    return pl.from_arrow(read_arrow(path, schema_name))
 
 
 def records_frame(rows: list[dict], columns: list[str] | None = None, schema_overrides: dict | None = None

@@ -26,25 +26,27 @@ from markupsafe import Markup
 
 from pii.core.stage import PipelineError, log
 from pii.core.tables import atomic_output, read_metadata
+from pii.report.cells import (
+    TABLE_TITLES,
+    TABLES,
+    Figure,
+    TableSection,
+    number,
+    result_blocks,
+)
 from pii.report.sections import (
     METRICS_SECTIONS,
     REPORT_DIR,
-    TABLE_TITLES,
-    TABLES,
     TASK_TITLES,
-    Figure,
-    TableSection,
     break_underscores,
     caption_html,
     inline_markup,
     invariance_section,
     model_labels,
-    number,
     question_settings,
     read_checked,
     read_csv_rows,
     read_paper,
-    result_blocks,
     sample_sizes,
     setting_labels,
     transcribe_section,

@@ -20,8 +20,9 @@ import numpy as np
 import polars as pl
 
 from pii.core.stage import PipelineError, log
-from pii.core.tables import atomic_output, read_table, write_csv, write_table
+from pii.core.tables import read_table, write_table
 from pii.scoring import stats
+from pii.scoring.tables import write_table_files
 
 # What each request's model saw (visibility_group), in reading order: from all of it to nothing known.
 VISIBILITY_GROUPS = ("whole", "illegible", "part", "photo cut", "none", "unknown")
@@ -186,10 +187,8 @@ def score_transcriptions(inference: list[str], manifests: list[str], seed: int, 
     write_table(table, metrics_path, "transcribe_metrics",
                 metadata={"interval": "percentile bootstrap over images", "confidence": confidence,
                           "normalisation": "NFKC, case folded, punctuation removed, white space collapsed"})
-    with atomic_output(csv_path, "w") as f:
-        write_csv(table, f, float_format="%.6g")
-    with atomic_output(md_path, "w") as f:
-        f.write("# Transcription of the strip: exact match and character error rate\n\n" + markdown(table, confidence))
+    write_table_files(table, markdown(table, confidence), csv_path, md_path,
+                      "Transcription of the strip: exact match and character error rate")
     for r in table.filter(pl.col("visibility") == "all").iter_rows(named=True):
         log.info("%s %s: exact match %.3f, CER %.3f over %d requests", r["model"], r["setting"], r["exact_match"],
                  r["cer"], r["n"])

@@ -13,7 +13,8 @@ import numpy as np
 import polars as pl
 
 from pii.core.stage import log
-from pii.core.tables import atomic_output, read_table, write_csv, write_table
+from pii.core.tables import read_table, write_table
+from pii.scoring.tables import write_table_files
 from pii.scoring.transcription import SEEN_COLUMNS, VISIBILITY_GROUPS, ratio_with_interval, seen_groups
 
 KEYS = ["task", "model", "setting", "repeat", "sample_id"]
@@ -111,9 +112,7 @@ def score_visibility(pope_answers: str, chair_captions: str, pope_inference: lis
     write_table(table, metrics_path, "visibility_metrics",
                 metadata={"interval": "percentile bootstrap over images", "confidence": confidence,
                           "resamples": resamples})
-    with atomic_output(csv_path, "w") as f:
-        write_csv(table, f, float_format="%.6g")
-    with atomic_output(md_path, "w") as f:
-        f.write("# POPE and CHAIR by how much of the strip each model saw\n\n" + markdown(table, confidence))
+    write_table_files(table, markdown(table, confidence), csv_path, md_path,
+                      "POPE and CHAIR by how much of the strip each model saw")
     log.info("visibility groups: %s", dict(table.filter(pl.col("visibility") != "all")
                                            .group_by("visibility").agg(pl.col("n").sum()).iter_rows()))
