@@ -1,6 +1,6 @@
-"""Model families: the registry (``workflow/lib/pii/inference/families/__init__.py``) is the only list of them, a new family is
-one module, and InstructBLIP loads from checkpoints whose processor files the stock ``InstructBlipProcessor`` cannot
-read on transformers 5.23."""
+"""Model families: the registry (``workflow/lib/pii/inference/families/__init__.py``) is the only list of them, a new
+family is one module, and InstructBLIP loads from checkpoints whose processor files the stock
+``InstructBlipProcessor`` cannot read on transformers 5.23."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Rule pope_task_table: a further POPE task's table (e.g. pope_random), in Table 1's layout (``pii.scoring.tables``)."""
+"""Rule pope_task_table: a further POPE task's table (e.g. pope_random), in Table 1's layout
+(``pii.scoring.tables``)."""
 
 from pii.core.stage import run_main
 from pii.core.tables import read_table

@@ -1,5 +1,5 @@
-"""Rule sample_caption: the seeded sample of COCO images to caption (``pii.data.sampling``), their images resolved, and the
-published image ids."""
+"""Rule sample_caption: the seeded sample of COCO images to caption (``pii.data.sampling``), their images
+resolved, and the published image ids."""
 
 from pii.core.stage import log, run_main
 from pii.data.fetch import network_settings

@@ -1,5 +1,5 @@
-"""Rule sample_pope: the seeded sample of a POPE task (``pii.data.sampling``; the paper's ``pope`` or a further split such as
-``pope_random``), its images resolved, and its published question ids."""
+"""Rule sample_pope: the seeded sample of a POPE task (``pii.data.sampling``; the paper's ``pope`` or a further
+split such as ``pope_random``), its images resolved, and its published question ids."""
 
 from pii.core.stage import log, run_main
 from pii.data.fetch import check_pope_pin, network_settings, pope_source

@@ -9,10 +9,9 @@ workflow/report/*.rst.
 The numbers are read as data, never from the Markdown tables: every value, interval, delta, p-value and spread
 comes from the scoring stage's metrics tables (results/scores/{pope,chair,visibility,transcribe}_metrics.parquet,
 checked against their schemas; transcribe only with that task), the paper's numbers from the tables' CSV files
-(``<model>:<metric>_paper``, already matched to the config's models by the table rules), the paper's model labels and row
-names from workflow/data/paper_numbers.yaml (sections.py builds the tables). Both files are rendered by Jinja2 templates in
-workflow/report/:
-index.html.j2 (autoescaped) and summary.md.j2.
+(``<model>:<metric>_paper``, already matched to the config's models by the table rules), the paper's model labels and
+row names from workflow/data/paper_numbers.yaml (cells.py and sections.py build the tables). Both files are rendered by
+Jinja2 templates in workflow/report/: index.html.j2 (autoescaped) and summary.md.j2.
 """
 
 import json
