@@ -12,7 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import SCRIPTS, run_snakemake
+from conftest import LIB, run_snakemake
 
 from pii.core.tables import read_table
 
@@ -29,7 +29,7 @@ rule fill_disk:
 # A stage that logs progress, then hits a full disk (the path in the message is not ASCII).
 SCRIPT = textwrap.dedent("""
     import errno, sys
-    sys.path.insert(0, {scripts!r})
+    sys.path.insert(0, {lib!r})
     from pii.core.stage import log, run_main
 
     def main(snakemake):
@@ -44,7 +44,7 @@ def test_unexpected_exception_ends_rule_log_with_one_line(tmp_path):
     """Not a PipelineError: the rule log still ends with one line naming the rule, its wildcards, the exception
     type and message; the traceback goes to stderr; the job fails. Under an ASCII locale too."""
     (tmp_path / "Snakefile").write_text(SNAKEFILE, encoding="utf-8")
-    (tmp_path / "fill_disk.py").write_text(SCRIPT.format(scripts=str(SCRIPTS)), encoding="utf-8")
+    (tmp_path / "fill_disk.py").write_text(SCRIPT.format(lib=str(LIB)), encoding="utf-8")
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores=1", "out/disk.txt"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, errors="replace", timeout=300)
