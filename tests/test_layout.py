@@ -58,8 +58,6 @@ def test_one_package_one_folder_per_stage_each_saying_what_it_does():
         init = package / stage / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         assert doc and 2 <= len(doc.splitlines()) <= 3, f"{init}: a docstring of at most three lines"
-    # no module shadows a rule script's name at the top of the path (tests import rule scripts by their name)
-    assert not (set(p.stem for p in package.glob("*.py")) & set(p.stem for p in SCRIPTS.glob("*.py")))
 
 
 def test_rule_files_hold_no_functions_and_common_holds_no_rules():

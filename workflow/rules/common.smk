@@ -22,9 +22,7 @@ TASKS = STUDY.tasks
 SETTINGS = STUDY.settings
 MODELS = STUDY.models
 POPE_TASKS = STUDY.pope_tasks
-SAMPLED_TASKS = STUDY.sampled_tasks
 STUDY_SETTINGS = STUDY.study_settings
-DEMO_MODEL_PATHS = STUDY.demo_model_paths
 # The setting every other is compared with (scoring.baseline).
 SCORING_BASELINE = STUDY.baseline
 sample_path = STUDY.sample_path

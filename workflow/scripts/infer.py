@@ -7,10 +7,9 @@ from pii.inference.runner import run_model_units
 
 def main(smk) -> None:
     p = smk.params
-    inputs = {name: path for name, path in smk.input.items()}
-    run_model_units(smk.wildcards.model, list(smk.output), inputs, p.model, p.tasks, p.settings, p.decoding, p.seed,
-                    p.inference, openai_settings=dict(smk.config["inference"]["openai"]), checkpoints=p.checkpoints,
-                    cache=p.cache, threads=smk.threads)
+    run_model_units(smk.wildcards.model, list(smk.output), dict(smk.input.items()), p.model, p.tasks, p.settings,
+                    p.decoding, p.seed, p.inference, openai_settings=dict(smk.config["inference"]["openai"]),
+                    checkpoints=p.checkpoints, cache=p.cache, threads=smk.threads)
 
 
 if "snakemake" in globals():

@@ -61,7 +61,7 @@ class Affine:
         return clip_x(bx0), clip_y(by0), clip_x(bx1), clip_y(by1)
 
 
-def size_get(size, key):
+def _size_get(size, key):
     if size is None:
         return None
     if isinstance(size, dict):
@@ -107,8 +107,8 @@ def clip_affine(image_processor, width: int, height: int) -> Affine:
         w = h = float(side)
     if getattr(ip, "do_resize", True):
         size = ip.size
-        shortest, longest = size_get(size, "shortest_edge"), size_get(size, "longest_edge")
-        fixed_h, fixed_w = size_get(size, "height"), size_get(size, "width")
+        shortest, longest = _size_get(size, "shortest_edge"), _size_get(size, "longest_edge")
+        fixed_h, fixed_w = _size_get(size, "height"), _size_get(size, "width")
         if shortest:
             new_h, new_w = _shortest_edge_resize(int(h), int(w), int(shortest), longest)
         elif fixed_h and fixed_w:
@@ -120,7 +120,7 @@ def clip_affine(image_processor, width: int, height: int) -> Affine:
         sx, sy, tx, ty = sx * rx, sy * ry, tx * rx, ty * ry
         w, h = float(new_w), float(new_h)
     if getattr(ip, "do_center_crop", False):
-        ch, cw = int(size_get(ip.crop_size, "height")), int(size_get(ip.crop_size, "width"))
+        ch, cw = int(_size_get(ip.crop_size, "height")), int(_size_get(ip.crop_size, "width"))
         tx -= (int(w) - cw) // 2
         ty -= (int(h) - ch) // 2
         w, h = float(cw), float(ch)
@@ -197,8 +197,8 @@ def qwen_settings(image_processor) -> tuple[int, int, int, int]:
     longest_edge (how transformers 5 keeps them), else ``size`` or attribute min_pixels / max_pixels."""
     ip = image_processor
     size = getattr(ip, "size", None)
-    min_pixels = size_get(size, "shortest_edge") or size_get(size, "min_pixels") or getattr(ip, "min_pixels", None)
-    max_pixels = size_get(size, "longest_edge") or size_get(size, "max_pixels") or getattr(ip, "max_pixels", None)
+    min_pixels = _size_get(size, "shortest_edge") or _size_get(size, "min_pixels") or getattr(ip, "min_pixels", None)
+    max_pixels = _size_get(size, "longest_edge") or _size_get(size, "max_pixels") or getattr(ip, "max_pixels", None)
     patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
     if not (min_pixels and max_pixels and patch and merge):
         raise PipelineError(f"{type(ip).__name__} lacks min/max pixels, patch_size or merge_size (size={size!r}); "

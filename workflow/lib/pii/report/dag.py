@@ -72,6 +72,7 @@ def report_config_digest(config: dict) -> str:
     """The report's config hash: of the REPORT_CONFIG_KEYS subtrees' canonical JSON, so any edit to them reruns the
     report and no other edit does."""
     value = {".".join(k) if isinstance(k, tuple) else k: _subtree(config, k) for k in REPORT_CONFIG_KEYS}
+    # through JSON and back, as the digest has always been taken (a finished report keeps its digest)
     return config_hash(json.loads(canonical_json(value)))
 
 
